@@ -1,0 +1,7 @@
+"""Cost model: parameters, FLOPs (torch.utils.flop_counter) and measured latency, plus the budget parser."""
+
+from kdsearch.cost.budget import Budget, parse_budget
+from kdsearch.cost.latency import LatencyStats, measure_latency
+from kdsearch.cost.static import count_flops, count_params
+
+__all__ = ["Budget", "LatencyStats", "count_flops", "count_params", "measure_latency", "parse_budget"]

@@ -1,0 +1,43 @@
+"""One exception hierarchy. Every message is one sentence naming the problem and the fix.
+
+The CLI is the only place that turns these into an exit code (2)."""
+
+
+class KdsearchError(Exception):
+    """Base class of every error kdsearch raises on purpose."""
+
+
+class DataError(KdsearchError):
+    """The data spec or the data on disk cannot be used."""
+
+
+class TeacherError(KdsearchError):
+    """The teacher cannot be built, loaded or prepared."""
+
+
+class SpaceError(KdsearchError):
+    """A search-space file or candidate config is invalid."""
+
+
+class BudgetError(KdsearchError):
+    """The budget is malformed or nothing fits it."""
+
+
+class ProxyError(KdsearchError):
+    """An unknown proxy was asked for."""
+
+
+class RunFolderError(KdsearchError):
+    """The run folder is missing, incomplete or holds a different study."""
+
+
+class CheckpointError(KdsearchError):
+    """A checkpoint file cannot be read."""
+
+
+class ExportError(KdsearchError):
+    """A student cannot be exported."""
+
+
+class DeviceError(KdsearchError):
+    """The requested device is not available."""

@@ -1,0 +1,109 @@
+"""Search: an Optuna study over a :class:`SearchSpace`, the budget as Optuna's constraint.
+
+The study lives in the run folder (SQLite) or at any Optuna storage URL; re-running resumes it.
+Trial metrics are the study's user_attrs — there is no side database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import optuna
+
+from kdsearch.cost import Budget
+from kdsearch.spaces import SearchSpace, candidate_id
+
+SAMPLERS = ("auto", "tpe", "nsga2", "random", "brute")
+
+
+def make_sampler(name: str, space: SearchSpace, n_trials: int, seed: int) -> optuna.samplers.BaseSampler:
+    """'auto': exhaustive when the space fits in the trial budget, else constrained TPE."""
+    if name == "auto":
+        name = "brute" if space.size <= n_trials else "tpe"
+    if name == "brute":
+        return optuna.samplers.BruteForceSampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    # Optuna ≥ 5 reads constraints that the trial sets itself; older releases need constraints_func.
+    legacy = {} if _NATIVE_CONSTRAINTS else {"constraints_func": constraints}
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, **legacy)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=10, **legacy)
+
+
+_NATIVE_CONSTRAINTS = hasattr(optuna.trial.Trial, "set_constraint")
+
+
+def constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
+    return [trial.user_attrs.get("budget_excess", 0.0)]
+
+
+def open_study(storage: str, study_name: str, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(
+        study_name=study_name, storage=storage, sampler=sampler, direction="maximize", load_if_exists=True
+    )
+
+
+def run_search(
+    space: SearchSpace,
+    evaluate: Callable[[dict], dict],
+    *,
+    budget: Budget,
+    objective: str,
+    storage: str,
+    study_name: str,
+    n_trials: int,
+    timeout: float | None = None,
+    seed: int = 0,
+    sampler: str = "auto",
+    progress: bool = False,
+) -> optuna.Study:
+    """Run (or resume) the study until it holds ``n_trials`` finished trials.
+
+    ``evaluate(config) -> metrics`` must return JSON-able numbers including ``objective`` and the
+    budget's metric. Repeated configs are served from earlier trials of the same study.
+    """
+    study = open_study(storage, study_name, make_sampler(sampler, space, n_trials, seed))
+    known = {
+        t.user_attrs["candidate_id"]: t.user_attrs
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if "candidate_id" in t.user_attrs
+    }
+    done = sum(1 for t in study.trials if t.state.is_finished())
+    remaining = n_trials - done
+    if remaining <= 0:
+        return study
+
+    def objective_fn(trial: optuna.Trial) -> float:
+        config = space.suggest(trial)
+        cid = candidate_id(config)
+        metrics = known.get(cid)
+        if metrics is None:
+            metrics = {**evaluate(config), "candidate_id": cid, "config": config}
+            known[cid] = metrics
+        excess = budget.excess(metrics)
+        for key, value in metrics.items():
+            trial.set_user_attr(key, value)
+        trial.set_user_attr("budget_excess", excess)
+        if _NATIVE_CONSTRAINTS:
+            trial.set_constraint("budget", excess)
+        return float(metrics[objective])
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n_trials, initial=done, desc="scoring candidates", disable=None if progress else True, leave=False)
+    # BruteForceSampler stops the study itself once every config has been tried.
+    study.optimize(
+        objective_fn,
+        n_trials=remaining,
+        timeout=timeout,
+        catch=(RuntimeError, ValueError),
+        callbacks=[lambda _s, _t: bar.update(1)],
+        gc_after_trial=False,
+    )
+    bar.close()
+    return study
+
+
+__all__ = ["SAMPLERS", "constraints", "make_sampler", "open_study", "run_search"]

@@ -1,0 +1,181 @@
+"""The family registry: one small, explicit builder per architecture family (as timm registers models).
+
+A builder takes the family's searchable keys plus ``num_classes`` and ``in_chans`` and returns an
+``nn.Module`` that exposes ``forward_features`` (pre-pool map), ``forward_head(x, pre_logits=...)``
+and ``get_classifier()`` — the timm contract, which the proxies rely on.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+_FAMILIES: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_family(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    _FAMILIES[fn.__name__] = fn
+    return fn
+
+
+def list_families() -> list[str]:
+    return sorted(_FAMILIES)
+
+
+def get_family(name: str) -> Callable[..., nn.Module]:
+    return _FAMILIES[name]
+
+
+def family_keys(name: str) -> tuple[set[str], set[str]]:
+    """(all searchable keys, keys without a default) of a family's builder."""
+    params = inspect.signature(_FAMILIES[name]).parameters
+    keys = {k for k in params if k not in ("num_classes", "in_chans")}
+    required = {k for k in keys if params[k].default is inspect.Parameter.empty}
+    return keys, required
+
+
+# --------------------------------------------------------------------------- CIFAR ResNet
+class _BasicBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Identity()
+        if stride != 1 or in_planes != planes:
+            # projection shortcut (option B): works for any width change, unlike zero-padding
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """He et al.'s CIFAR ResNet: a 3x3 stem and three stages of basic blocks (ResNet-20 = depths 3,3,3)."""
+
+    def __init__(self, depths, widths, num_classes: int = 10, in_chans: int = 3):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        stages, in_planes = [], widths[0]
+        for i, (depth, width) in enumerate(zip(depths, widths)):
+            blocks = []
+            for j in range(depth):
+                blocks.append(_BasicBlock(in_planes, width, 2 if (i > 0 and j == 0) else 1))
+                in_planes = width
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        self.num_features = in_planes
+        self.fc = nn.Linear(in_planes, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(F.relu(self.bn1(self.conv1(x))))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return x if pre_logits else self.fc(x)
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+@register_family
+def resnet_cifar(
+    depth1: int, depth2: int, depth3: int, width1: int = 16, width2: int = 32, width3: int = 64,
+    *, num_classes: int = 10, in_chans: int = 3,
+) -> nn.Module:
+    return CifarResNet((depth1, depth2, depth3), (width1, width2, width3), num_classes, in_chans)
+
+
+# --------------------------------------------------------------------------- timm ResNet
+@register_family
+def resnet_timm(
+    depth1: int, depth2: int, depth3: int, depth4: int, width_mult: float = 1.0, block: str = "basic",
+    stem: str = "", *, num_classes: int = 1000, in_chans: int = 3,
+) -> nn.Module:
+    """timm's ImageNet ResNet with per-stage depth, a width multiplier and basic/bottleneck blocks."""
+    from timm.models.resnet import BasicBlock, Bottleneck, ResNet
+
+    if block not in ("basic", "bottleneck"):
+        raise ValueError(f"block must be 'basic' or 'bottleneck', not {block!r}")
+    channels = tuple(max(8, int(round(c * width_mult / 8)) * 8) for c in (64, 128, 256, 512))
+    return ResNet(
+        block=BasicBlock if block == "basic" else Bottleneck,
+        layers=(depth1, depth2, depth3, depth4),
+        channels=channels,
+        stem_width=channels[0] if stem == "" else max(8, channels[0] // 2),
+        stem_type=stem,
+        num_classes=num_classes,
+        in_chans=in_chans,
+    )
+
+
+# --------------------------------------------------------------------------- timm MobileNetV3
+# OFA's MobileNetV3-Large skeleton: (channels, first stride, squeeze-excite, activation) per stage.
+_MBV3_STAGES = ((24, 2, False, "nre"), (40, 2, True, "nre"), (80, 2, False, ""), (112, 1, True, ""), (160, 2, True, ""))
+
+
+@register_family
+def mobilenetv3(
+    depth1: int = 2, depth2: int = 3, depth3: int = 4, depth4: int = 3, depth5: int = 3,
+    kernel1: int = 3, kernel2: int = 5, kernel3: int = 3, kernel4: int = 3, kernel5: int = 5,
+    expand1: int = 4, expand2: int = 3, expand3: int = 6, expand4: int = 6, expand5: int = 6,
+    width_mult: float = 1.0, *, num_classes: int = 1000, in_chans: int = 3,
+) -> nn.Module:
+    """Once-for-All-style MobileNetV3: elastic depth, kernel and expansion per stage, built by timm."""
+    from functools import partial
+
+    from timm.layers import get_act_layer
+    from timm.models._efficientnet_blocks import SqueezeExcite
+    from timm.models._efficientnet_builder import decode_arch_def, round_channels
+    from timm.models.mobilenetv3 import MobileNetV3
+
+    depths = (depth1, depth2, depth3, depth4, depth5)
+    kernels = (kernel1, kernel2, kernel3, kernel4, kernel5)
+    expands = (expand1, expand2, expand3, expand4, expand5)
+    arch_def = [["ds_r1_k3_s1_e1_c16_nre"]]
+    for (chs, stride, se, act), d, k, e in zip(_MBV3_STAGES, depths, kernels, expands):
+        suffix = ("_se0.25" if se else "") + (f"_{act}" if act else "")
+        stage = [f"ir_r1_k{k}_s{stride}_e{e}_c{chs}{suffix}"]
+        if d > 1:
+            stage.append(f"ir_r{d - 1}_k{k}_s1_e{e}_c{chs}{suffix}")
+        arch_def.append(stage)
+    arch_def.append(["cn_r1_k1_s1_c960"])
+    return MobileNetV3(
+        block_args=decode_arch_def(arch_def),
+        num_features=1280,
+        stem_size=16,
+        fix_stem=False,
+        round_chs_fn=partial(round_channels, multiplier=width_mult),
+        act_layer=get_act_layer("hard_swish"),
+        se_layer=partial(
+            SqueezeExcite,
+            gate_layer="hard_sigmoid",
+            force_act_layer=nn.ReLU,
+            rd_round_fn=round_channels,
+        ),
+        num_classes=num_classes,
+        in_chans=in_chans,
+    )
+
+
+# --------------------------------------------------------------------------- existing timm models
+@register_family
+def timm(model: str, *, num_classes: int = 1000, in_chans: int = 3) -> nn.Module:
+    """Any architecture timm knows, built untrained (students are distilled from scratch)."""
+    import timm as _timm
+
+    return _timm.create_model(model, pretrained=False, num_classes=num_classes, in_chans=in_chans)

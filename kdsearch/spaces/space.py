@@ -1,0 +1,177 @@
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+import yaml
+
+from kdsearch._util import stable_hash, suggest
+from kdsearch.exceptions import SpaceError
+from kdsearch.spaces.families import family_keys, get_family, list_families
+
+# Installed next to the package (wheel) or at the repository root (editable checkout).
+_PACKAGED = Path(__file__).resolve().parent.parent / "search_spaces"
+_REPO = Path(__file__).resolve().parents[2] / "search_spaces"
+SPACES_DIR = _PACKAGED if _PACKAGED.is_dir() else _REPO
+_TOP_KEYS = {"family", "description", "resolution", "choices", "fixed"}
+
+
+def candidate_id(config: dict[str, Any]) -> str:
+    """Stable 12-hex id of a candidate config (same on every machine)."""
+    return stable_hash(config)
+
+
+def create_model(config: dict[str, Any], *, num_classes: int, in_chans: int = 3) -> nn.Module:
+    """The single entry that turns a candidate config into a fresh, untrained model."""
+    config = dict(config)
+    family = config.pop("family", None)
+    if family not in list_families():
+        raise SpaceError(
+            f"Candidate family {family!r} is unknown;{suggest(str(family), list_families())} "
+            f"known families: {', '.join(list_families())}."
+        )
+    keys, required = family_keys(family)
+    unknown, missing = set(config) - keys, required - set(config)
+    if unknown or missing:
+        raise SpaceError(
+            f"Candidate {config} does not fit family {family!r} (unknown keys: {sorted(unknown)}, "
+            f"missing keys: {sorted(missing)}); allowed keys: {', '.join(sorted(keys))}."
+        )
+    return get_family(family)(**config, num_classes=num_classes, in_chans=in_chans)
+
+
+@dataclass
+class SearchSpace:
+    name: str
+    family: str
+    choices: dict[str, list[Any]]
+    fixed: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    resolution: tuple[int, int] = (1, 100000)
+    path: str | None = None
+
+    @property
+    def size(self) -> int:
+        return math.prod(len(v) for v in self.choices.values())
+
+    def config(self, values: dict[str, Any]) -> dict[str, Any]:
+        return {"family": self.family, **self.fixed, **values}
+
+    def suggest(self, trial) -> dict[str, Any]:
+        """Sample a candidate through an Optuna trial (categorical per key)."""
+        return self.config({k: trial.suggest_categorical(k, v) for k, v in self.choices.items()})
+
+    def enumerate(self) -> Iterator[dict[str, Any]]:
+        keys = list(self.choices)
+        for combo in itertools.product(*(self.choices[k] for k in keys)):
+            yield self.config(dict(zip(keys, combo)))
+
+    def build(self, config: dict[str, Any], *, num_classes: int, in_chans: int = 3) -> nn.Module:
+        return create_model(config, num_classes=num_classes, in_chans=in_chans)
+
+    def record(self) -> dict:
+        return {
+            "name": self.name,
+            "family": self.family,
+            "path": self.path,
+            "size": self.size,
+            "choices": self.choices,
+            "fixed": self.fixed,
+        }
+
+
+def list_spaces() -> list[Path]:
+    return sorted(SPACES_DIR.glob("*.yaml"))
+
+
+def _resolve_path(spec: str | Path) -> Path:
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path
+    for candidate in (SPACES_DIR / f"{spec}", SPACES_DIR / f"{spec}.yaml"):
+        if candidate.exists():
+            return candidate
+    names = [p.stem for p in list_spaces()]
+    raise SpaceError(
+        f"Search space {str(spec)!r} not found;{suggest(Path(str(spec)).stem, names)} pass a YAML path or one of: "
+        f"{', '.join(names)}."
+    )
+
+
+def load_space(spec: str | Path) -> SearchSpace:
+    """Read and validate a search-space YAML (a path, or the name of a bundled space)."""
+    path = _resolve_path(spec)
+    where = str(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise SpaceError(f"{where}:{line} is not valid YAML ({getattr(exc, 'problem', exc)}); fix the syntax.") from None
+    if not isinstance(raw, dict):
+        raise SpaceError(f"{where}: a search space must be a mapping with keys 'family' and 'choices'.")
+    unknown = set(raw) - _TOP_KEYS
+    if unknown:
+        key = sorted(unknown)[0]
+        raise SpaceError(f"{where}: unknown key {key!r};{suggest(key, _TOP_KEYS)} allowed: {', '.join(sorted(_TOP_KEYS))}.")
+    family = raw.get("family")
+    if family not in list_families():
+        raise SpaceError(
+            f"{where}: key 'family' is {family!r};{suggest(str(family), list_families())} allowed: "
+            f"{', '.join(list_families())}."
+        )
+    keys, required = family_keys(family)
+    choices = raw.get("choices") or {}
+    fixed = raw.get("fixed") or {}
+    if not isinstance(choices, dict) or not choices:
+        raise SpaceError(f"{where}: key 'choices' must map at least one of {', '.join(sorted(keys))} to a list of values.")
+    if not isinstance(fixed, dict):
+        raise SpaceError(f"{where}: key 'fixed' must be a mapping of key: value.")
+    for key in {**choices, **fixed}:
+        if key not in keys:
+            raise SpaceError(
+                f"{where}: key {key!r} is not a parameter of family {family!r};{suggest(key, keys)} allowed: "
+                f"{', '.join(sorted(keys))}."
+            )
+    for key, values in choices.items():
+        if not isinstance(values, list) or not values:
+            raise SpaceError(f"{where}: choices.{key} must be a non-empty list of values, got {values!r}.")
+        if len(set(map(repr, values))) != len(values):
+            raise SpaceError(f"{where}: choices.{key} lists a value twice; list each value once.")
+        if not all(isinstance(v, (int, float, str, bool)) for v in values):
+            raise SpaceError(f"{where}: choices.{key} may hold only numbers, strings or booleans.")
+    both = set(choices) & set(fixed)
+    if both:
+        raise SpaceError(f"{where}: key {sorted(both)[0]!r} is both in 'choices' and 'fixed'; keep it in one.")
+    missing = required - set(choices) - set(fixed)
+    if missing:
+        raise SpaceError(f"{where}: family {family!r} needs key(s) {', '.join(sorted(missing))} in 'choices' or 'fixed'.")
+    resolution = raw.get("resolution", [1, 100000])
+    if not (isinstance(resolution, list) and len(resolution) == 2 and all(isinstance(r, int) for r in resolution)):
+        raise SpaceError(f"{where}: key 'resolution' must be [min, max] input sizes in pixels, e.g. [16, 64].")
+    if family == "timm":
+        import timm
+
+        known = set(timm.list_models())
+        for name in choices.get("model", []) + ([fixed["model"]] if "model" in fixed else []):
+            if name not in known:
+                raise SpaceError(f"{where}: choices.model lists {name!r}, which timm does not know;{suggest(name, known)}")
+    return SearchSpace(
+        name=path.stem,
+        family=family,
+        choices=choices,
+        fixed=fixed,
+        description=str(raw.get("description", "")).strip(),
+        resolution=tuple(resolution),
+        path=str(path),
+    )
+
+
+def default_space_path(input_size: int) -> Path:
+    """The bundled space meant for this input resolution: CIFAR ResNets for small images, MobileNetV3 above."""
+    return SPACES_DIR / ("resnet_cifar.yaml" if input_size <= 64 else "mobilenetv3.yaml")

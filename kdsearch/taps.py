@@ -1,0 +1,76 @@
+"""Feature taps shared by teacher, proxies and losses: pre-pool map, pre-logits vector and logits.
+
+Models that follow timm's contract (``forward_features`` / ``forward_head`` / ``get_classifier``)
+give all three exactly. Any other ``nn.Module`` is read through a hook on its last ``nn.Linear``
+(its input is the pre-logits vector). Compiled files (TorchScript, torch.export) only give logits,
+which then stand in for the features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+
+@dataclass
+class Taps:
+    prepool: torch.Tensor  # (B, C, H, W) or (B, D)
+    prelogits: torch.Tensor  # (B, D): the classifier's input
+    logits: torch.Tensor  # (B, num_classes)
+    exact: bool  # False when features had to be approximated by logits
+
+
+def as_logits(output) -> torch.Tensor:
+    """Models may return tuples or dicts (aux heads, distillation tokens): take the main logits."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, dict):
+        for key in ("logits", "out", "output"):
+            if key in output:
+                return as_logits(output[key])
+        return as_logits(next(iter(output.values())))
+    if isinstance(output, (tuple, list)):
+        return as_logits(output[0])
+    raise TypeError(f"cannot read logits from a {type(output).__name__}")
+
+
+def last_linear(model: nn.Module) -> tuple[str, nn.Linear] | None:
+    found = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            found = (name, module)
+    return found
+
+
+def classifier_of(model: nn.Module) -> nn.Module | None:
+    get = getattr(model, "get_classifier", None)
+    if callable(get):
+        head = get()
+        if isinstance(head, nn.Module) and not isinstance(head, nn.Identity):
+            return head
+    found = last_linear(model)
+    return found[1] if found else None
+
+
+def forward_taps(model: nn.Module, x: torch.Tensor) -> Taps:
+    if hasattr(model, "forward_features") and hasattr(model, "forward_head"):
+        feats = model.forward_features(x)
+        if isinstance(feats, torch.Tensor):
+            pre = model.forward_head(feats, pre_logits=True)
+            head = classifier_of(model)
+            logits = head(pre) if head is not None else model.forward_head(feats)
+            return Taps(feats, pre.flatten(1), as_logits(logits), True)
+    if isinstance(model, torch.jit.ScriptModule) or not any(isinstance(m, nn.Linear) for m in model.modules()):
+        logits = as_logits(model(x))
+        return Taps(logits, logits, logits, False)
+    _, linear = last_linear(model)
+    captured = {}
+    handle = linear.register_forward_pre_hook(lambda _m, inputs: captured.__setitem__("pre", inputs[0]))
+    try:
+        logits = as_logits(model(x))
+    finally:
+        handle.remove()
+    pre = captured.get("pre", logits).flatten(1)
+    return Taps(pre, pre, logits, "pre" in captured)

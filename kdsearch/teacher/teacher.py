@@ -1,0 +1,311 @@
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import socket
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from kdsearch._util import atomic_write_json, cache_dir, file_sha256, stable_hash, suggest
+from kdsearch.cost import LatencyStats, count_flops, measure_latency
+from kdsearch.data import Task
+from kdsearch.exceptions import TeacherError
+from kdsearch.taps import Taps, as_logits, classifier_of, forward_taps, last_linear
+from kdsearch.teacher.checkpoint import load_state_dict
+from kdsearch.training import Recipe, evaluate, fit
+
+PREPARE_VERSION = 1  # bump when the preparation recipe changes, so old caches are not reused
+
+
+@dataclass
+class Teacher:
+    model: nn.Module
+    spec: str
+    source: str  # how the weights were obtained
+    accuracy: float
+    params: int
+    flops: int | None
+    latency: LatencyStats | None = None
+    prepared: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @torch.no_grad()
+    def taps(self, x: torch.Tensor) -> Taps:
+        self.model.eval()
+        return forward_taps(self.model, x)
+
+    def record(self) -> dict:
+        return {
+            "spec": self.spec,
+            "source": self.source,
+            "val_accuracy": self.accuracy,
+            "params": self.params,
+            "flops": self.flops,
+            "latency": self.latency.to_dict() if self.latency else None,
+            "prepared": self.prepared,
+            "notes": self.notes,
+        }
+
+
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """A DNS lookup with a deadline: offline, timm would otherwise retry for ~50 s per file."""
+    if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
+        return False
+    with ThreadPoolExecutor(1) as pool:
+        try:
+            pool.submit(socket.getaddrinfo, host, 443).result(timeout=timeout)
+            return True
+        except (FutureTimeout, OSError):
+            return False
+
+
+def _cached_pretrained_file(name: str) -> str | None:
+    """Pretrained weights already in the local Hugging Face cache, usable without network."""
+    import timm
+
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo = timm.models.get_pretrained_cfg(name.split(".")[0] if not timm.models.get_pretrained_cfg(name) else name).hf_hub_id
+        for filename in ("model.safetensors", "pytorch_model.bin"):
+            found = try_to_load_from_cache(repo, filename)
+            if isinstance(found, str):
+                return found
+    except Exception:
+        return None
+    return None
+
+
+def _build_timm(name: str, task: Task, pretrained: bool, notes: list[str]) -> tuple[nn.Module, str]:
+    import timm
+
+    if not timm.is_model(name):
+        raise TeacherError(
+            f"Unknown teacher {name!r}: not a timm model, a module:callable or a file;"
+            f"{suggest(name, timm.list_models())} see timm.list_models()."
+        )
+    kwargs = {"num_classes": task.num_classes, "in_chans": task.in_chans}
+    if pretrained:
+        overlay = None
+        if not _hub_reachable():
+            overlay = _cached_pretrained_file(name)
+            if overlay is None:
+                notes.append(
+                    f"pretrained weights for {name} are not reachable (offline) and not in the local Hugging Face cache; "
+                    "starting from random initialisation and training on the task"
+                )
+        if overlay is not None or not notes:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    extra = {"pretrained_cfg_overlay": {"file": overlay}} if overlay else {}
+                    return timm.create_model(name, pretrained=True, **kwargs, **extra), "timm-pretrained"
+            except Exception as exc:  # no pretrained tag, gated repo, network error mid-way …
+                notes.append(
+                    f"pretrained weights for {name} could not be obtained ({type(exc).__name__}); "
+                    "starting from random initialisation and training on the task"
+                )
+    return timm.create_model(name, pretrained=False, **kwargs), "random-init"
+
+
+def _build_callable(spec: str, task: Task) -> nn.Module:
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise TeacherError(f"Cannot import {module_name!r} for teacher {spec!r} ({exc}); check PYTHONPATH.") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise TeacherError(f"{module_name!r} has no callable {attr!r};{suggest(attr, dir(module))} check the spec.")
+    params = inspect.signature(fn).parameters
+    kwargs = {k: v for k, v in (("num_classes", task.num_classes), ("in_chans", task.in_chans)) if k in params}
+    model = fn(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise TeacherError(f"{spec!r} returned a {type(model).__name__}, not a torch.nn.Module.")
+    return model
+
+
+def _load_file(path: Path) -> nn.Module:
+    if path.suffix in (".pt2", ".ep"):
+        try:
+            return torch.export.load(str(path)).module()
+        except Exception as exc:
+            raise TeacherError(f"Could not load torch.export file {str(path)!r} ({type(exc).__name__}); re-export it with torch.export.save.") from None
+    try:
+        return torch.jit.load(str(path), map_location="cpu")
+    except Exception:
+        raise TeacherError(
+            f"{str(path)!r} is not a TorchScript or torch.export model file; if it is a checkpoint, pass the "
+            "architecture as --teacher and this file as --teacher-weights."
+        ) from None
+
+
+def _apply_weights(model: nn.Module, path: str, notes: list[str]) -> bool:
+    """Load a checkpoint into ``model``; returns True when its classifier was loaded as well."""
+    state = load_state_dict(path)
+    own = model.state_dict()
+    head = classifier_of(model)
+    head_names = {n for n, m in model.named_modules() if m is head}
+    head_keys = {k for k in own if any(k.startswith(h + ".") for h in head_names)}
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    missing_body = sorted(set(own) - set(usable) - head_keys - {k for k in own if k.endswith("num_batches_tracked")})
+    if missing_body:
+        raise TeacherError(
+            f"Checkpoint {path!r} does not match the teacher architecture: {len(missing_body)} tensors missing or "
+            f"of another shape (e.g. {missing_body[0]!r}); pass the architecture it was saved from as --teacher."
+        )
+    model.load_state_dict(usable, strict=False)
+    head_loaded = head_keys <= set(usable)
+    if not head_loaded:
+        notes.append(f"the classifier in {Path(path).name} does not fit {len(own) and 'this task'}: a new head is trained")
+    return head_loaded
+
+
+def _replace_head(model: nn.Module, num_classes: int) -> None:
+    reset = getattr(model, "reset_classifier", None)
+    if callable(reset):
+        reset(num_classes)
+        return
+    found = last_linear(model)
+    if found is None:
+        raise TeacherError("The teacher has no nn.Linear classifier to replace; build it with the task's number of classes.")
+    name, linear = found
+    parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+    setattr(parent, name.rsplit(".", 1)[-1], nn.Linear(linear.in_features, num_classes))
+
+
+def default_teacher_recipe(task: Task, source: str) -> Recipe:
+    """Fine-tuning from ImageNet weights needs little; training from scratch more (sized for small data)."""
+    n = len(task.train_labels)
+    if source == "timm-pretrained":
+        epochs = 3 if n > 20000 else 8
+        return Recipe(epochs=epochs, optimizer="adamw", lr=5e-4, weight_decay=0.05, warmup_epochs=0.5, label_smoothing=0.1)
+    epochs = 4 if n > 20000 else 6
+    return Recipe(epochs=epochs, optimizer="adamw", lr=2e-3, weight_decay=0.05, warmup_epochs=1.0, label_smoothing=0.1)
+
+
+def load_teacher(
+    spec: str,
+    task: Task,
+    *,
+    weights: str | None = None,
+    device: torch.device | str = "cpu",
+    pretrained: bool = True,
+    prepare: bool = True,
+    recipe: Recipe | None = None,
+    measure: bool = True,
+    latency_kwargs: dict | None = None,
+    progress: bool = False,
+    log=print,
+) -> Teacher:
+    """Build the teacher, load ``weights``, prepare it for ``task`` if needed, and measure it."""
+    notes: list[str] = []
+    path = Path(spec).expanduser()
+    head_fits = False
+    if path.suffix in (".pt", ".pth", ".ts", ".pt2", ".ep", ".torchscript", ".jit") or path.is_file():
+        if not path.is_file():
+            raise TeacherError(f"Teacher file {spec!r} does not exist; check the path.")
+        model, source, scripted = _load_file(path), f"file:{path.name}", True
+    elif ":" in spec:
+        model, source, scripted = _build_callable(spec, task), "callable", False
+    else:
+        model, source = _build_timm(spec, task, pretrained and not weights, notes)
+        scripted = False
+    if weights:
+        if scripted:
+            raise TeacherError("--teacher-weights applies to a model name or callable, not to a TorchScript/export file.")
+        head_fits = _apply_weights(model, weights, notes)
+        source = f"checkpoint:{Path(weights).name}"
+    model.eval()
+
+    with torch.no_grad():
+        probe = as_logits(model(task.sample_batch(2)[0]))
+    if probe.shape[-1] != task.num_classes:
+        if scripted:
+            raise TeacherError(
+                f"The teacher file outputs {probe.shape[-1]} classes but the task has {task.num_classes}; "
+                "export it with the task's head, or pass it as a module:callable so kdsearch can replace the head."
+            )
+        _replace_head(model, task.num_classes)
+        head_fits = False
+        notes.append(f"head replaced: {probe.shape[-1]} → {task.num_classes} classes")
+    elif scripted:
+        head_fits = True
+
+    needs_training = prepare and not head_fits and source != "callable-trained"
+    prepared = False
+    if needs_training:
+        recipe = recipe or default_teacher_recipe(task, source)
+        key = stable_hash(
+            {
+                "spec": spec,
+                "weights": file_sha256(weights) if weights else None,
+                "source": source,
+                "task": task.fingerprint,
+                "recipe": recipe.to_dict(),
+                "version": PREPARE_VERSION,
+            },
+            length=16,
+        )
+        cached = cache_dir() / "teachers" / f"{key}.safetensors"
+        meta_path = cached.with_suffix(".json")
+        from safetensors.torch import load_model, save_model
+
+        if cached.exists() and meta_path.exists():
+            load_model(model, str(cached), device="cpu", strict=True)
+            notes.append(f"prepared teacher reused from cache {cached}")
+            log(f"teacher: reusing prepared weights from {cached}")
+        else:
+            log(
+                f"teacher: preparing {spec} on {task.name} ({recipe.epochs} epochs, {recipe.optimizer}, lr {recipe.lr}); "
+                f"cached for later runs as {cached.name}"
+            )
+            checkpoint = cached.with_suffix(".partial.pt")  # resumes if interrupted
+            result = fit(model, task, recipe, device=device, checkpoint=checkpoint, progress=progress, desc="preparing teacher")
+            model.to("cpu")
+            tmp = cached.with_suffix(".tmp.safetensors")
+            save_model(model, str(tmp))
+            os.replace(tmp, cached)
+            atomic_write_json(meta_path, {"spec": spec, "task": task.fingerprint, "recipe": recipe.to_dict(), "history": result.history})
+            checkpoint.unlink(missing_ok=True)
+            notes.append(f"prepared: {recipe.epochs} epochs fine-tuning on {task.name}")
+        prepared = True
+
+    model.to(device).eval()
+    accuracy = evaluate(model, task, device=device)
+    flops = None
+    if not scripted:
+        try:
+            flops = count_flops(model, task.input_shape)
+        except Exception:  # exotic ops the counter cannot trace; FLOPs are informative only for the teacher
+            notes.append("FLOPs could not be counted for this teacher")
+    latency = measure_latency(model, task.input_shape, device=device, **(latency_kwargs or {})) if measure else None
+    model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return Teacher(
+        model=model,
+        spec=spec,
+        source=source,
+        accuracy=accuracy,
+        params=sum(p.numel() for p in model.parameters()),
+        flops=flops,
+        latency=latency,
+        prepared=prepared,
+        notes=notes,
+    )
+
+
+def teacher_summary(teacher: Teacher) -> str:
+    lat = f", {teacher.latency.p50_ms:.2f} ms p50" if teacher.latency else ""
+    return f"{teacher.spec} ({teacher.source}): val acc {teacher.accuracy:.4f}, {teacher.params / 1e6:.2f} M params{lat}"
+
+
+__all__ = ["Teacher", "load_teacher", "teacher_summary"]
