@@ -1,0 +1,57 @@
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    # Prepared teachers go to a per-session cache, never the user's.
+    os.environ["KDSEARCH_CACHE_DIR"] = str(tmp_path_factory.mktemp("kdsearch-cache"))
+    torch.set_num_threads(2)
+    yield
+
+
+def _extract_subset(dest: Path, per_class_train: int, per_class_test: int) -> Path:
+    """A small, class-balanced ImageFolder cut from the real CIFAR-10 JPEG archive."""
+    limits = {"train": per_class_train, "test": per_class_test}
+    counts: dict[tuple[str, str], int] = {}
+    with tarfile.open(SHARED_CIFAR, "r:gz") as tar:
+        for member in tar:
+            parts = Path(member.name).parts
+            if not member.isfile() or len(parts) < 3:
+                continue
+            split, cls = parts[-3], parts[-2]
+            if split not in limits or counts.get((split, cls), 0) >= limits[split]:
+                continue
+            counts[(split, cls)] = counts.get((split, cls), 0) + 1
+            target = dest / split / cls / parts[-1]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(tar.extractfile(member).read())
+    return dest
+
+
+@pytest.fixture(scope="session")
+def cifar_folder(tmp_path_factory) -> Path:
+    if not SHARED_CIFAR.exists():
+        pytest.skip(f"{SHARED_CIFAR} is not here")
+    return _extract_subset(tmp_path_factory.mktemp("cifar10"), per_class_train=40, per_class_test=10)
+
+
+@pytest.fixture(scope="session")
+def digits_task():
+    from kdsearch.data import load_task
+
+    return load_task("digits")
+
+
+@pytest.fixture(scope="session")
+def fashion_available():
+    if not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    return FASHION_DIR

@@ -1,0 +1,58 @@
+import pytest
+import torch
+import torch.nn as nn
+
+from kdsearch.cost import count_flops, count_params, measure_latency, parse_budget
+from kdsearch.exceptions import BudgetError
+from kdsearch.spaces import create_model
+
+
+@pytest.mark.parametrize(
+    "text, metric, limit",
+    [("10ms", "latency_ms", 10.0), ("500us", "latency_ms", 0.5), ("1.5 s", "latency_ms", 1500.0),
+     ("300MFLOPs", "flops", 3e8), ("2GFLOPs", "flops", 2e9), ("5Mparams", "params", 5e6), ("250kparams", "params", 2.5e5)],
+)
+def test_parse_budget(text, metric, limit):
+    budget = parse_budget(text)
+    assert budget.metric == metric and budget.limit == pytest.approx(limit)
+
+
+@pytest.mark.parametrize("text", ["10", "fast", "10 parsecs", "-3ms", "0ms", "ms10"])
+def test_malformed_budget(text):
+    with pytest.raises(BudgetError, match="budget"):
+        parse_budget(text)
+
+
+def test_flops_of_a_known_layer():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.Flatten(), nn.Linear(8 * 4 * 4, 10, bias=False))
+    # conv: 2 · (8·4·4 outputs) · (3·3·3 MACs each); linear: 2 · 128 · 10
+    assert count_flops(model, (3, 4, 4)) == 2 * 8 * 16 * 27 + 2 * 128 * 10
+    assert count_params(model) == 8 * 27 + 1280
+
+
+def test_latency_statistics_are_robust_and_ordered():
+    small = create_model({"family": "resnet_cifar", "depth1": 1, "depth2": 1, "depth3": 1, "width1": 8, "width2": 16, "width3": 32}, num_classes=10)
+    big = create_model({"family": "resnet_cifar", "depth1": 5, "depth2": 5, "depth3": 5, "width1": 32, "width2": 64, "width3": 128}, num_classes=10)
+    s = measure_latency(small, (3, 32, 32), threads=1, max_time_s=0.5)
+    b = measure_latency(big, (3, 32, 32), threads=1, max_time_s=0.5)
+    for stats in (s, b):
+        assert stats.min_ms <= stats.p50_ms <= stats.p90_ms
+        assert stats.repeats >= 15 and stats.threads == 1 and stats.batch_size == 1
+        assert stats.iqr_ms >= 0
+    assert torch.get_num_threads() == 2  # the pin is undone afterwards (conftest sets 2)
+    # ~60x the FLOPs: the median must see it even on a noisy machine
+    assert b.p50_ms > 3 * s.p50_ms
+    assert s.key == "cpu|t1|b1|3x32x32"
+
+
+def test_latency_batch_size_is_recorded():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 2))
+    stats = measure_latency(model, (3, 2, 2), batch_size=4, max_time_s=0.1)
+    assert stats.batch_size == 4 and stats.input_shape == (3, 2, 2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_latency_on_cuda_uses_events():
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU())
+    stats = measure_latency(model, (3, 32, 32), device="cuda")
+    assert stats.device.startswith("cuda") and stats.p50_ms > 0

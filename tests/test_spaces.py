@@ -1,0 +1,74 @@
+import pytest
+import torch
+
+from kdsearch.exceptions import SpaceError
+from kdsearch.spaces import candidate_id, create_model, default_space_path, list_spaces, load_space
+
+
+@pytest.mark.parametrize("path", list_spaces(), ids=lambda p: p.stem)
+def test_bundled_spaces_load_and_build(path):
+    space = load_space(path)
+    assert space.size >= 24
+    config = next(space.enumerate())
+    size = 32 if space.resolution[0] <= 32 else 96
+    model = create_model(config, num_classes=7, in_chans=3).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(2, 3, size, size)).shape == (2, 7)
+    feats = model.forward_features(torch.zeros(1, 3, size, size))
+    assert feats.ndim == 4
+
+
+def test_resnet20_is_in_the_cifar_space_and_has_resnet20_shape():
+    space = load_space("resnet_cifar")
+    r20 = space.config({"depth1": 3, "depth2": 3, "depth3": 3, "width1": 16, "width2": 32, "width3": 64})
+    assert r20 in list(space.enumerate())
+    model = create_model(r20, num_classes=10)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert len(convs) == 19  # stem + 3 stages × 3 blocks × 2
+    assert 0.26e6 < sum(p.numel() for p in model.parameters()) < 0.29e6
+
+
+def test_s1_space_is_diswot_s1():
+    space = load_space("resnet_cifar_s1")
+    assert space.size == 64
+    assert {c["width3"] for c in space.enumerate()} == {64}
+
+
+def test_candidate_rebuilds_identically():
+    config = {"family": "resnet_cifar", "depth1": 1, "depth2": 3, "depth3": 1, "width1": 8, "width2": 16, "width3": 32}
+    assert candidate_id(config) == candidate_id(dict(reversed(list(config.items()))))
+    torch.manual_seed(0)
+    a = create_model(config, num_classes=10)
+    torch.manual_seed(0)
+    b = create_model(config, num_classes=10)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_default_space_follows_resolution():
+    assert default_space_path(32).stem == "resnet_cifar"
+    assert default_space_path(224).stem == "mobilenetv3"
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("family: resnet_cifar\nchoices: [1, 2\n", r"bad\.yaml: line \d+ is not valid YAML"),
+        ("family: resnet_cifr\nchoices: {depth1: [1]}\n", "Did you mean 'resnet_cifar'"),
+        ("family: resnet_cifar\nchoices: {depht1: [1]}\n", "key 'depht1' is not a parameter"),
+        ("family: resnet_cifar\nchoices: {depth1: []}\n", "non-empty list"),
+        ("family: resnet_cifar\nchoices: {depth1: [1, 3]}\n", "needs key"),
+        ("family: resnet_cifar\nchoise: {}\n", "unknown key 'choise'"),
+        ("family: timm\nchoices: {model: [resnet18, resnett18]}\n", "timm does not know"),
+    ],
+)
+def test_invalid_space_files_name_file_key_and_fix(tmp_path, text, match):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(SpaceError, match=match) as info:
+        load_space(path)
+    assert "bad.yaml" in str(info.value)
+
+
+def test_unknown_space_name_suggests():
+    with pytest.raises(SpaceError, match="Did you mean 'resnet_cifar'"):
+        load_space("resnet_cifra")
