@@ -102,7 +102,8 @@ def fit(
     optimizer = _optimizer(model, recipe)
     steps_per_epoch = max(1, len(task.train_labels) // recipe.batch_size)
     total_steps = steps_per_epoch * recipe.epochs
-    warmup_steps = int(recipe.warmup_epochs * steps_per_epoch)
+    # short runs (smoke tests, quick searches) must not spend most of their steps warming up
+    warmup_steps = int(min(recipe.warmup_epochs, recipe.epochs / 5) * steps_per_epoch)
     start_epoch, history = 0, []
     checkpoint = Path(checkpoint) if checkpoint else None
     if checkpoint and checkpoint.exists():

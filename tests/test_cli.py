@@ -1,0 +1,191 @@
+"""End to end through the CLI on real data (digits, CIFAR-10 JPEGs): find → report → export, resume, bad input."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from kdsearch.cli import main
+
+TEACHER = "tests.test_teacher:tiny_teacher"
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def find_args(out, *extra, budget="3ms", data="digits"):
+    return [
+        "find", "--teacher", TEACHER, "--budget", budget, "--data", data, "--space", "resnet_cifar_s1",
+        "--trials", 10, "--top-k", 2, "--epochs", 8, "--teacher-epochs", 10, "--out", out, "-q", *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "digits"
+    code = main([str(a) for a in find_args(out)])
+    assert code == 0
+    return out
+
+
+def test_find_writes_a_complete_run_folder(digits_run):
+    for name in ("config.yaml", "study.db", "candidates.csv", "teacher.json", "data.json", "report.html", "sample_batch.safetensors"):
+        assert (digits_run / name).exists(), name
+    df = pd.read_csv(digits_run / "candidates.csv")
+    assert 7 <= len(df) <= 10 and df["candidate_id"].is_unique  # TPE may propose a config twice
+    assert {"params", "flops", "latency_p50_ms", "latency_p90_ms", "proxy_diswot", "proxy_diswot_ms"} <= set(df.columns)
+    students = df[df["distilled_accuracy"].notna()]
+    assert len(students) == 2
+    assert (students["distilled_accuracy"] > 0.3).all()  # 10 classes: chance is 0.1
+    assert (students["latency_p50_ms"] <= 3).all()
+    # the finalists are the best-ranked candidates within budget
+    within = df[df["within_budget"]].sort_values("proxy_diswot", ascending=False)
+    assert set(students["candidate_id"]) == set(within["candidate_id"].head(2))
+    html = (digits_run / "report.html").read_text()
+    assert "Pareto front" in html and "plotly" in html and "<script src=\"http" not in html  # works offline
+
+
+def test_report_prints_the_pareto_table(digits_run, capsys):
+    code, out, _ = run_cli(capsys, "report", digits_run)
+    assert code == 0
+    assert "budget: 3ms" in out and "teacher:" in out and "Pareto front" in out
+    df = pd.read_csv(digits_run / "candidates.csv")
+    best = df.sort_values("distilled_accuracy", ascending=False).iloc[0]
+    assert best["candidate_id"] in out
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "torchscript", "onnx"])
+def test_export_formats_are_verified(digits_run, tmp_path, capsys, fmt):
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+    code, out, err = run_cli(capsys, "export", digits_run, "--best", "--format", fmt, "--out", tmp_path / fmt)
+    assert code == 0, err
+    assert "max abs diff" in out
+    diff = float(out.rsplit("max abs diff", 1)[1].strip().strip(":").strip())
+    assert diff < 1e-3
+    if fmt == "safetensors":
+        import kdsearch
+
+        model = kdsearch.load_student(tmp_path / fmt)
+        meta = model.kdsearch_meta
+        from safetensors.torch import load_file
+
+        batch = load_file(str(digits_run / "sample_batch.safetensors"))
+        with torch.no_grad():
+            preds = model(batch["images"]).argmax(1)
+        assert meta["num_classes"] == 10 and preds.shape == (8,)
+
+
+def test_export_a_trial_that_was_not_distilled(digits_run, capsys):
+    df = pd.read_csv(digits_run / "candidates.csv")
+    trial = int(df[df["distilled_accuracy"].isna()].iloc[0]["trial"])
+    code, _, err = run_cli(capsys, "export", digits_run, "--trial", trial)
+    assert code == 2 and "was not distilled" in err and "Traceback" not in err
+
+
+def test_rerun_resumes_without_redoing_work(digits_run, capsys):
+    before = {p: p.stat().st_mtime_ns for p in (digits_run / "students").glob("*/model.safetensors")}
+    code, out, _ = run_cli(capsys, *find_args(digits_run, "--trials", 12))
+    assert code == 0
+    after = {p: p.stat().st_mtime_ns for p in (digits_run / "students").glob("*/model.safetensors")}
+    assert before == after  # finished students are kept, not retrained
+    import optuna
+
+    study = optuna.load_study(study_name="kdsearch", storage=f"sqlite:///{digits_run / 'study.db'}")
+    assert len(study.trials) == 12  # the study continued from 10 to 12 trials
+
+
+def test_out_holding_a_different_study_is_refused(digits_run, capsys):
+    code, _, err = run_cli(capsys, *find_args(digits_run, budget="4ms"))
+    assert code == 2
+    assert "holds a different study" in err and "budget" in err and "Traceback" not in err
+
+
+def test_python_api_matches_cli(digits_run):
+    import kdsearch
+
+    report = kdsearch.build_report(digits_run)
+    assert not report.table.empty and report.table["pareto"].any()
+    model, meta = kdsearch.load_run_student(digits_run)
+    assert meta["val_accuracy"] == report.table["distilled_accuracy"].max()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--budget", "fast"], "Could not read the budget 'fast'"),
+        (["--proxy", "diswat"], "Unknown proxy 'diswat'"),
+        (["--data", "/no/such/dir"], "does not exist"),
+        (["--teacher", "resnet1011"], "Unknown teacher 'resnet1011'"),
+        (["--space", "resnet_cifr"], "Search space 'resnet_cifr' not found"),
+        (["--budget", "1us"], "fits the budget 1us: the smallest found is"),
+        (["--teacher-weights", "CORRUPT"], "Could not read checkpoint"),
+        (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "tpu"], "device"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_exit_2(tmp_path, capsys, argv, message):
+    base = {"--teacher": TEACHER, "--budget": "50ms", "--data": "digits", "--space": "resnet_cifar_s1", "--proxy": "diswot", "--device": "cpu"}
+    if "--teacher-weights" in argv:
+        bad = tmp_path / "weights.pt"
+        bad.write_bytes(b"PK\x03\x04 definitely not a checkpoint")
+        argv = ["--teacher-weights", bad]
+    for key, value in zip(argv[::2], argv[1::2]):
+        base[key] = value
+    out = tmp_path / "run"
+    args = ["find", *[x for kv in base.items() for x in kv], "--trials", 3, "--top-k", 1, "--epochs", 1, "--teacher-epochs", 1, "--out", out, "-q"]
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2, err
+    assert message in err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("kdsearch: error:") and "Traceback" not in err
+    # validation errors leave nothing behind; the late budget error leaves a resumable run, no report
+    assert not (out / "report.html").exists()
+
+
+def test_invalid_yaml_space(tmp_path, capsys):
+    bad = tmp_path / "space.yaml"
+    bad.write_text("family: resnet_cifar\nchoices:\n  depth1: [1, 3\n")
+    code, _, err = run_cli(capsys, "find", "--teacher", TEACHER, "--budget", "10ms", "--space", bad, "--out", tmp_path / "r", "-q")
+    assert code == 2 and "space.yaml: line" in err and "not valid YAML" in err
+
+
+def test_report_and_export_on_a_folder_that_is_not_a_run(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "report", tmp_path)
+    assert code == 2 and "not a kdsearch run folder" in err
+    code, _, err = run_cli(capsys, "export", tmp_path, "--best")
+    assert code == 2 and "not a kdsearch run folder" in err
+
+
+def test_export_from_a_run_with_no_trained_student(digits_run, tmp_path, capsys):
+    import shutil
+
+    clone = tmp_path / "clone"
+    shutil.copytree(digits_run, clone)
+    df = pd.read_csv(clone / "candidates.csv")
+    df["distilled_accuracy"] = None
+    df.to_csv(clone / "candidates.csv", index=False)
+    code, _, err = run_cli(capsys, "export", clone, "--best", "--format", "onnx")
+    assert code == 2 and "has no distilled student" in err
+    assert not (clone / "export").exists()
+
+
+@pytest.mark.slow
+def test_cifar10_jpeg_folder_end_to_end(cifar_folder, tmp_path, capsys):
+    """The issue's CIFAR-10 path on the real JPEGs: resnet_cifar space, 2 ms budget, Pareto report."""
+    out = tmp_path / "c10"
+    code, stdout, err = run_cli(
+        capsys, "find", "--teacher", TEACHER, "--data", cifar_folder, "--space", "resnet_cifar", "--budget", "2ms",
+        "--trials", 12, "--top-k", 2, "--epochs", 2, "--teacher-epochs", 2, "--out", out, "-q",
+    )
+    assert code == 0, err
+    df = pd.read_csv(out / "candidates.csv")
+    students = df[df["distilled_accuracy"].notna()]
+    assert len(students) == 2 and (students["latency_p50_ms"] <= 2.0).all()
+    assert json.loads((out / "data.json").read_text())["input_shape"] == [3, 32, 32]
+    assert "Pareto front" in stdout
+    assert Path(out / "report.html").stat().st_size > 100_000  # plotly.js is embedded for offline viewing
