@@ -178,12 +178,6 @@ def find(
         "kd": KDConfig().to_dict(),
     }
     _check_run_folder(run_dir, config)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resumed = (run_dir / "config.yaml").exists()
-    config["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-    atomic_write_json(run_dir / "data.json", task.record())
-    log(f"run folder: {run_dir}{' (resuming)' if resumed else ''}")
     seed_everything(seed)
 
     # -------------------------------------------------------------- teacher
@@ -199,10 +193,16 @@ def find(
         teacher, task, weights=teacher_weights, device=torch_device, pretrained=pretrained,
         recipe=recipe_override, latency_kwargs=latency_kwargs, progress=progress, log=log,
     )
-    for note in teacher_obj.notes:
-        log(f"teacher: {note}")
     log(f"teacher: {teacher_summary(teacher_obj)} [{time.perf_counter() - t0:.0f} s]")
+    # The run folder is written only once the inputs, teacher included, are known to be good.
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resumed = (run_dir / "config.yaml").exists()
+    previous = yaml.safe_load((run_dir / "config.yaml").read_text()) if resumed else {}
+    config["created"] = previous.get("created") or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    atomic_write_json(run_dir / "data.json", task.record())
     atomic_write_json(run_dir / "teacher.json", teacher_obj.record())
+    log(f"run folder: {run_dir}{' (resuming)' if resumed else ''}")
 
     # A few real validation images travel with the run: exports are verified on them without reloading data.
     from safetensors.torch import save_file
@@ -244,7 +244,7 @@ def find(
         best = min(rows.values(), key=lambda r: r[parsed_budget.metric])
         raise BudgetError(
             f"No candidate of {space_obj.name} fits the budget {parsed_budget.text}: the smallest found is "
-            f"{parsed_budget.describe(best[parsed_budget.metric])} on {torch_device.type}; raise --budget or choose a smaller --space."
+            f"{parsed_budget.describe(best[parsed_budget.metric])} on {torch_device.type}; raise --budget (with a new --out) or choose a smaller --space."
         )
 
     # -------------------------------------------------------------- finalists: re-measured, then distilled

@@ -143,8 +143,11 @@ def test_bad_input_is_one_clear_line_and_exit_2(tmp_path, capsys, argv, message)
     assert message in err
     lines = [line for line in err.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("kdsearch: error:") and "Traceback" not in err
-    # validation errors leave nothing behind; the late budget error leaves a resumable run, no report
-    assert not (out / "report.html").exists()
+    # input errors leave nothing behind; only the budget error, found after scoring, leaves a resumable study
+    if "budget 1us" in message:
+        assert (out / "study.db").exists() and not (out / "report.html").exists()
+    else:
+        assert not out.exists()
 
 
 def test_invalid_yaml_space(tmp_path, capsys):

@@ -239,7 +239,9 @@ def load_teacher(
     elif scripted:
         head_fits = True
 
-    needs_training = prepare and not head_fits and source != "callable-trained"
+    for note in notes:
+        log(f"teacher: {note}")
+    needs_training = prepare and not head_fits
     prepared = False
     if needs_training:
         recipe = recipe or default_teacher_recipe(task, source)
