@@ -164,7 +164,7 @@ def _apply_weights(model: nn.Module, path: str, notes: list[str]) -> bool:
     model.load_state_dict(usable, strict=False)
     head_loaded = head_keys <= set(usable)
     if not head_loaded:
-        notes.append(f"the classifier in {Path(path).name} does not fit {len(own) and 'this task'}: a new head is trained")
+        notes.append(f"the classifier in {Path(path).name} does not fit this task: a new head is trained")
     return head_loaded
 
 
