@@ -15,7 +15,7 @@ from kdsearch.spaces import create_model, load_space  # noqa: E402
 
 def __getattr__(name):
     # Heavy stages import lazily so `import kdsearch` stays fast.
-    if name in ("find", "FindResult"):
+    if name in ("find", "FindResult", "train_student"):
         from kdsearch import pipeline
 
         return getattr(pipeline, name)
@@ -40,5 +40,5 @@ def __getattr__(name):
 
 __all__ = [
     "FindResult", "KdsearchError", "build_report", "create_model", "export_student", "find", "load_run_student",
-    "load_space", "load_student", "load_task", "load_teacher",
+    "load_space", "load_student", "load_task", "load_teacher", "train_student",
 ]

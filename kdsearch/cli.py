@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"kdsearch {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{find,report,export}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{find,report,export,distill}")
 
     f = sub.add_parser("find", help="search, rank and distil students; writes a run folder", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     f.add_argument("--teacher", required=True, help="timm model name, package.module:callable, or a TorchScript/torch.export file")
@@ -54,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--timeout", type=float, help="stop scoring after this many seconds")
     f.add_argument("--top-k", type=_positive_int, default=3, help="best candidates to distil")
     f.add_argument("--epochs", type=_positive_int, default=10, help="distillation epochs per student")
+    f.add_argument("--loss", default="kd", help="distillation loss: kd, dkd, fitnet, diswot, cka, taid, pld, ce (no KD)")
+    f.add_argument("--loss-opt", action="append", default=[], metavar="KEY=VALUE", help="override a loss setting, e.g. temperature=2")
     f.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]: where latency is measured and training runs")
     f.add_argument("--batch-size", type=_positive_int, default=1, help="batch size for latency measurement")
     f.add_argument("--threads", type=_positive_int, default=1, help="CPU threads for latency measurement (pinned and recorded)")
@@ -72,7 +75,85 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--trial", type=int, help="the student of this trial number")
     e.add_argument("--format", default="safetensors", choices=["safetensors", "torchscript", "onnx"])
     e.add_argument("--out", help="output folder (default <run>/export)")
+    d = sub.add_parser("distill", help="distil one student from a teacher (the trainer find uses)", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d.add_argument("--teacher", help="as for find (default: the --from-run run's teacher)")
+    d.add_argument("--teacher-weights")
+    d.add_argument("--no-pretrained", dest="pretrained", action="store_false")
+    d.add_argument("--teacher-epochs", type=_positive_int)
+    d.add_argument("--student", help="a timm model name or a candidate config as JSON")
+    d.add_argument("--from-run", help="take the student config (and by default teacher and data) from this run folder")
+    d.add_argument("--trial", type=int, help="with --from-run: the trial whose candidate to distil")
+    d.add_argument("--data", help="as for find (default: digits, or the --from-run run's data)")
+    d.add_argument("--data-root")
+    d.add_argument("--input-size", type=_positive_int)
+    d.add_argument("--train-samples", type=_positive_int)
+    d.add_argument("--val-samples", type=_positive_int)
+    d.add_argument("--loss", default="kd", help="kd, dkd, fitnet, diswot, cka, taid, pld, ce (no KD)")
+    d.add_argument("--loss-opt", action="append", default=[], metavar="KEY=VALUE", help="override a loss setting, e.g. beta=8")
+    d.add_argument("--epochs", type=_positive_int, default=10)
+    d.add_argument("--batch-size", type=_positive_int, default=64, help="per process under torchrun")
+    d.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
+    d.add_argument("--lr", type=float, default=0.05)
+    d.add_argument("--weight-decay", type=float, default=5e-4)
+    d.add_argument("--schedule", choices=["cosine", "step"], default="cosine")
+    d.add_argument("--warmup-epochs", type=float, default=1.0)
+    d.add_argument("--label-smoothing", type=float, default=0.0)
+    d.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop/flip (teacher logits are then cached once)")
+    d.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"], default="auto", help="mixed precision on CUDA")
+    d.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto")
+    d.add_argument("--compile", action="store_true", help="torch.compile the student")
+    d.add_argument("--clip-grad-norm", type=float, default=0.0, help="0 = off")
+    d.add_argument("--device", default="auto")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--out", default="student", help="folder for checkpoint, metrics.csv, model.safetensors, student.yaml")
+    d.add_argument("--resume", action="store_true", help="continue the distillation held in --out")
+    d.add_argument("-q", "--quiet", action="store_true")
     return parser
+
+
+def _loss_options(pairs: list[str]) -> dict:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise KdsearchError(f"--loss-opt {pair!r} is not KEY=VALUE; write e.g. --loss-opt temperature=2.")
+        options[key.strip()] = value.strip()
+    return options
+
+
+def _distill(args) -> int:
+    import yaml
+
+    from kdsearch.pipeline import train_student
+    from kdsearch.training import Recipe
+
+    teacher, data, data_root = args.teacher, args.data, args.data_root
+    if args.from_run:
+        from pathlib import Path
+
+        config_path = Path(args.from_run) / "config.yaml"
+        if not config_path.exists():
+            raise KdsearchError(f"{args.from_run} is not a kdsearch run folder (no config.yaml); pass the --out folder of 'kdsearch find'.")
+        run = yaml.safe_load(config_path.read_text())
+        teacher = teacher or run["teacher"]
+        data = data or run["data"]["data"]
+        data_root = data_root or run["data"]["data_root"]
+    if not teacher:
+        raise KdsearchError("No teacher given; pass --teacher (or --from-run RUN to use that run's teacher).")
+    recipe = Recipe(
+        epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
+        schedule=args.schedule, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, augment=args.augment,
+        seed=args.seed, amp=args.amp, channels_last=args.channels_last, compile=args.compile, clip_grad_norm=args.clip_grad_norm,
+    )
+    result = train_student(
+        teacher, args.student, from_run=args.from_run, trial=args.trial, data=data or "digits", data_root=data_root,
+        input_size=args.input_size, train_samples=args.train_samples, val_samples=args.val_samples,
+        teacher_weights=args.teacher_weights, pretrained=args.pretrained, teacher_epochs=args.teacher_epochs,
+        loss=args.loss, loss_options=_loss_options(args.loss_opt), recipe=recipe, device=args.device, out=args.out,
+        resume=args.resume, quiet=args.quiet,
+    )
+    print(f"distilled {json.dumps(result['config'], sort_keys=True)} with {args.loss}: val acc {result['val_accuracy']:.4f} -> {args.out}")
+    return 0
 
 
 def _find(args) -> int:
@@ -85,6 +166,7 @@ def _find(args) -> int:
         teacher_weights=args.teacher_weights, pretrained=args.pretrained, teacher_epochs=args.teacher_epochs,
         trials=args.trials, timeout=args.timeout, top_k=args.top_k, proxy=args.proxy, sampler=args.sampler,
         device=args.device, batch_size=args.batch_size, threads=args.threads, epochs=args.epochs,
+        loss=args.loss, loss_options=_loss_options(args.loss_opt),
         storage=args.storage, seed=args.seed, quiet=args.quiet,
     )
     print(build_report(result.run_dir).to_text())
@@ -112,7 +194,7 @@ def _export(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"find": _find, "report": _report, "export": _export}
+    handlers = {"find": _find, "report": _report, "export": _export, "distill": _distill}
     try:
         return handlers[args.command](args)
     except KdsearchError as exc:

@@ -24,7 +24,7 @@ from kdsearch import __version__
 from kdsearch._util import atomic_write_json, atomic_write_text, file_sha256, resolve_device, seed_everything, stable_hash
 from kdsearch.cost import Budget, count_flops, count_params, measure_latency, parse_budget
 from kdsearch.data import DataSpec, load_task
-from kdsearch.distill import KDConfig, distill
+from kdsearch.distill import create_loss, distill_student
 from kdsearch.exceptions import BudgetError, KdsearchError, RunFolderError
 from kdsearch.proxies import ProxyContext, parse_proxies, score
 from kdsearch.search import SAMPLERS, run_search
@@ -35,7 +35,7 @@ from kdsearch.training import Recipe, TrainingDiverged
 
 STUDY_NAME = "kdsearch"
 # Settings that define what a run searches; a run folder refuses to resume under different ones.
-IDENTITY_KEYS = ("teacher", "teacher_weights_sha", "data", "space", "space_sha", "budget", "proxies", "device", "batch_size", "threads", "seed")
+IDENTITY_KEYS = ("teacher", "teacher_weights_sha", "data", "space", "space_sha", "budget", "proxies", "device", "batch_size", "threads", "seed", "loss")
 LATENCY_SEARCH = {"max_time_s": 0.6, "rel_precision": 0.02, "min_repeats": 15}
 LATENCY_FINAL = {"max_time_s": 3.0, "rel_precision": 0.01, "min_repeats": 50, "max_repeats": 2000}
 
@@ -127,6 +127,8 @@ def find(
     batch_size: int = 1,
     threads: int = 1,
     epochs: int = 10,
+    loss: str = "kd",
+    loss_options: dict | None = None,
     teacher_epochs: int | None = None,
     storage: str | None = None,
     seed: int = 0,
@@ -175,7 +177,7 @@ def find(
         "top_k": top_k,
         "epochs": epochs,
         "storage": storage or f"sqlite:///{(run_dir / 'study.db').resolve()}",
-        "kd": KDConfig().to_dict(),
+        "loss": create_loss(loss, **(loss_options or {})).config(),
     }
     _check_run_folder(run_dir, config)
     seed_everything(seed)
@@ -269,41 +271,24 @@ def find(
             log(f"finalist {cid}: {lat.p50_ms:.3f} ms on re-measurement exceeds {parsed_budget.text}; taking the next one")
         atomic_write_json(finalists_path, finalists)
 
-    kd = KDConfig()
     recipe = Recipe(epochs=epochs, batch_size=64, optimizer="sgd", lr=0.05, weight_decay=5e-4, seed=seed)
     for rank, cid in enumerate(accepted, 1):
         student_dir = run_dir / "students" / cid
-        result_path = student_dir / "result.json"
-        if result_path.exists():
+        if (student_dir / "result.json").exists():
             continue
         entry = finalists[cid]
-        torch.manual_seed(seed)
-        student = create_model(entry["config"], num_classes=task.num_classes, in_chans=task.in_chans)
         t0 = time.perf_counter()
         try:
-            result = distill(
-                student, teacher_obj.model, task, recipe, kd, device=torch_device,
-                checkpoint=student_dir / "checkpoint.pt", progress=progress, desc=f"distilling {rank}/{len(accepted)} ({cid})",
+            result = distill_student(
+                entry["config"], teacher_obj.model, task, student_dir, recipe, loss=loss, loss_options=loss_options,
+                device=torch_device, progress=progress, desc=f"distilling {rank}/{len(accepted)} ({cid})",
+                extra={"candidate_id": cid},
             )
         except TrainingDiverged as exc:
             log(f"student {cid}: {exc}; marked failed")
-            atomic_write_json(result_path, {"candidate_id": cid, "status": "diverged", "error": str(exc)})
+            atomic_write_json(student_dir / "result.json", {"candidate_id": cid, "status": "diverged", "error": str(exc)})
             continue
-        from safetensors.torch import save_model
-
-        tmp = student_dir / ".model.tmp"
-        save_model(student.to("cpu"), str(tmp))
-        tmp.replace(student_dir / "model.safetensors")
-        atomic_write_json(
-            result_path,
-            {
-                "candidate_id": cid, "status": "distilled", "config": entry["config"], "val_accuracy": result.accuracy,
-                "epochs": result.epochs, "seconds": result.seconds, "history": result.history,
-                "recipe": recipe.to_dict(), "kd": kd.to_dict(),
-            },
-        )
-        (student_dir / "checkpoint.pt").unlink(missing_ok=True)
-        log(f"student {rank}/{len(accepted)} {cid}: val acc {result.accuracy:.4f} at {entry['latency_ms']:.3f} ms [{time.perf_counter() - t0:.0f} s]")
+        log(f"student {rank}/{len(accepted)} {cid}: val acc {result['val_accuracy']:.4f} at {entry['latency_ms']:.3f} ms [{time.perf_counter() - t0:.0f} s]")
 
     candidates = _candidates_table(rows, finalists, run_dir, parsed_budget, proxies)
     from kdsearch.report import write_candidates
@@ -344,3 +329,89 @@ def _candidates_table(rows: dict, finalists: dict, run_dir: Path, budget: Budget
         records.append(rec)
     df = pd.DataFrame.from_records(records)
     return df.sort_values(f"proxy_{proxies[0]}", ascending=False, ignore_index=True)
+
+
+def resolve_student(student: str | dict | None, *, from_run: str | Path | None = None, trial: int | None = None) -> dict:
+    """A candidate config from a dict, a JSON string, a timm name, or a trial of a run folder."""
+    from kdsearch.exceptions import SpaceError
+
+    if from_run is not None:
+        if trial is None:
+            raise KdsearchError("--from-run needs --trial N (the trial numbers are in 'kdsearch report RUN').")
+        from kdsearch.report import read_run
+
+        _, candidates, _ = read_run(from_run)
+        row = candidates[candidates["trial"] == trial]
+        if row.empty:
+            raise KdsearchError(f"Run {from_run} has no trial {trial}; 'kdsearch report {from_run}' lists the trials.")
+        return json.loads(row.iloc[0]["config"])
+    if isinstance(student, dict):
+        return student
+    if not student:
+        raise KdsearchError("No student given; pass --student (a timm name or a JSON config) or --from-run RUN --trial N.")
+    text = student.strip()
+    if text.startswith("{"):
+        try:
+            config = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SpaceError(f"--student is not valid JSON ({exc.msg} at column {exc.colno}); quote it as one shell word.") from None
+        create_model(config, num_classes=2)  # validates family and keys with a clear message
+        return config
+    import timm
+
+    if not timm.is_model(text):
+        from kdsearch._util import suggest
+
+        raise SpaceError(f"Unknown student {text!r}: not a timm model or a JSON config;{suggest(text, timm.list_models())}")
+    return {"family": "timm", "model": text}
+
+
+def train_student(
+    teacher: str,
+    student: str | dict | None = None,
+    *,
+    from_run: str | Path | None = None,
+    trial: int | None = None,
+    data: str = "digits",
+    data_root: str | None = None,
+    input_size: int | None = None,
+    train_samples: int | None = None,
+    val_samples: int | None = None,
+    teacher_weights: str | None = None,
+    pretrained: bool = True,
+    teacher_epochs: int | None = None,
+    loss: str = "kd",
+    loss_options: dict | None = None,
+    recipe: Recipe | None = None,
+    device: str = "auto",
+    out: str | Path = "student",
+    resume: bool = False,
+    quiet: bool = False,
+) -> dict:
+    """Distil one student (``kdsearch distill``): the same code ``find`` runs for its top-k."""
+    log = _log(quiet)
+    config = resolve_student(student, from_run=from_run, trial=trial)
+    create_loss(loss, **(loss_options or {}))  # validate before any work
+    recipe = recipe or Recipe()
+    out = Path(out)
+    if not resume and ((out / "checkpoint.pt").exists() or (out / "result.json").exists()):
+        raise RunFolderError(f"{out} already holds a distillation; pass --resume to continue it, or choose another --out.")
+    torch_device = resolve_device(device)
+    task = load_task(DataSpec(data=data, data_root=data_root, input_size=input_size, train_samples=train_samples,
+                              val_samples=val_samples, seed=recipe.seed), progress=not quiet)
+    log(f"data: {task.description}")
+    teacher_recipe = None
+    if teacher_epochs is not None:
+        from kdsearch.teacher.teacher import default_teacher_recipe
+
+        teacher_recipe = default_teacher_recipe(task, "timm-pretrained" if pretrained else "random-init")
+        teacher_recipe.epochs = teacher_epochs
+    teacher_obj = load_teacher(teacher, task, weights=teacher_weights, device=torch_device, pretrained=pretrained,
+                               recipe=teacher_recipe, measure=False, progress=not quiet, log=log)
+    log(f"teacher: {teacher_summary(teacher_obj)}")
+    result = distill_student(
+        config, teacher_obj.model, task, out, recipe, loss=loss, loss_options=loss_options, device=torch_device,
+        progress=not quiet, desc=f"distilling ({loss})", extra={"teacher": teacher_obj.record(), "data": task.record()},
+    )
+    log(f"student: val acc {result['val_accuracy']:.4f} after {result['epochs']} epochs ({loss}); written to {out}")
+    return result

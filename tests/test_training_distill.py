@@ -1,62 +1,122 @@
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from kdsearch.distill import KDConfig, distill, kd_loss
+from kdsearch.distill import distill
+from kdsearch.distill.losses import create_loss
 from kdsearch.spaces import create_model
-from kdsearch.training import Recipe, fit
+from kdsearch.training import Recipe, TrainingDiverged, evaluate, fit, lr_at
 
 CFG = {"family": "resnet_cifar", "depth1": 1, "depth2": 1, "depth3": 1, "width1": 8, "width2": 16, "width3": 32}
 
 
-def test_kd_loss_matches_hand_computation():
-    s = torch.tensor([[1.0, 0.0, -1.0]])
-    t = torch.tensor([[2.0, 0.0, 0.0]])
-    y = torch.tensor([0])
-    cfg = KDConfig(temperature=2.0, alpha=0.75)
-    ps = torch.softmax(s / 2, 1)[0]
-    pt = torch.softmax(t / 2, 1)[0]
-    kl = float((pt * (pt.log() - ps.log())).sum())
-    ce = -math.log(float(torch.softmax(s, 1)[0, 0]))
-    expected = 0.25 * ce + 0.75 * 4 * kl
-    assert float(kd_loss(s, t, y, cfg)) == pytest.approx(expected, rel=1e-5)
-
-
-def test_kd_loss_is_zero_kl_when_logits_agree():
-    s = torch.randn(4, 5)
-    loss = kd_loss(s, s.clone(), torch.zeros(4, dtype=torch.long), KDConfig(alpha=1.0))
-    assert float(loss) == pytest.approx(0.0, abs=1e-6)
-
-
-def test_distill_learns_far_above_chance(digits_task):
+@pytest.fixture(scope="module")
+def trained_teacher(digits_task):
     torch.manual_seed(0)
     teacher = create_model(CFG, num_classes=10, in_chans=1)
     fit(teacher, digits_task, Recipe(epochs=5, optimizer="adamw", lr=5e-3, warmup_epochs=0.5))
+    return teacher.eval()
+
+
+@pytest.mark.parametrize("loss", ["kd", "dkd", "fitnet", "diswot", "cka", "taid", "pld"])
+def test_every_loss_distils_far_above_chance(digits_task, trained_teacher, loss):
+    torch.manual_seed(0)
+    student = create_model({**CFG, "width3": 16}, num_classes=10, in_chans=1)
+    options = {"warmup": 1} if loss == "dkd" else {}
+    result = distill(student, trained_teacher, digits_task, Recipe(epochs=6, lr=0.1, warmup_epochs=0.5), loss, loss_options=options)
+    assert result.accuracy > 0.4, loss  # 10 classes: chance is 0.1
+    assert len(result.history) == 6 and result.history[-1]["img_per_s"] > 0
+
+
+def test_no_kd_baseline_needs_no_teacher(digits_task):
+    torch.manual_seed(0)
     student = create_model(CFG, num_classes=10, in_chans=1)
-    result = distill(student, teacher, digits_task, Recipe(epochs=5, lr=0.1, warmup_epochs=0.5))
-    assert result.accuracy > 0.6
-    assert len(result.history) == 5 and result.history[-1]["img_per_s"] > 0
+    result = distill(student, None, digits_task, Recipe(epochs=2, lr=0.1), "ce")
+    assert result.accuracy > 0.3
 
 
-def test_interrupted_training_resumes_from_checkpoint(digits_task, tmp_path):
-    ck = tmp_path / "ck.pt"
+def test_teacher_logits_are_cached_without_augmentation(digits_task, trained_teacher, monkeypatch):
+    import kdsearch.training as training
+
+    calls = {"n": 0}
+    original = training._cache_teacher_logits
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_cache_teacher_logits", counting)
+    student = create_model(CFG, num_classes=10, in_chans=1)
+    distill(student, trained_teacher, digits_task, Recipe(epochs=2, augment=False), "kd")
+    assert calls["n"] == 1  # once per dataset, not per epoch
+    distill(student, trained_teacher, digits_task, Recipe(epochs=1, augment=True), "kd")
+    assert calls["n"] == 1  # augmented images: computed online
+
+
+def test_interrupted_training_resumes_exactly(digits_task, tmp_path, monkeypatch):
+    import kdsearch.training as training
+
+    recipe = Recipe(epochs=3, lr=0.05)
     torch.manual_seed(0)
     model = create_model(CFG, num_classes=10, in_chans=1)
-    fit(model, digits_task, Recipe(epochs=1, lr=0.05), checkpoint=ck)
-    state = torch.load(ck, weights_only=True)
-    assert state["epoch"] == 1
-    # a new process resumes: same checkpoint, a longer recipe → only the missing epoch runs
-    fresh = create_model(CFG, num_classes=10, in_chans=1)
-    result = fit(fresh, digits_task, Recipe(epochs=2, lr=0.05), checkpoint=ck)
-    assert [h["epoch"] for h in result.history] == [1, 2]
-    assert torch.load(ck, weights_only=True)["epoch"] == 2
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    full = fit(model, digits_task, recipe)
+
+    # Same run, killed during epoch 2 (after epoch 1's checkpoint was written).
+    real_evaluate, calls = training.evaluate, {"n": 0}
+
+    def dying_evaluate(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    ck = tmp_path / "ck.pt"
+    killed = create_model(CFG, num_classes=10, in_chans=1)
+    killed.load_state_dict(init)
+    monkeypatch.setattr(training, "evaluate", dying_evaluate)
+    with pytest.raises(KeyboardInterrupt):
+        fit(killed, digits_task, recipe, checkpoint=ck)
+    monkeypatch.setattr(training, "evaluate", real_evaluate)
+    assert torch.load(ck, weights_only=True)["epoch"] == 1
+
+    resumed_model = create_model(CFG, num_classes=10, in_chans=1)  # a new process: fresh weights
+    resumed = fit(resumed_model, digits_task, recipe, checkpoint=ck)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    assert [h["val_accuracy"] for h in resumed.history] == pytest.approx([h["val_accuracy"] for h in full.history], abs=1e-9)
+    for a, b in zip(model.state_dict().values(), resumed_model.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5)
+
+
+def test_lr_schedules():
+    assert lr_at(0, 100, 10, 1.0) == pytest.approx(0.1)
+    assert lr_at(10, 100, 10, 1.0) == pytest.approx(1.0)
+    assert lr_at(99, 100, 10, 1.0) < 0.01
+    assert lr_at(40, 100, 0, 1.0, "step") == 1.0 and lr_at(60, 100, 0, 1.0, "step") == pytest.approx(0.1)
+    assert lr_at(80, 100, 0, 1.0, "step") == pytest.approx(0.01)
 
 
 def test_divergence_is_reported(digits_task):
-    from kdsearch.training import TrainingDiverged
+    class Exploding(type(create_loss("ce"))):
+        def forward(self, student, teacher, labels, epoch):
+            return F.cross_entropy(student.logits, labels) * float("nan")
 
     model = create_model(CFG, num_classes=10, in_chans=1)
     with pytest.raises(TrainingDiverged):
-        fit(model, digits_task, Recipe(epochs=1), loss_fn=lambda logits, y, x: F.cross_entropy(logits, y) * float("nan"))
+        fit(model, digits_task, Recipe(epochs=1), loss=Exploding(create_loss("ce").params))
+
+
+def test_gradient_clipping_and_adamw_step(digits_task):
+    torch.manual_seed(0)
+    model = create_model(CFG, num_classes=10, in_chans=1)
+    result = fit(model, digits_task, Recipe(epochs=1, optimizer="adamw", lr=3e-3, clip_grad_norm=1.0, schedule="step"))
+    assert result.accuracy == pytest.approx(evaluate(model, digits_task))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_cuda_amp_channels_last(digits_task, trained_teacher, amp):
+    student = create_model(CFG, num_classes=10, in_chans=1)
+    result = distill(student, trained_teacher, digits_task, Recipe(epochs=2, lr=0.1, amp=amp), "kd", device="cuda")
+    assert result.accuracy > 0.3
+    assert student.conv1.weight.is_contiguous(memory_format=torch.channels_last)

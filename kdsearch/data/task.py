@@ -122,20 +122,31 @@ class Task:
         seed: int = 0,
         device: torch.device | str = "cpu",
         drop_last: bool = False,
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Normalised float batches on ``device``; augmentation only when asked (training)."""
+        rank: int = 0,
+        world_size: int = 1,
+        with_index: bool = False,
+    ) -> Iterator[tuple[torch.Tensor, ...]]:
+        """Normalised float batches on ``device``; augmentation only when asked (training).
+
+        Under data parallelism each of ``world_size`` ranks takes an equal, disjoint share of the
+        same seeded permutation. ``with_index`` adds the samples' indices (for cached teacher outputs).
+        """
         images, labels = (
             (self.train_images, self.train_labels) if split == "train" else (self.val_images, self.val_labels)
         )
         generator = torch.Generator().manual_seed(seed)
         order = torch.randperm(len(labels), generator=generator) if shuffle else torch.arange(len(labels))
+        if world_size > 1:
+            order = order[: len(order) - len(order) % world_size][rank::world_size]
         stop = len(order) - (len(order) % batch_size if drop_last else 0)
+        aug_generator = torch.Generator().manual_seed(seed * 7919 + rank)
         for start in range(0, stop, batch_size):
             idx = order[start : start + batch_size]
             x = images[idx]
             if augment:
-                x = self.augment(x, generator)
-            yield self.normalize(x.to(device, non_blocking=True)), labels[idx].to(device, non_blocking=True)
+                x = self.augment(x, aug_generator)
+            batch = (self.normalize(x.to(device, non_blocking=True)), labels[idx].to(device, non_blocking=True))
+            yield (*batch, idx) if with_index else batch
 
     def sample_batch(self, size: int = 64, *, split: str = "train", seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """A class-balanced, seeded batch of real images (normalised): what proxies score on."""

@@ -1,0 +1,330 @@
+"""Distillation losses: one registry, one signature.
+
+A loss is an ``nn.Module`` built by ``create_loss(name, **overrides)``; before training the trainer
+calls ``setup(student_taps, teacher_taps)`` once on a probe batch (feature losses create their
+adapters there, so adapter weights join the optimiser and the checkpoint), then per step
+``loss(student_taps, teacher_taps, labels, epoch)``. Defaults follow the reference papers and are
+recorded in the run through ``loss.config()``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from kdsearch._util import suggest
+from kdsearch.exceptions import KdsearchError
+from kdsearch.taps import Taps
+
+_LOSSES: dict[str, type[DistillLoss]] = {}
+
+
+def register_loss(name: str):
+    def wrap(cls):
+        cls.name = name
+        _LOSSES[name] = cls
+        return cls
+
+    return wrap
+
+
+def list_losses() -> list[str]:
+    return sorted(_LOSSES)
+
+
+def create_loss(name: str, **overrides: Any) -> DistillLoss:
+    if name not in _LOSSES:
+        raise KdsearchError(f"Unknown loss {name!r};{suggest(name, _LOSSES)} available: {', '.join(list_losses())}.")
+    cls = _LOSSES[name]
+    params = cls.Params()
+    known = {f.name for f in fields(params)}
+    for key, value in overrides.items():
+        if key not in known:
+            raise KdsearchError(f"Loss {name!r} has no setting {key!r};{suggest(key, known)} settings: {', '.join(sorted(known))}.")
+        setattr(params, key, type(getattr(params, key))(value))
+    return cls(params)
+
+
+class DistillLoss(nn.Module):
+    name = "base"
+    uses_teacher = True
+    uses_features = False  # needs pre-pool / pre-logit taps of the teacher, not only logits
+
+    @dataclass
+    class Params:
+        pass
+
+    def __init__(self, params):
+        super().__init__()
+        self.params = params
+
+    def setup(self, student: Taps, teacher: Taps | None) -> None:
+        """Called once with taps of a probe batch, before the optimiser is built."""
+
+    def config(self) -> dict:
+        return {"name": self.name, **asdict(self.params)}
+
+    def forward(self, student: Taps, teacher: Taps | None, labels: torch.Tensor, epoch: int) -> torch.Tensor:
+        raise NotImplementedError  # abstract: every registered loss overrides it
+
+
+def kl_div_t(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T²·KL(softmax(t/T) ‖ softmax(s/T)), batch mean (Hinton et al. 2015)."""
+    t = temperature
+    return F.kl_div(
+        F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1), reduction="batchmean", log_target=True
+    ) * (t * t)
+
+
+@register_loss("ce")
+class CrossEntropy(DistillLoss):
+    """No distillation: the student alone on the labels (the no-KD baseline)."""
+
+    uses_teacher = False
+
+    @dataclass
+    class Params:
+        label_smoothing: float = 0.0
+
+    def forward(self, student, teacher, labels, epoch):
+        return F.cross_entropy(student.logits.float(), labels, label_smoothing=self.params.label_smoothing)
+
+
+@register_loss("kd")
+class KD(DistillLoss):
+    """Hinton et al. 2015: ce_weight·CE + kd_weight·T²·KL; T = 4, CE 0.1 / KD 0.9."""
+
+    @dataclass
+    class Params:
+        temperature: float = 4.0
+        ce_weight: float = 0.1
+        kd_weight: float = 0.9
+        label_smoothing: float = 0.0
+
+    def forward(self, student, teacher, labels, epoch):
+        p = self.params
+        s, t = student.logits.float(), teacher.logits.float()
+        return p.ce_weight * F.cross_entropy(s, labels, label_smoothing=p.label_smoothing) + p.kd_weight * kl_div_t(s, t, p.temperature)
+
+
+@register_loss("dkd")
+class DKD(DistillLoss):
+    """Decoupled KD (Zhao et al., CVPR 2022): α·TCKD + β·NCKD, ramped in over ``warmup`` epochs.
+
+    TCKD: binary KL between teacher and student target/non-target probabilities.
+    NCKD: KL between the distributions over the non-target classes only.
+    """
+
+    @dataclass
+    class Params:
+        alpha: float = 1.0
+        beta: float = 8.0
+        temperature: float = 4.0
+        warmup: int = 20
+        ce_weight: float = 1.0
+
+    def forward(self, student, teacher, labels, epoch):
+        p = self.params
+        s, t = student.logits.float(), teacher.logits.float()
+        gt = F.one_hot(labels, s.shape[1]).bool()
+        ps, pt = F.softmax(s / p.temperature, dim=1), F.softmax(t / p.temperature, dim=1)
+        # binary (target, all non-target) distributions
+        bs = torch.stack([(ps * gt).sum(1), (ps * ~gt).sum(1)], dim=1).clamp_min(1e-12)
+        bt = torch.stack([(pt * gt).sum(1), (pt * ~gt).sum(1)], dim=1).clamp_min(1e-12)
+        tckd = (bt * (bt.log() - bs.log())).sum(1).mean() * p.temperature**2
+        # non-target distributions: push the target logit to -inf-ish before the softmax
+        log_ps_nt = F.log_softmax(s / p.temperature - 1000.0 * gt, dim=1)
+        log_pt_nt = F.log_softmax(t / p.temperature - 1000.0 * gt, dim=1)
+        nckd = F.kl_div(log_ps_nt, log_pt_nt, reduction="batchmean", log_target=True) * p.temperature**2
+        ramp = min((epoch + 1) / p.warmup, 1.0) if p.warmup > 0 else 1.0
+        return p.ce_weight * F.cross_entropy(s, labels) + ramp * (p.alpha * tckd + p.beta * nckd)
+
+
+class _Adapter(nn.Module):
+    """1×1 conv (+BN) from the student's channels to the teacher's, resized to the teacher's map."""
+
+    def __init__(self, student_channels: int, teacher_channels: int):
+        super().__init__()
+        self.proj = nn.Sequential(nn.Conv2d(student_channels, teacher_channels, 1, bias=False), nn.BatchNorm2d(teacher_channels))
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        if x.shape[-2:] != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return self.proj(x)
+
+
+def _as_map(x: torch.Tensor) -> torch.Tensor:
+    return x if x.ndim == 4 else x.view(x.shape[0], x.shape[1], 1, 1)
+
+
+@register_loss("fitnet")
+class FitNet(DistillLoss):
+    """FitNets (Romero et al. 2015) at the last aligned stage: CE + hint_weight·MSE(adapter(s), t)."""
+
+    uses_features = True
+
+    @dataclass
+    class Params:
+        hint_weight: float = 100.0
+        ce_weight: float = 1.0
+
+    def setup(self, student, teacher):
+        self.adapter = _Adapter(_as_map(student.prepool).shape[1], _as_map(teacher.prepool).shape[1])
+
+    def forward(self, student, teacher, labels, epoch):
+        t = _as_map(teacher.prepool).float()
+        s = self.adapter(_as_map(student.prepool).float(), t.shape[-2:])
+        return self.params.ce_weight * F.cross_entropy(student.logits.float(), labels) + self.params.hint_weight * F.mse_loss(s, t)
+
+
+def sp_relation_loss(student_feats: torch.Tensor, teacher_feats: torch.Tensor) -> torch.Tensor:
+    """Similarity-preserving KD (Tung & Mori 2019): ‖norm(FₛFₛᵀ) − norm(FₜFₜᵀ)‖²_F / B²."""
+    b = student_feats.shape[0]
+    gs = F.normalize(student_feats.flatten(1) @ student_feats.flatten(1).T, dim=1)
+    gt = F.normalize(teacher_feats.flatten(1) @ teacher_feats.flatten(1).T, dim=1)
+    return (gs - gt).pow(2).sum() / (b * b)
+
+
+def semantic_gram(prelogits: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Classes × classes Gram of dCE/dW (closed form), rows normalised — differentiable."""
+    residual = logits.softmax(dim=1) - F.one_hot(labels, logits.shape[1]).to(logits.dtype)
+    grad = residual.T @ prelogits / len(labels)
+    return F.normalize(grad @ grad.T, dim=1)
+
+
+@register_loss("diswot")
+class DisWOTPlus(DistillLoss):
+    """DisWOT+ (Dong et al., CVPR 2023): KD plus the two similarity terms the search ranks by.
+
+    relation: SP loss on pre-pool maps (γ = 3000, SP's default); semantic: mean squared difference
+    of the classifier-gradient class Grams (C×C). Both are width-independent (B×B and C×C Grams).
+    """
+
+    uses_features = True
+
+    @dataclass
+    class Params:
+        temperature: float = 4.0
+        ce_weight: float = 0.1
+        kd_weight: float = 0.9
+        relation_weight: float = 3000.0
+        semantic_weight: float = 1.0
+
+    def forward(self, student, teacher, labels, epoch):
+        p = self.params
+        s, t = student.logits.float(), teacher.logits.float()
+        loss = p.ce_weight * F.cross_entropy(s, labels) + p.kd_weight * kl_div_t(s, t, p.temperature)
+        loss = loss + p.relation_weight * sp_relation_loss(student.prepool.float(), teacher.prepool.float())
+        sem_s = semantic_gram(student.prelogits.float(), s, labels)
+        sem_t = semantic_gram(teacher.prelogits.float(), t, labels)
+        return loss + p.semantic_weight * (sem_s - sem_t).pow(2).mean()
+
+
+def linear_cka(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Linear CKA of two (n, d) feature matrices, differentiable (Kornblith et al. 2019)."""
+    x = x.flatten(1) - x.flatten(1).mean(0, keepdim=True)
+    y = y.flatten(1) - y.flatten(1).mean(0, keepdim=True)
+    # feature form ‖XᵀY‖² / (‖XᵀX‖·‖YᵀY‖) equals the Gram form; use the cheaper side
+    if x.shape[1] + y.shape[1] < 2 * x.shape[0]:
+        num = (x.T @ y).pow(2).sum()
+        den = torch.linalg.matrix_norm(x.T @ x) * torch.linalg.matrix_norm(y.T @ y)
+    else:
+        kx, ky = x @ x.T, y @ y.T
+        num = (kx * ky).sum()
+        den = torch.linalg.matrix_norm(kx) * torch.linalg.matrix_norm(ky)
+    return num / (den + eps)
+
+
+@register_loss("cka")
+class CKALoss(DistillLoss):
+    """KD plus cka_weight·(1 − linear CKA) between student and teacher pre-pool features."""
+
+    uses_features = True
+
+    @dataclass
+    class Params:
+        temperature: float = 4.0
+        ce_weight: float = 0.1
+        kd_weight: float = 0.9
+        cka_weight: float = 1.0
+
+    def forward(self, student, teacher, labels, epoch):
+        p = self.params
+        s, t = student.logits.float(), teacher.logits.float()
+        cka = linear_cka(student.prepool.float(), teacher.prepool.float())
+        return p.ce_weight * F.cross_entropy(s, labels) + p.kd_weight * kl_div_t(s, t, p.temperature) + p.cka_weight * (1 - cka)
+
+
+@register_loss("taid")
+class TAID(DistillLoss):
+    """Temporally Adaptive Interpolated Distillation (Shing et al., ICLR 2025).
+
+    Target: p_λ = softmax((1 − λ)·stopgrad(s) + λ·t); loss KL(p_λ ‖ softmax(s)). λ starts at
+    ``t_start`` and grows each step by α·sigmoid(m)·(1 − λ), m the momentum of the loss's relative
+    improvement, never below the linear schedule to ``t_end``.
+    """
+
+    @dataclass
+    class Params:
+        t_start: float = 0.4
+        t_end: float = 1.0
+        alpha: float = 5e-4
+        beta: float = 0.99
+        ce_weight: float = 0.0
+        total_steps: int = 0  # filled in by the trainer
+
+    def __init__(self, params):
+        super().__init__(params)
+        self.register_buffer("lam", torch.tensor(params.t_start))
+        self.register_buffer("momentum", torch.tensor(0.0))
+        self.register_buffer("prev_loss", torch.tensor(float("nan")))
+        self.register_buffer("step", torch.tensor(0))
+
+    def forward(self, student, teacher, labels, epoch):
+        p = self.params
+        s, t = student.logits.float(), teacher.logits.float()
+        lam = float(self.lam)
+        target = F.softmax((1 - lam) * s.detach() + lam * t, dim=1)
+        loss = F.kl_div(F.log_softmax(s, dim=1), target, reduction="batchmean")
+        if self.training:
+            with torch.no_grad():
+                current = loss.detach()
+                if not torch.isnan(self.prev_loss):
+                    delta = (self.prev_loss - current) / (self.prev_loss.abs() + 1e-8)
+                    self.momentum.mul_(p.beta).add_((1 - p.beta) * delta)
+                self.prev_loss.copy_(current)
+                self.step += 1
+                linear = p.t_start + (p.t_end - p.t_start) * float(self.step) / max(p.total_steps, 1)
+                grown = lam + p.alpha * float(torch.sigmoid(self.momentum)) * (1 - lam)
+                self.lam.fill_(min(p.t_end, max(linear, grown)))
+        return loss + p.ce_weight * F.cross_entropy(s, labels) if p.ce_weight else loss
+
+
+@register_loss("pld")
+class PLD(DistillLoss):
+    """Plackett–Luce Distillation: a list-wise loss over the teacher's class ranking.
+
+    The permutation puts the true class first, then the rest by teacher logit; each position k
+    adds w_k·(logsumexp(s_{π_k..π_K}) − s_{π_k}) with w_k = softmax(t/T)_{π_k}.
+    """
+
+    @dataclass
+    class Params:
+        temperature: float = 1.0
+
+    def forward(self, student, teacher, labels, epoch):
+        s, t = student.logits.float(), teacher.logits.float()
+        boosted = t.scatter(1, labels[:, None], math.inf)  # true class ranks first
+        order = boosted.argsort(dim=1, descending=True)
+        s_sorted = s.gather(1, order)
+        weights = F.softmax(t / self.params.temperature, dim=1).gather(1, order)
+        tail_lse = torch.logcumsumexp(s_sorted.flip(1), dim=1).flip(1)  # logsumexp over positions k..K
+        return (weights * (tail_lse - s_sorted)).sum(1).mean()
+
+
+__all__ = ["DistillLoss", "create_loss", "kl_div_t", "linear_cka", "list_losses", "register_loss", "semantic_gram", "sp_relation_loss"]
