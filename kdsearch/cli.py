@@ -152,7 +152,8 @@ def _distill(args) -> int:
         loss=args.loss, loss_options=_loss_options(args.loss_opt), recipe=recipe, device=args.device, out=args.out,
         resume=args.resume, quiet=args.quiet,
     )
-    print(f"distilled {json.dumps(result['config'], sort_keys=True)} with {args.loss}: val acc {result['val_accuracy']:.4f} -> {args.out}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one report
+        print(f"distilled {json.dumps(result['config'], sort_keys=True)} with {args.loss}: val acc {result['val_accuracy']:.4f} -> {args.out}")
     return 0
 
 

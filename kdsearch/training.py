@@ -297,5 +297,17 @@ def fit(
         if world > 1:
             dist.barrier()
     bar.close()
+    if world > 1:
+        _check_ranks_agree(model, device)
     accuracy = history[-1]["val_accuracy"] if history else evaluate(model, task, device=device)
     return TrainResult(accuracy=accuracy, epochs=recipe.epochs, seconds=time.perf_counter() - began, history=history, world_size=world)
+
+
+@torch.no_grad()
+def _check_ranks_agree(model: nn.Module, device: torch.device) -> None:
+    """DDP keeps replicas identical; a mismatch means a broken setup, not a result to keep."""
+    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().view(1).to(device)
+    gathered = [torch.zeros_like(checksum) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, checksum)
+    if any(not torch.allclose(g, gathered[0], rtol=1e-6, atol=1e-6) for g in gathered):
+        raise RuntimeError(f"DDP replicas diverged: parameter checksums {[float(g) for g in gathered]}")

@@ -19,7 +19,7 @@ from kdsearch.data import Task
 from kdsearch.exceptions import TeacherError
 from kdsearch.taps import Taps, as_logits, classifier_of, forward_taps, last_linear
 from kdsearch.teacher.checkpoint import load_state_dict
-from kdsearch.training import Recipe, evaluate, fit
+from kdsearch.training import Recipe, distributed_context, evaluate, fit
 
 PREPARE_VERSION = 1  # bump when the preparation recipe changes, so old caches are not reused
 
@@ -272,11 +272,15 @@ def load_teacher(
             checkpoint = cached.with_suffix(".partial.pt")  # resumes if interrupted
             result = fit(model, task, recipe, device=device, checkpoint=checkpoint, progress=progress, desc="preparing teacher")
             model.to("cpu")
-            tmp = cached.with_suffix(".tmp.safetensors")
-            save_model(model, str(tmp))
-            os.replace(tmp, cached)
-            atomic_write_json(meta_path, {"spec": spec, "task": task.fingerprint, "recipe": recipe.to_dict(), "history": result.history})
-            checkpoint.unlink(missing_ok=True)
+            rank, world = distributed_context()
+            if rank == 0:  # under torchrun every rank trained the same weights; one writes them
+                tmp = cached.with_suffix(".tmp.safetensors")
+                save_model(model, str(tmp))
+                os.replace(tmp, cached)
+                atomic_write_json(meta_path, {"spec": spec, "task": task.fingerprint, "recipe": recipe.to_dict(), "history": result.history})
+                checkpoint.unlink(missing_ok=True)
+            if world > 1:
+                torch.distributed.barrier()
             notes.append(f"prepared: {recipe.epochs} epochs fine-tuning on {task.name}")
         prepared = True
 
