@@ -81,6 +81,18 @@ def kl_div_t(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempera
     ) * (t * t)
 
 
+@dataclass
+class _KDParams:
+    temperature: float = 4.0
+    ce_weight: float = 0.1
+    kd_weight: float = 0.9
+
+
+def _kd_objective(p: _KDParams, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    ce = F.cross_entropy(student_logits, labels, label_smoothing=label_smoothing)
+    return p.ce_weight * ce + p.kd_weight * kl_div_t(student_logits, teacher_logits, p.temperature)
+
+
 @register_loss("ce")
 class CrossEntropy(DistillLoss):
     """No distillation: the student alone on the labels (the no-KD baseline)."""
@@ -100,16 +112,12 @@ class KD(DistillLoss):
     """Hinton et al. 2015: ce_weight·CE + kd_weight·T²·KL; T = 4, CE 0.1 / KD 0.9."""
 
     @dataclass
-    class Params:
-        temperature: float = 4.0
-        ce_weight: float = 0.1
-        kd_weight: float = 0.9
+    class Params(_KDParams):
         label_smoothing: float = 0.0
 
     def forward(self, student, teacher, labels, epoch):
         p = self.params
-        s, t = student.logits.float(), teacher.logits.float()
-        return p.ce_weight * F.cross_entropy(s, labels, label_smoothing=p.label_smoothing) + p.kd_weight * kl_div_t(s, t, p.temperature)
+        return _kd_objective(p, student.logits.float(), teacher.logits.float(), labels, p.label_smoothing)
 
 
 @register_loss("dkd")
@@ -208,18 +216,14 @@ class DisWOTPlus(DistillLoss):
     uses_features = True
 
     @dataclass
-    class Params:
-        temperature: float = 4.0
-        ce_weight: float = 0.1
-        kd_weight: float = 0.9
+    class Params(_KDParams):
         relation_weight: float = 3000.0
         semantic_weight: float = 1.0
 
     def forward(self, student, teacher, labels, epoch):
         p = self.params
         s, t = student.logits.float(), teacher.logits.float()
-        loss = p.ce_weight * F.cross_entropy(s, labels) + p.kd_weight * kl_div_t(s, t, p.temperature)
-        loss = loss + p.relation_weight * sp_relation_loss(student.prepool.float(), teacher.prepool.float())
+        loss = _kd_objective(p, s, t, labels) + p.relation_weight * sp_relation_loss(student.prepool.float(), teacher.prepool.float())
         sem_s = semantic_gram(student.prelogits.float(), s, labels)
         sem_t = semantic_gram(teacher.prelogits.float(), t, labels)
         return loss + p.semantic_weight * (sem_s - sem_t).pow(2).mean()
@@ -247,17 +251,13 @@ class CKALoss(DistillLoss):
     uses_features = True
 
     @dataclass
-    class Params:
-        temperature: float = 4.0
-        ce_weight: float = 0.1
-        kd_weight: float = 0.9
+    class Params(_KDParams):
         cka_weight: float = 1.0
 
     def forward(self, student, teacher, labels, epoch):
         p = self.params
-        s, t = student.logits.float(), teacher.logits.float()
         cka = linear_cka(student.prepool.float(), teacher.prepool.float())
-        return p.ce_weight * F.cross_entropy(s, labels) + p.kd_weight * kl_div_t(s, t, p.temperature) + p.cka_weight * (1 - cka)
+        return _kd_objective(p, student.logits.float(), teacher.logits.float(), labels) + p.cka_weight * (1 - cka)
 
 
 @register_loss("taid")
