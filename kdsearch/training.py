@@ -248,7 +248,7 @@ def fit(
 
     # A frozen teacher whose features are not needed runs with BatchNorm folded into its convolutions.
     if uses_teacher and not getattr(loss, "uses_features", False):
-        teacher = _fold_batchnorm(teacher, probe_x)
+        teacher = _fold_batchnorm(teacher, probe_x).to(memory_format=memory_format)
     # Teacher logits do not change between epochs when images are not augmented: compute them once.
     teacher_logits = None
     if uses_teacher and not recipe.augment and not getattr(loss, "uses_features", False):

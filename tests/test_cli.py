@@ -120,6 +120,7 @@ def test_python_api_matches_cli(digits_run):
     [
         (["--budget", "fast"], "Could not read the budget 'fast'"),
         (["--proxy", "diswat"], "Unknown proxy 'diswat'"),
+        (["--loss", "dkdd"], "Unknown loss 'dkdd'"),
         (["--data", "/no/such/dir"], "does not exist"),
         (["--teacher", "resnet1011"], "Unknown teacher 'resnet1011'"),
         (["--space", "resnet_cifr"], "Search space 'resnet_cifr' not found"),
@@ -129,7 +130,7 @@ def test_python_api_matches_cli(digits_run):
     ],
 )
 def test_bad_input_is_one_clear_line_and_exit_2(tmp_path, capsys, argv, message):
-    base = {"--teacher": TEACHER, "--budget": "50ms", "--data": "digits", "--space": "resnet_cifar_s1", "--proxy": "diswot", "--device": "cpu"}
+    base = {"--teacher": TEACHER, "--budget": "50ms", "--data": "digits", "--space": "resnet_cifar_s1", "--proxy": "diswot", "--device": "cpu", "--loss": "kd"}
     if "--teacher-weights" in argv:
         bad = tmp_path / "weights.pt"
         bad.write_bytes(b"PK\x03\x04 definitely not a checkpoint")
