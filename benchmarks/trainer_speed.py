@@ -17,6 +17,7 @@ import json
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -34,8 +35,6 @@ STUDENT = {"family": "resnet_cifar", "depth1": 3, "depth2": 3, "depth3": 3, "wid
 
 def cifar_folder() -> Path:
     """A class-balanced subset of the shared CIFAR-10 JPEGs, cut once into benchmarks/.data/."""
-    import sys
-
     sys.path.insert(0, str(ROOT / "tests"))
     from conftest import SHARED_CIFAR, _extract_subset
 
@@ -53,6 +52,14 @@ def ours(task, device, epochs, amp="none", channels_last="off", batch=128):
     recipe = Recipe(epochs=epochs, batch_size=batch, lr=0.1, weight_decay=5e-4, amp=amp, channels_last=channels_last)
     result = distill(student, teacher, task, recipe, "kd", loss_options={"ce_weight": 0.5, "kd_weight": 0.5}, device=device)
     return [h["img_per_s"] for h in result.history[1:]]  # first epoch is warm-up
+
+
+def ensure_torchdistill() -> None:
+    """The anchor comes from PyPI; install it on first use (into this interpreter's environment)."""
+    try:
+        import torchdistill  # noqa: F401
+    except ImportError:
+        subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "torchdistill"])
 
 
 def torchdistill_run(task, device, epochs, num_workers, batch=128):
@@ -142,6 +149,7 @@ def main():
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    ensure_torchdistill()
     task = load_task(str(cifar_folder()))
     rows = {}
     device = torch.device("cpu")
