@@ -9,6 +9,7 @@ recorded in the run through ``loss.config()``.
 
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -50,7 +51,7 @@ def create_loss(name: str, **overrides: Any) -> DistillLoss:
     return cls(params)
 
 
-class DistillLoss(nn.Module):
+class DistillLoss(nn.Module, abc.ABC):
     name = "base"
     uses_teacher = True
     uses_features = False  # needs pre-pool / pre-logit taps of the teacher, not only logits
@@ -69,8 +70,9 @@ class DistillLoss(nn.Module):
     def config(self) -> dict:
         return {"name": self.name, **asdict(self.params)}
 
+    @abc.abstractmethod
     def forward(self, student: Taps, teacher: Taps | None, labels: torch.Tensor, epoch: int) -> torch.Tensor:
-        raise NotImplementedError  # abstract: every registered loss overrides it
+        """The loss of one batch (a scalar)."""
 
 
 def kl_div_t(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
