@@ -122,31 +122,16 @@ def _loss_options(pairs: list[str]) -> dict:
 
 
 def _distill(args) -> int:
-    import yaml
-
     from kdsearch.pipeline import train_student
     from kdsearch.training import Recipe
 
-    teacher, data, data_root = args.teacher, args.data, args.data_root
-    if args.from_run:
-        from pathlib import Path
-
-        config_path = Path(args.from_run) / "config.yaml"
-        if not config_path.exists():
-            raise KdsearchError(f"{args.from_run} is not a kdsearch run folder (no config.yaml); pass the --out folder of 'kdsearch find'.")
-        run = yaml.safe_load(config_path.read_text())
-        teacher = teacher or run["teacher"]
-        data = data or run["data"]["data"]
-        data_root = data_root or run["data"]["data_root"]
-    if not teacher:
-        raise KdsearchError("No teacher given; pass --teacher (or --from-run RUN to use that run's teacher).")
     recipe = Recipe(
         epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
         schedule=args.schedule, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, augment=args.augment,
         seed=args.seed, amp=args.amp, channels_last=args.channels_last, compile=args.compile, clip_grad_norm=args.clip_grad_norm,
     )
     result = train_student(
-        teacher, args.student, from_run=args.from_run, trial=args.trial, data=data or "digits", data_root=data_root,
+        args.teacher, args.student, from_run=args.from_run, trial=args.trial, data=args.data, data_root=args.data_root,
         input_size=args.input_size, train_samples=args.train_samples, val_samples=args.val_samples,
         teacher_weights=args.teacher_weights, pretrained=args.pretrained, teacher_epochs=args.teacher_epochs,
         loss=args.loss, loss_options=_loss_options(args.loss_opt), recipe=recipe, device=args.device, out=args.out,

@@ -23,7 +23,7 @@ import yaml
 from kdsearch import __version__
 from kdsearch._util import atomic_write_json, atomic_write_text, file_sha256, resolve_device, seed_everything, stable_hash
 from kdsearch.cost import Budget, count_flops, count_params, measure_latency, parse_budget
-from kdsearch.data import DataSpec, load_task
+from kdsearch.data import DataSpec, Task, load_task
 from kdsearch.distill import create_loss, distill_student
 from kdsearch.exceptions import BudgetError, KdsearchError, RunFolderError
 from kdsearch.proxies import ProxyContext, parse_proxies, score
@@ -72,6 +72,17 @@ def _log(quiet: bool):
             print(message, file=sys.stderr, flush=True)
 
     return log
+
+
+def _teacher_recipe(task: Task, pretrained: bool, epochs: int | None) -> Recipe | None:
+    """The default preparation recipe with the user's epoch count, or None to keep the default."""
+    if epochs is None:
+        return None
+    from kdsearch.teacher.teacher import default_teacher_recipe
+
+    recipe = default_teacher_recipe(task, "timm-pretrained" if pretrained else "random-init")
+    recipe.epochs = epochs
+    return recipe
 
 
 def _check_run_folder(out: Path, config: dict) -> None:
@@ -185,15 +196,9 @@ def find(
     # -------------------------------------------------------------- teacher
     t0 = time.perf_counter()
     latency_kwargs = {"batch_size": batch_size, "threads": threads, **LATENCY_FINAL}
-    recipe_override = None
-    if teacher_epochs is not None:
-        from kdsearch.teacher.teacher import default_teacher_recipe
-
-        recipe_override = default_teacher_recipe(task, "timm-pretrained" if pretrained else "random-init")
-        recipe_override.epochs = teacher_epochs
     teacher_obj: Teacher = load_teacher(
         teacher, task, weights=teacher_weights, device=torch_device, pretrained=pretrained,
-        recipe=recipe_override, latency_kwargs=latency_kwargs, progress=progress, log=log,
+        recipe=_teacher_recipe(task, pretrained, teacher_epochs), latency_kwargs=latency_kwargs, progress=progress, log=log,
     )
     log(f"teacher: {teacher_summary(teacher_obj)} [{time.perf_counter() - t0:.0f} s]")
     # The run folder is written only once the inputs, teacher included, are known to be good.
@@ -367,12 +372,12 @@ def resolve_student(student: str | dict | None, *, from_run: str | Path | None =
 
 
 def train_student(
-    teacher: str,
+    teacher: str | None = None,
     student: str | dict | None = None,
     *,
     from_run: str | Path | None = None,
     trial: int | None = None,
-    data: str = "digits",
+    data: str | None = None,
     data_root: str | None = None,
     input_size: int | None = None,
     train_samples: int | None = None,
@@ -388,9 +393,22 @@ def train_student(
     resume: bool = False,
     quiet: bool = False,
 ) -> dict:
-    """Distil one student (``kdsearch distill``): the same code ``find`` runs for its top-k."""
+    """Distil one student (``kdsearch distill``): the same code ``find`` runs for its top-k.
+
+    With ``from_run``, teacher and data default to that run's; otherwise data defaults to digits.
+    """
     log = _log(quiet)
     config = resolve_student(student, from_run=from_run, trial=trial)
+    if from_run is not None:
+        from kdsearch.report import read_run
+
+        run_config, _, _ = read_run(from_run)
+        teacher = teacher or run_config["teacher"]
+        data = data or run_config["data"]["data"]
+        data_root = data_root or run_config["data"]["data_root"]
+    if not teacher:
+        raise KdsearchError("No teacher given; pass --teacher (or --from-run RUN to use that run's teacher).")
+    data = data or "digits"
     create_loss(loss, **(loss_options or {}))  # validate before any work
     recipe = recipe or Recipe()
     out = Path(out)
@@ -400,14 +418,8 @@ def train_student(
     task = load_task(DataSpec(data=data, data_root=data_root, input_size=input_size, train_samples=train_samples,
                               val_samples=val_samples, seed=recipe.seed), progress=not quiet)
     log(f"data: {task.description}")
-    teacher_recipe = None
-    if teacher_epochs is not None:
-        from kdsearch.teacher.teacher import default_teacher_recipe
-
-        teacher_recipe = default_teacher_recipe(task, "timm-pretrained" if pretrained else "random-init")
-        teacher_recipe.epochs = teacher_epochs
     teacher_obj = load_teacher(teacher, task, weights=teacher_weights, device=torch_device, pretrained=pretrained,
-                               recipe=teacher_recipe, measure=False, progress=not quiet, log=log)
+                               recipe=_teacher_recipe(task, pretrained, teacher_epochs), measure=False, progress=not quiet, log=log)
     log(f"teacher: {teacher_summary(teacher_obj)}")
     result = distill_student(
         config, teacher_obj.model, task, out, recipe, loss=loss, loss_options=loss_options, device=torch_device,

@@ -196,3 +196,16 @@ def test_cifar10_jpeg_folder_end_to_end(cifar_folder, tmp_path, capsys):
     assert json.loads((out / "data.json").read_text())["input_shape"] == [3, 32, 32]
     assert "Pareto front" in stdout
     assert Path(out / "report.html").stat().st_size > 100_000  # plotly.js is embedded for offline viewing
+
+
+def test_distill_a_trial_from_a_run_uses_its_teacher_and_data(digits_run, tmp_path, capsys):
+    df = pd.read_csv(digits_run / "candidates.csv")
+    row = df.iloc[-1]
+    out = tmp_path / "from-run"
+    code, stdout, err = run_cli(capsys, "distill", "--from-run", digits_run, "--trial", int(row["trial"]), "--epochs", 1, "--out", out, "-q")
+    assert code == 0, err
+    result = json.loads((out / "result.json").read_text())
+    assert result["config"] == json.loads(row["config"])
+    assert result["teacher"]["spec"] == TEACHER and result["data"]["name"] == "digits"
+    code, _, err = run_cli(capsys, "distill", "--from-run", digits_run, "--out", tmp_path / "x", "-q")
+    assert code == 2 and "--from-run needs --trial N" in err

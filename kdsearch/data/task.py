@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import struct
@@ -12,7 +13,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kdsearch._util import stable_hash
 from kdsearch.exceptions import DataError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -65,9 +65,9 @@ class Task:
     def in_chans(self) -> int:
         return self.input_shape[0]
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
-        """Content hash of the images and labels: a prepared teacher is reused only for the same data."""
+        """Content hash of the images and labels (computed once): a prepared teacher is reused only for the same data."""
         import hashlib
 
         digest = hashlib.sha256()
@@ -462,7 +462,3 @@ def load_task(spec: DataSpec | str = "digits", *, progress: bool = False, **over
         flip=flip,
         spec=spec,
     )
-
-
-def task_cache_key(task: Task) -> str:
-    return stable_hash({"fingerprint": task.fingerprint, "mean": task.mean, "std": task.std})
