@@ -49,7 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--train-samples", type=_positive_int, help="class-balanced subset of the training images")
     f.add_argument("--val-samples", type=_positive_int, help="class-balanced subset of the validation images")
     f.add_argument("--space", help="search-space YAML (default follows the input resolution)")
-    f.add_argument("--proxy", default="diswot", help="ranking proxy, or several comma-separated (the first ranks)")
+    f.add_argument(
+        "--proxy", default="default",
+        help="ranking proxy, or several comma-separated (the first ranks); 'a+b' or '2*a+b' is a rank ensemble; "
+        "'default' is the ensemble chosen on distilled ground truth (README: Proxies)",
+    )
     f.add_argument("--sampler", default="auto", choices=["auto", "tpe", "nsga2", "random", "brute"], help="Optuna sampler; auto = exhaustive for small spaces, else TPE")
     f.add_argument("--trials", type=_positive_int, default=100, help="candidates to score")
     f.add_argument("--timeout", type=float, help="stop scoring after this many seconds")

@@ -26,7 +26,8 @@ from kdsearch.cost import Budget, count_flops, count_params, measure_latency, pa
 from kdsearch.data import DataSpec, Task, load_task
 from kdsearch.distill import create_loss, distill_student
 from kdsearch.exceptions import BudgetError, KdsearchError, RunFolderError
-from kdsearch.proxies import ProxyContext, parse_proxies, score
+from kdsearch.proxies import ProxyContext, list_proxies, parse_proxies, score
+from kdsearch.proxies.ensemble import REFERENCE_SIZE, is_ensemble, parse_ensemble
 from kdsearch.search import SAMPLERS, run_search
 from kdsearch.spaces import SearchSpace, create_model, default_space_path, load_space
 from kdsearch.teacher import Teacher, load_teacher
@@ -116,6 +117,34 @@ def _study_rows(study: optuna.Study) -> dict[str, dict]:
     return rows
 
 
+def candidate_evaluator(task, ctx: ProxyContext, proxies: list[str], device, *, batch_size: int = 1, threads: int = 1,
+                        seed: int = 0):
+    """What the search does to one candidate: build it, count params/FLOPs, time it, score its proxies."""
+
+    def evaluate(config: dict) -> dict:
+        torch.manual_seed(seed)  # proxies on random-init students are seeded per candidate
+        model = create_model(config, num_classes=task.num_classes, in_chans=task.in_chans).to(device)
+        metrics: dict[str, Any] = {"params": count_params(model), "flops": count_flops(model, task.input_shape)}
+        lat = measure_latency(model, task.input_shape, device=device, batch_size=batch_size, threads=threads, **LATENCY_SEARCH)
+        metrics.update({
+            "latency_ms": lat.p50_ms, "latency_p90_ms": lat.p90_ms, "latency_iqr_ms": lat.iqr_ms,
+            "latency_repeats": lat.repeats, "latency_key": lat.key,
+        })
+        metrics.update(score(proxies, model, ctx, metrics))
+        return {k: v for k, v in metrics.items() if not k.startswith("_")}
+
+    return evaluate
+
+
+def _reference_models(space: SearchSpace, task, device, seed: int) -> list:
+    """The seeded random population that ensemble proxies rank candidates within."""
+    models = []
+    for i, config in enumerate(space.sample(REFERENCE_SIZE, seed=seed)):
+        torch.manual_seed(seed + i)
+        models.append(create_model(config, num_classes=task.num_classes, in_chans=task.in_chans).to(device))
+    return models
+
+
 def find(
     teacher: str = "resnet101",
     budget: str = "10ms",
@@ -132,7 +161,7 @@ def find(
     trials: int = 100,
     timeout: float | None = None,
     top_k: int = 3,
-    proxy: str = "diswot",
+    proxy: str = "default",
     sampler: str = "auto",
     device: str = "auto",
     batch_size: int = 1,
@@ -223,19 +252,17 @@ def find(
     ctx = ProxyContext(
         teacher=teacher_obj, images=images.to(torch_device), labels=labels.to(torch_device),
         num_classes=task.num_classes, input_shape=task.input_shape,
+        reference_models=lambda: _reference_models(space_obj, task, torch_device, seed),
     )
+    ensembles = [p for p in proxies if is_ensemble(p)]
+    if ensembles:
+        t0 = time.perf_counter()
+        for component in sorted({c for p in ensembles for c in parse_ensemble(p, list_proxies()).weights}):
+            ctx.reference_scores(component)
+        log(f"proxies: reference population of {REFERENCE_SIZE} candidates scored for {', '.join(ensembles)} "
+            f"[{time.perf_counter() - t0:.0f} s]")
 
-    def evaluate(config_: dict) -> dict:
-        torch.manual_seed(seed)  # proxies on random-init students are seeded per candidate
-        model = create_model(config_, num_classes=task.num_classes, in_chans=task.in_chans).to(torch_device)
-        metrics: dict[str, Any] = {"params": count_params(model), "flops": count_flops(model, task.input_shape)}
-        lat = measure_latency(model, task.input_shape, device=torch_device, batch_size=batch_size, threads=threads, **LATENCY_SEARCH)
-        metrics.update({
-            "latency_ms": lat.p50_ms, "latency_p90_ms": lat.p90_ms, "latency_iqr_ms": lat.iqr_ms,
-            "latency_repeats": lat.repeats, "latency_key": lat.key,
-        })
-        metrics.update(score(proxies, model, ctx, metrics))
-        return {k: v for k, v in metrics.items() if not k.startswith("_")}
+    evaluate = candidate_evaluator(task, ctx, proxies, torch_device, batch_size=batch_size, threads=threads, seed=seed)
 
     t0 = time.perf_counter()
     study = run_search(

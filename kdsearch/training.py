@@ -181,6 +181,21 @@ def _cache_teacher_logits(teacher: nn.Module, task: Task, device, amp_dtype) -> 
     return torch.cat(out)
 
 
+@torch.no_grad()
+def teacher_class_means(teacher: nn.Module, task: Task, device, amp_dtype=None) -> torch.Tensor:
+    """(classes, features) mean of the teacher's pre-logit embedding over the un-augmented training set."""
+    teacher.eval()
+    sums, counts = None, torch.zeros(task.num_classes, device=device)
+    for x, y in task.batches("train", 512, device=device):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            emb = forward_taps(teacher, x).prelogits.float()
+        if sums is None:
+            sums = torch.zeros(task.num_classes, emb.shape[1], device=device)
+        sums.index_add_(0, y, emb)
+        counts += torch.bincount(y, minlength=task.num_classes).float()
+    return sums / counts.clamp(min=1)[:, None]
+
+
 def fit(
     model: nn.Module,
     task: Task,
@@ -225,6 +240,8 @@ def fit(
     with torch.no_grad():
         model.eval()
         loss.setup(forward_taps(model, probe_x), forward_taps(teacher.eval(), probe_x) if teacher is not None else None)
+    if getattr(loss, "uses_class_means", False):
+        loss.set_class_means(teacher_class_means(teacher, task, device, amp_dtype))
     loss.to(device)
     step_module: nn.Module = _StudentStep(model, loss)
     optimizer = _optimizer(list(step_module.parameters()), recipe)

@@ -31,7 +31,7 @@ S, T, Y = [1.0, 0.0, -1.0], [2.0, 0.0, 0.0], 0
 
 
 def test_registry_and_defaults():
-    assert {"ce", "kd", "dkd", "fitnet", "diswot", "cka", "taid", "pld"} <= set(list_losses())
+    assert {"ce", "kd", "dkd", "fitnet", "diswot", "cka", "taid", "pld", "nd"} <= set(list_losses())
     assert create_loss("kd").config() == {"name": "kd", "temperature": 4.0, "ce_weight": 0.1, "kd_weight": 0.9, "label_smoothing": 0.0}
     dkd = create_loss("dkd").config()
     assert (dkd["alpha"], dkd["beta"], dkd["temperature"], dkd["warmup"]) == (1.0, 8.0, 4.0, 20)
@@ -143,3 +143,27 @@ def test_ce_is_plain_cross_entropy():
     loss = create_loss("ce", label_smoothing=0.1)
     logits = torch.tensor([S])
     assert float(loss(logits_taps([S]), None, torch.tensor([Y]), 0)) == pytest.approx(float(F.cross_entropy(logits, torch.tensor([Y]), label_smoothing=0.1)))
+
+
+def test_nd_by_hand():
+    """ND term: 1 − (s · ê_y) / max(‖s‖, ‖t‖), plus CE + T²·KL (CE 1, KD 1, ND 2)."""
+    s_emb, t_emb = [3.0, 4.0], [0.0, 6.0]
+    means = torch.tensor([[1.0, 1.0], [0.0, 2.0]])
+    loss = create_loss("nd")
+    loss.setup(logits_taps([S], prelogits=[s_emb]), logits_taps([T], prelogits=[t_emb]))
+    loss.set_class_means(means)
+    e = [1 / math.sqrt(2), 1 / math.sqrt(2)]
+    nd = 1 - (3 * e[0] + 4 * e[1]) / max(5.0, 6.0)
+    ce = -math.log(softmax(S)[Y])
+    kd = kl(softmax(T, 4), softmax(S, 4)) * 16
+    got = loss(logits_taps([S], prelogits=[s_emb]), logits_taps([T], prelogits=[t_emb]), torch.tensor([Y]), 0)
+    assert float(got) == pytest.approx(ce + kd + 2 * nd, rel=1e-5)
+    assert float(loss.nd_loss(torch.tensor([s_emb]), torch.tensor([t_emb]), torch.tensor([Y]))) == pytest.approx(nd, rel=1e-6)
+
+
+def test_nd_projects_a_narrower_student_and_needs_class_means():
+    loss = create_loss("nd")
+    with pytest.raises(KdsearchError, match="class means"):
+        loss.nd_loss(torch.ones(1, 2), torch.ones(1, 2), torch.tensor([0]))
+    loss.setup(logits_taps([S], prelogits=[[1.0, 2.0]]), logits_taps([T], prelogits=[[1.0, 2.0, 3.0]]))
+    assert isinstance(loss.project, torch.nn.Linear) and loss.project.weight.shape == (3, 2)

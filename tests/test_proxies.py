@@ -95,3 +95,136 @@ class _TupleNet(nn.Module):
 def test_models_returning_tuples_are_scored(ctx):
     out = score(["diswot"], _TupleNet(), ctx, {})
     assert out["diswot"] < 0
+
+
+# --------------------------------------------------------------------------- the zero-cost zoo
+ZOO = ["grad_norm", "snip", "grasp", "fisher", "jacob_cov", "nwot", "synflow", "zico", "zen", "meco", "cka", "diswot_randinit"]
+
+
+class _DictNet(_TupleNet):
+    def forward(self, x):
+        return {"logits": self.head(self.body(x)), "features": x}
+
+
+def test_every_registered_proxy_is_listed():
+    assert set(ZOO) | {"params", "flops", "diswot", "diswot_semantic", "diswot_relation"} == set(list_proxies())
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_proxy_is_finite_deterministic_and_leaves_the_model_untouched(ctx, name):
+    torch.manual_seed(3)
+    model = create_model(_cfg(1, 8), num_classes=10, in_chans=1).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    first = score([name], model, ctx, {})
+    second = score([name], model, ctx, {})
+    assert first[name] == second[name]
+    assert torch.isfinite(torch.tensor(first[name])) and first[f"{name}_ms"] > 0
+    assert not model.training and all(p.grad is None for p in model.parameters())
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("name", ZOO)
+@pytest.mark.parametrize("net", [_TupleNet, _DictNet])
+def test_zoo_proxy_copes_with_tuple_and_dict_outputs(ctx, name, net):
+    torch.manual_seed(0)
+    assert torch.isfinite(torch.tensor(score([name], net(), ctx, {})[name]))
+
+
+def test_synflow_on_a_linear_net_is_twice_the_path_sum(ctx):
+    """For f(x) = W2 W1 x with |W|, each layer's Σ W ⊙ ∂R/∂W equals R = 1ᵀ|W2||W1|1, so SynFlow = 2R."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(32 * 32, 6, bias=False), nn.Linear(6, 10, bias=False))
+    w1, w2 = net[1].weight.detach().double().abs(), net[2].weight.detach().double().abs()
+    expected = 2 * float(w2.sum(0) @ w1.sum(1))
+    assert score(["synflow"], net, ctx, {})["synflow"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_grad_norm_and_snip_match_autograd(ctx):
+    torch.manual_seed(0)
+    model = create_model(_cfg(1, 8), num_classes=10, in_chans=1)
+    model.train()
+    F.cross_entropy(model(ctx.images), ctx.labels).backward()
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    grad_norm = sum(float(m.weight.grad.norm()) for m in layers)
+    snip = sum(float((m.weight.grad * m.weight).abs().sum()) for m in layers)
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    with torch.no_grad():  # the proxies run in train mode; reset BN stats the manual pass updated
+        fresh = create_model(_cfg(1, 8), num_classes=10, in_chans=1)
+        model.load_state_dict({k: v for k, v in fresh.state_dict().items() if "running" in k or "num_batches" in k}, strict=False)
+    out = score(["grad_norm", "snip"], model, ctx, {})
+    assert out["grad_norm"] == pytest.approx(grad_norm, rel=1e-5)
+    assert out["snip"] == pytest.approx(snip, rel=1e-5)
+
+
+def test_nwot_is_the_log_det_of_the_hamming_kernel(ctx):
+    """A lone ReLU on the input: codes are the input pixels' signs, K_ij = #agreeing units."""
+    net = nn.Sequential(nn.ReLU(), nn.Flatten(), nn.Linear(32 * 32, 10))
+    x = ctx.images[:16]
+    small = ProxyContext(teacher=None, images=x, labels=ctx.labels[:16], num_classes=10, input_shape=(1, 32, 32))
+    c = (x.flatten(1) > 0).double()
+    k = c @ c.T + (1 - c) @ (1 - c).T
+    assert score(["nwot"], net, small, {})["nwot"] == pytest.approx(float(torch.linalg.slogdet(k)[1]), rel=1e-9)
+
+
+def test_meco_is_the_minimum_eigenvalue_of_channel_correlation(ctx):
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 32 * 32, 10))
+    fea = net[0](ctx.images[:1]).detach()[0].flatten(1).double()
+    expected = float(torch.linalg.eigvalsh(torch.corrcoef(fea))[0])
+    assert score(["meco"], net, ctx, {})["meco"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_bigger_students_score_higher_on_size_like_proxies(ctx):
+    torch.manual_seed(0)
+    small = create_model(_cfg(1, 4), num_classes=10, in_chans=1)
+    big = create_model(_cfg(3, 16), num_classes=10, in_chans=1)
+    for name in ("synflow", "nwot", "zen"):
+        assert score([name], big, ctx, {})[name] > score([name], small, ctx, {})[name], name
+
+
+def test_cka_to_the_teacher_is_one_for_the_teacher_itself(ctx):
+    assert score(["cka"], ctx.teacher.model, ctx, {})["cka"] == pytest.approx(1.0, abs=1e-5)
+
+
+# --------------------------------------------------------------------------- ensembles
+def test_ensemble_ranks_within_the_reference_population(ctx):
+    from dataclasses import replace
+
+    from kdsearch.proxies.ensemble import percentile
+
+    sizes = [(1, 4), (1, 8), (3, 8), (3, 16)]
+    ref_ctx = replace(ctx, cache={}, reference_models=lambda: [create_model(_cfg(d, w), num_classes=10, in_chans=1) for d, w in sizes])
+    mid = create_model(_cfg(2, 8), num_classes=10, in_chans=1)
+    out = score(["params+2*flops", "params"], mid, ref_ctx, {})
+    # params and FLOPs of depth-2 width-8 both sit between the 2nd and 3rd reference models: percentile 0.5
+    assert out["params+2*flops"] == pytest.approx(0.5)
+    assert percentile(3.0, torch.tensor([1.0, 3.0, 5.0, 7.0])) == pytest.approx(0.375)
+    with pytest.raises(ProxyError, match="reference population"):
+        score(["params+flops"], mid, replace(ctx, cache={}), {})
+
+
+def test_ensemble_names_are_validated():
+    assert parse_proxies("default")[0] == parse_proxies(["default"])[0] and "+" in parse_proxies("default")[0]
+    with pytest.raises(ProxyError, match="Did you mean 'synflow'"):
+        parse_proxies("params+synflaw")
+    with pytest.raises(ProxyError, match="WEIGHT\\*NAME"):
+        parse_proxies("params+2*")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ZOO + ["diswot"])
+def test_zoo_proxy_on_cuda_agrees_with_cpu(ctx, name):
+    from dataclasses import replace
+
+    torch.manual_seed(3)
+    model = create_model(_cfg(1, 8), num_classes=10, in_chans=1)
+    cpu = score([name], model, ctx, {})[name]
+    teacher = _Wrap(ctx.teacher.model.cuda())
+    gpu_ctx = replace(ctx, cache={}, teacher=teacher, images=ctx.images.cuda(), labels=ctx.labels.cuda())
+    try:
+        gpu = score([name], model.cuda(), gpu_ctx, {})[name]
+    finally:
+        ctx.teacher.model.cpu()
+    assert gpu == pytest.approx(cpu, rel=1e-3, abs=1e-4)

@@ -72,3 +72,34 @@ def test_invalid_space_files_name_file_key_and_fix(tmp_path, text, match):
 def test_unknown_space_name_suggests():
     with pytest.raises(SpaceError, match="Did you mean 'resnet_cifar'"):
         load_space("resnet_cifra")
+
+
+# --------------------------------------------------------------------------- NAS-Bench-201
+def test_nasbench201_space_encoding_and_sizes(digits_task):
+    from kdsearch.spaces import create_model, load_space
+    from kdsearch.spaces.families import nb201_arch_str, nb201_config
+
+    space = load_space("nasbench201")
+    assert space.size == 15_625
+    arch = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
+    config = {**nb201_config(arch), **space.fixed}
+    assert nb201_arch_str(config) == arch
+    model = create_model(config, num_classes=10)
+    assert model.arch_str == arch
+    # the benchmark's extremes: every edge a 3x3 conv is its largest cell (1.53 M parameters on CIFAR-10)
+    largest = {**nb201_config("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|"),
+               **space.fixed}
+    assert sum(p.numel() for p in create_model(largest, num_classes=10).parameters()) == 1_531_546
+    x, _ = digits_task.sample_batch(4)
+    empty = {**nb201_config("|none~0|+|none~0|none~1|+|none~0|none~1|none~2|"), **space.fixed, "cells_per_stage": 1}
+    out = create_model(empty, num_classes=10, in_chans=1)(x)
+    assert out.shape == (4, 10) and torch.isfinite(out).all()
+
+
+def test_space_sample_is_seeded_and_distinct():
+    from kdsearch.spaces import load_space
+
+    space = load_space("nasbench201")
+    a, b = space.sample(20, seed=3), space.sample(20, seed=3)
+    assert a == b and len({str(sorted(c.items())) for c in a}) == 20
+    assert len(load_space("resnet_cifar_s1").sample(100)) == 64  # the whole space when it is smaller

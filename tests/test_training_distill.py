@@ -18,7 +18,7 @@ def trained_teacher(digits_task):
     return teacher.eval()
 
 
-@pytest.mark.parametrize("loss", ["kd", "dkd", "fitnet", "diswot", "cka", "taid", "pld"])
+@pytest.mark.parametrize("loss", ["kd", "dkd", "fitnet", "diswot", "cka", "taid", "pld", "nd"])
 def test_every_loss_distils_far_above_chance(digits_task, trained_teacher, loss):
     torch.manual_seed(0)
     student = create_model({**CFG, "width3": 16}, num_classes=10, in_chans=1)

@@ -71,6 +71,20 @@ class SearchSpace:
         for combo in itertools.product(*(self.choices[k] for k in keys)):
             yield self.config(dict(zip(keys, combo)))
 
+    def sample(self, n: int, seed: int = 0) -> list[dict[str, Any]]:
+        """``n`` distinct candidates drawn uniformly (seeded); the whole space when it holds fewer."""
+        import random
+
+        if n >= self.size:
+            return list(self.enumerate())
+        rng = random.Random(seed)
+        picked: list[dict[str, Any]] = []
+        while len(picked) < n:
+            config = self.config({k: rng.choice(v) for k, v in self.choices.items()})
+            if config not in picked:
+                picked.append(config)
+        return picked
+
     def build(self, config: dict[str, Any], *, num_classes: int, in_chans: int = 3) -> nn.Module:
         return create_model(config, num_classes=num_classes, in_chans=in_chans)
 

@@ -1,0 +1,393 @@
+"""Do training-free proxies predict the distilled student? Ground truth from real distillation, then Kendall τ.
+
+Ground truth: students spread over two spaces — ``search_spaces/resnet_cifar.yaml`` (depths *and*
+widths, where parameter count is not the whole story) and NAS-Bench-201 cells (block types: five
+ops on six edges) — each distilled (KD, T = 4) and trained without KD (cross-entropy) from one
+ResNet-56-type teacher trained once on real CIFAR-10 JPEGs (../shared/data). One fixed short recipe
+sized for 2 CPU cores; a few students are trained again with a second seed, and the ground truth's
+own seed-to-seed Kendall τ is reported, so the proxies' τ can be read against the noise floor.
+Everything is resumable: each student's result lives in benchmarks/.data/proxy_rank/ (re-running
+picks up where a killed run stopped, mid-epoch included).
+
+Then every registered proxy scores every student (several proxy batches, 2 seeds) and the script
+prints τ and ρ of every proxy, params and FLOPs against distilled and against no-KD accuracy, picks
+the rank-aggregation ensemble out of sample (leave-one-space-out and repeated 2-fold), and writes
+``benchmarks/results/proxy_rank.json`` (+ ``proxy_rank_students.csv`` with per-student accuracies).
+
+    .venv/bin/python benchmarks/proxy_rank.py            # ~1 h on 2 cores (ground truth, then proxies)
+    .venv/bin/python benchmarks/proxy_rank.py --reuse    # proxies only, over the stored ground truth
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+WORK = ROOT / "benchmarks" / ".data" / "proxy_rank"
+TEACHER = {"family": "resnet_cifar", "depth1": 9, "depth2": 9, "depth3": 9, "width1": 16, "width2": 32, "width3": 64}
+# NAS-Bench-201 cells in a 1-cell-per-stage skeleton: the same 15,625 cells, 5× cheaper to train on 2 cores.
+NB201_SKELETON = {"channels": 16, "cells_per_stage": 1}
+
+
+def cifar_folder() -> Path:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import _extract_subset
+
+    dest = ROOT / "benchmarks" / ".data" / "cifar10-proxy-rank"
+    if not (dest / "test").exists():
+        _extract_subset(dest, per_class_train=500, per_class_test=100)
+    return dest
+
+
+def _nb201_connected(config: dict) -> bool:
+    """Does any non-'none' path lead from the cell input to its output? (Disconnected cells are chance-level.)"""
+    reach = {0}
+    for to in (1, 2, 3):
+        if any(src in reach and config[f"edge_{to}_{src}"] != "none" for src in range(to)):
+            reach.add(to)
+    return 3 in reach
+
+
+def sample_students(n_resnet: int, n_nb201: int, seed: int = 0) -> list[dict]:
+    """A fixed, seeded spread of students, the two spaces interleaved (a partial run stays balanced)."""
+    from kdsearch.spaces import load_space
+
+    rng = random.Random(seed)
+    resnet = load_space("search_spaces/resnet_cifar.yaml")
+    nb201 = load_space("search_spaces/nasbench201.yaml")
+    picked_r: list[dict] = []
+    while len(picked_r) < n_resnet:
+        config = {"family": "resnet_cifar", **{k: rng.choice(v) for k, v in resnet.choices.items()}}
+        if config not in picked_r:
+            picked_r.append(config)
+    picked_n: list[dict] = []
+    while len(picked_n) < n_nb201:
+        config = {"family": "nasbench201", **{k: rng.choice(v) for k, v in nb201.choices.items()}, **NB201_SKELETON}
+        if config not in picked_n and _nb201_connected(config):
+            picked_n.append(config)
+    out, queue_r, queue_n = [], list(picked_r), list(picked_n)
+    while queue_r or queue_n:
+        for queue, k in ((queue_r, 2), (queue_n, 1)):
+            for _ in range(k):
+                if queue:
+                    out.append(queue.pop(0))
+    return out
+
+
+def build_ground_truth(args) -> dict:
+    from safetensors.torch import load_model, save_model
+    from scipy.stats import kendalltau
+
+    from kdsearch._util import atomic_write_json
+    from kdsearch.cost import count_flops, count_params
+    from kdsearch.data import load_task
+    from kdsearch.distill import distill_student
+    from kdsearch.spaces import candidate_id, create_model
+    from kdsearch.training import Recipe, fit
+
+    task = load_task(str(cifar_folder()))
+    WORK.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    teacher = create_model(TEACHER, num_classes=10)
+    teacher_file = WORK / f"teacher_{args.teacher_epochs}ep.safetensors"
+    teacher_meta = WORK / f"teacher_{args.teacher_epochs}ep.json"
+    if teacher_file.exists():
+        load_model(teacher, str(teacher_file))
+        t_info = json.loads(teacher_meta.read_text())
+    else:
+        t_recipe = Recipe(epochs=args.teacher_epochs, lr=0.1, batch_size=64)
+        result = fit(teacher, task, t_recipe, checkpoint=WORK / "teacher_checkpoint.pt", progress=True, desc="teacher")
+        save_model(teacher, str(teacher_file) + ".tmp")
+        Path(str(teacher_file) + ".tmp").replace(teacher_file)
+        t_info = {"arch": TEACHER, "epochs": args.teacher_epochs, "val_accuracy": result.accuracy, "seconds": result.seconds}
+        atomic_write_json(teacher_meta, t_info)
+    teacher.eval()
+    print(f"teacher: {t_info['val_accuracy']:.4f} after {t_info['epochs']} epochs", flush=True)
+
+    recipe = dict(epochs=args.epochs, lr=0.05, batch_size=64, augment=False)  # no augmentation: teacher logits cached once
+    students = sample_students(args.resnet, args.nb201)
+    # the teacher saw all 5,000 training images; students train on a class-balanced subset of them
+    student_task = load_task(str(cifar_folder()), train_samples=args.train_samples)
+    runs_dir = WORK / f"students_n{len(student_task.train_labels)}_e{args.epochs}"
+    rows = []
+    started = time.perf_counter()
+    for i, config in enumerate(students):
+        sid = candidate_id(config)
+        model = create_model(config, num_classes=10)
+        row = {"id": sid, "space": config["family"], "config": config, "params": count_params(model),
+               "flops": count_flops(model, task.input_shape)}
+        runs = [("kd", 0), ("ce", 0)] + ([("kd", 1)] if i < args.seed_students else [])
+        for loss, seed in runs:
+            record = distill_student(config, teacher, student_task, runs_dir / sid / f"{loss}_s{seed}", Recipe(**recipe, seed=seed),
+                                     loss=loss, progress=False)
+            row[f"acc_{loss}_s{seed}"] = record["val_accuracy"]
+            row[f"seconds_{loss}_s{seed}"] = record["seconds"]
+        rows.append(row)
+        print(f"[{i + 1}/{len(students)}] {config['family']:<12} {sid} params {row['params'] / 1e6:5.2f}M "
+              f"KD {row['acc_kd_s0']:.4f} no-KD {row['acc_ce_s0']:.4f}  ({time.perf_counter() - started:.0f} s)", flush=True)
+    paired = [r for r in rows if "acc_kd_s1" in r]
+    seed_tau = float(kendalltau([r["acc_kd_s0"] for r in paired], [r["acc_kd_s1"] for r in paired]).statistic)
+    record = {
+        "data": student_task.description, "train_images": len(student_task.train_labels),
+        "val_images": len(student_task.val_labels), "teacher": t_info, "teacher_train_images": len(task.train_labels), "recipe": recipe, "loss": "kd (T=4, CE 0.1 / KD 0.9) and ce (no KD)",
+        "nb201_skeleton": NB201_SKELETON, "n_students": len(rows), "seed_tau_students": len(paired),
+        "ground_truth_seed_tau": seed_tau, "students": rows,
+    }
+    atomic_write_json(args.results / "proxy_rank_ground_truth.json", record)
+    print(f"ground truth: {len(rows)} students, seed-to-seed τ {seed_tau:.3f} over {len(paired)} students", flush=True)
+    return record
+
+
+class _Teacher:
+    def __init__(self, model):
+        self.model = model.eval()
+
+    @torch.no_grad()
+    def taps(self, x):
+        from kdsearch.taps import forward_taps
+
+        return forward_taps(self.model, x)
+
+
+def score_students(ground_truth: dict, names: list[str], batch_seeds: list[int]) -> list[dict]:
+    """Every proxy on every student, averaged over proxy batches/init seeds (cost in ms kept per proxy)."""
+    from safetensors.torch import load_model
+
+    from kdsearch.data import load_task
+    from kdsearch.proxies import ProxyContext, score
+    from kdsearch.spaces import create_model
+
+    task = load_task(str(cifar_folder()))
+    teacher = create_model(TEACHER, num_classes=10)
+    load_model(teacher, str(WORK / f"teacher_{ground_truth['teacher']['epochs']}ep.safetensors"))
+    wrapped = _Teacher(teacher)
+    contexts = []
+    for seed in batch_seeds:
+        x, y = task.sample_batch(64, seed=seed)
+        contexts.append(ProxyContext(teacher=wrapped, images=x, labels=y, num_classes=10, input_shape=task.input_shape))
+    rows = []
+    for i, student in enumerate(ground_truth["students"]):
+        per_seed = []
+        for seed, ctx in zip(batch_seeds, contexts):
+            torch.manual_seed(seed)
+            model = create_model(student["config"], num_classes=10)
+            per_seed.append(score(names, model, ctx, {"params": student["params"], "flops": student["flops"]}))
+        row = {"id": student["id"]}
+        for name in names:
+            row[name] = sum(s[name] for s in per_seed) / len(per_seed)
+            row[f"{name}_ms"] = sum(s[f"{name}_ms"] for s in per_seed) / len(per_seed)
+            row[f"{name}_seeds"] = [s[name] for s in per_seed]
+        rows.append(row)
+        print(f"  proxies {i + 1}/{len(ground_truth['students'])}", end="\r", flush=True)
+    print()
+    return rows
+
+
+def _tau(a, b) -> float:
+    from scipy.stats import kendalltau
+
+    value = kendalltau(a, b).statistic
+    return 0.0 if value != value else float(value)  # NaN (a constant proxy) counts as no information
+
+
+def _rho(a, b) -> float:
+    from scipy.stats import spearmanr
+
+    value = spearmanr(a, b).statistic
+    return 0.0 if value != value else float(value)
+
+
+def ensemble_candidates(names: list[str]) -> list[dict[str, float]]:
+    """Every single proxy, and every pair and triple with weights in {1, 2} — the evidence picks among these."""
+    import itertools
+
+    out = [{n: 1.0} for n in names]
+    for a, b in itertools.combinations(names, 2):
+        out += [{a: 1.0, b: 1.0}, {a: 2.0, b: 1.0}, {a: 1.0, b: 2.0}]
+    for combo in itertools.combinations(names, 3):
+        out.append(dict.fromkeys(combo, 1.0))
+    return out
+
+
+def ensemble_name(weights: dict[str, float]) -> str:
+    return "+".join(name if w == 1 else f"{w:g}*{name}" for name, w in weights.items())
+
+
+def _ensemble_tau(weights, scores, accuracy, idx) -> float:
+    from kdsearch.proxies.ensemble import rank_scores
+
+    sub = {n: [scores[n][i] for i in idx] for n in weights}
+    return _tau(rank_scores(sub, weights), [accuracy[i] for i in idx])
+
+
+def select_default(scores: dict[str, list[float]], accuracy: list[float], spaces: list[str], repeats: int = 30) -> dict:
+    """Pick the ensemble by τ on one half of the students, judge it on the other half (and across spaces)."""
+    import numpy as np
+
+    names = list(scores)
+    candidates = ensemble_candidates(names)
+    n = len(accuracy)
+    everyone = list(range(n))
+    full = [_ensemble_tau(w, scores, accuracy, everyone) for w in candidates]
+    best_full = candidates[int(np.argmax(full))]
+    rng = np.random.default_rng(0)
+    held_out, params_held_out, flops_held_out, picks = [], [], [], {}
+    for _ in range(repeats):
+        fold_a, fold_b = [], []
+        for space in sorted(set(spaces)):  # stratified by space
+            members = [i for i in everyone if spaces[i] == space]
+            rng.shuffle(members)
+            fold_a += members[: len(members) // 2]
+            fold_b += members[len(members) // 2:]
+        for train, test in ((fold_a, fold_b), (fold_b, fold_a)):
+            taus = [_ensemble_tau(w, scores, accuracy, train) for w in candidates]
+            pick = candidates[int(np.argmax(taus))]
+            picks[ensemble_name(pick)] = picks.get(ensemble_name(pick), 0) + 1
+            held_out.append(_ensemble_tau(pick, scores, accuracy, test))
+            params_held_out.append(_ensemble_tau({"params": 1.0}, scores, accuracy, test))
+            flops_held_out.append(_ensemble_tau({"flops": 1.0}, scores, accuracy, test))
+    cross_space = {}
+    for space in sorted(set(spaces)):
+        train = [i for i in everyone if spaces[i] == space]
+        test = [i for i in everyone if spaces[i] != space]
+        if len(train) >= 4 and len(test) >= 4:
+            taus = [_ensemble_tau(w, scores, accuracy, train) for w in candidates]
+            pick = candidates[int(np.argmax(taus))]
+            cross_space[f"chosen_on_{space}"] = {
+                "pick": ensemble_name(pick), "tau_on_other_space": _ensemble_tau(pick, scores, accuracy, test),
+                "params_tau_on_other_space": _ensemble_tau({"params": 1.0}, scores, accuracy, test),
+            }
+    return {
+        "default_proxy": ensemble_name(best_full),
+        "default_tau_full": max(full),
+        "candidates_considered": len(candidates),
+        "two_fold_repeats": repeats,
+        "held_out_tau_mean": float(np.mean(held_out)),
+        "held_out_tau_std": float(np.std(held_out)),
+        "params_held_out_tau_mean": float(np.mean(params_held_out)),
+        "flops_held_out_tau_mean": float(np.mean(flops_held_out)),
+        "held_out_picks": dict(sorted(picks.items(), key=lambda kv: -kv[1])[:10]),
+        "leave_one_space_out": cross_space,
+    }
+
+
+def evaluate(ground_truth: dict, args) -> None:
+    import csv
+
+    from kdsearch._util import atomic_write_json
+    from kdsearch.proxies import list_proxies
+
+    students = ground_truth["students"]
+    names = list_proxies()
+    started = time.perf_counter()
+    rows = score_students(ground_truth, names, batch_seeds=[0, 1])
+    scoring_seconds = time.perf_counter() - started
+    kd = [s["acc_kd_s0"] for s in students]
+    no_kd = [s["acc_ce_s0"] for s in students]
+    spaces = [s["space"] for s in students]
+    scores = {n: [r[n] for r in rows] for n in names}
+    table = {}
+    for n in names:
+        per_space = {}
+        for space in sorted(set(spaces)):
+            idx = [i for i, sp in enumerate(spaces) if sp == space]
+            per_space[space] = _tau([scores[n][i] for i in idx], [kd[i] for i in idx])
+        table[n] = {
+            "tau_kd": _tau(scores[n], kd), "rho_kd": _rho(scores[n], kd), "tau_no_kd": _tau(scores[n], no_kd),
+            "rho_no_kd": _rho(scores[n], no_kd), "tau_kd_by_space": per_space,
+            "seed_tau": _tau([r[f"{n}_seeds"][0] for r in rows], [r[f"{n}_seeds"][1] for r in rows]),
+            "ms_per_candidate": sum(r[f"{n}_ms"] for r in rows) / len(rows),
+        }
+    selection = select_default(scores, kd, spaces)
+    default = selection["default_proxy"]
+    from kdsearch.proxies.ensemble import rank_scores
+
+    weights = {}
+    for term in default.split("+"):
+        w, _, name = term.rpartition("*")
+        weights[name] = float(w or 1)
+    default_scores = rank_scores(scores, weights)
+    table[f"default: {default}"] = {
+        "tau_kd": _tau(default_scores, kd), "rho_kd": _rho(default_scores, kd), "tau_no_kd": _tau(default_scores, no_kd),
+        "rho_no_kd": _rho(default_scores, no_kd),
+        "tau_kd_by_space": {sp: _tau([default_scores[i] for i, s in enumerate(spaces) if s == sp],
+                                     [kd[i] for i, s in enumerate(spaces) if s == sp]) for sp in sorted(set(spaces))},
+        "ms_per_candidate": sum(table[n]["ms_per_candidate"] for n in weights),
+    }
+    tau_default = table[f"default: {default}"]["tau_kd"]
+    targets = {
+        "default_beats_params_by_0.05": tau_default >= table["params"]["tau_kd"] + 0.05,
+        "default_beats_flops_by_0.05": tau_default >= table["flops"]["tau_kd"] + 0.05,
+        "held_out_beats_params_by_0.05": selection["held_out_tau_mean"] >= selection["params_held_out_tau_mean"] + 0.05,
+    }
+    ordered = sorted(table.items(), key=lambda kv: -kv[1]["tau_kd"])
+    print(f"\n{len(students)} students; ground truth seed-to-seed τ {ground_truth['ground_truth_seed_tau']:.3f} "
+          f"({ground_truth['seed_tau_students']} students)")
+    print("| proxy | τ vs KD acc | ρ vs KD acc | τ vs no-KD acc | τ resnet_cifar | τ nasbench201 | proxy seed τ | ms / candidate |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, t in ordered:
+        by_space = t["tau_kd_by_space"]
+        print(f"| {name} | {t['tau_kd']:.3f} | {t['rho_kd']:.3f} | {t['tau_no_kd']:.3f} | {by_space.get('resnet_cifar', 0):.3f} | "
+              f"{by_space.get('nasbench201', 0):.3f} | {t.get('seed_tau', 1.0):.3f} | {t['ms_per_candidate']:.1f} |")
+    print(json.dumps(selection, indent=2))
+    print(targets)
+    record = {
+        "n_students": len(students),
+        "ground_truth_seed_tau": ground_truth["ground_truth_seed_tau"],
+        "kendall_tau": {n: t["tau_kd"] for n, t in table.items()},
+        "spearman": {n: t["rho_kd"] for n, t in table.items()},
+        "kendall_tau_no_kd": {n: t["tau_no_kd"] for n, t in table.items()},
+        "spearman_no_kd": {n: t["rho_no_kd"] for n, t in table.items()},
+        "default_proxy": default,
+        "selection": selection,
+        "targets": targets,
+        "table": table,
+        "kd_vs_no_kd_tau": _tau(kd, no_kd),
+        "teacher": ground_truth["teacher"],
+        "recipe": ground_truth["recipe"],
+        "scoring_seconds": scoring_seconds,
+    }
+    out = args.results
+    atomic_write_json(out / "proxy_rank.json", record)
+    with open(out / "proxy_rank_students.csv.tmp", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "space", "params", "flops", "acc_kd", "acc_no_kd", "acc_kd_seed1", *names])
+        for s, r in zip(students, rows):
+            writer.writerow([s["id"], s["space"], s["params"], s["flops"], s["acc_kd_s0"], s["acc_ce_s0"],
+                             s.get("acc_kd_s1", ""), *[r[n] for n in names]])
+    (out / "proxy_rank_students.csv.tmp").replace(out / "proxy_rank_students.csv")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--reuse", action="store_true", help="recompute only the proxies over the stored ground truth")
+    parser.add_argument("--ground-truth-only", action="store_true")
+    parser.add_argument("--resnet", type=int, default=20, help="students from resnet_cifar.yaml")
+    parser.add_argument("--nb201", type=int, default=10, help="students from nasbench201.yaml")
+    parser.add_argument("--seed-students", type=int, default=5, help="students trained with a 2nd seed (noise floor)")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--train-samples", type=int, default=2000, help="students' training images (of the 5,000)")
+    parser.add_argument("--teacher-epochs", type=int, default=8)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    args.results.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(2)
+    if args.reuse:
+        ground_truth = json.loads((args.results / "proxy_rank_ground_truth.json").read_text())
+    else:
+        ground_truth = build_ground_truth(args)
+    if args.ground_truth_only:
+        return
+    evaluate(ground_truth, args)
+
+
+if __name__ == "__main__":
+    main()
