@@ -41,9 +41,9 @@ def cifar_folder() -> Path:
     sys.path.insert(0, str(ROOT / "tests"))
     from conftest import _extract_subset
 
-    dest = ROOT / "benchmarks" / ".data" / "cifar10-proxy-rank"
-    if not (dest / "test").exists():
-        _extract_subset(dest, per_class_train=500, per_class_test=100)
+    dest = ROOT / "benchmarks" / ".data" / "cifar10-proxy-rank-500-300"
+    if not (dest / "test").exists():  # 5,000 training images; 3,000 test images keep the accuracy's error ~0.9 %
+        _extract_subset(dest, per_class_train=500, per_class_test=300)
     return dest
 
 
@@ -229,7 +229,13 @@ def _ensemble_tau(weights, scores, accuracy, idx) -> float:
 
 
 def select_default(scores: dict[str, list[float]], accuracy: list[float], spaces: list[str], repeats: int = 30) -> dict:
-    """Pick the ensemble by τ on one half of the students, judge it on the other half (and across spaces)."""
+    """Choose the default out of sample: pick by τ on one half of the students, judge on the other half.
+
+    Picking the best of ~1,100 candidates on 30 noisy students overfits (the full-data winner's τ is
+    optimistic), so the default is the candidate picked most often across the 2 × ``repeats`` training
+    halves (stability selection; ties → higher full-data τ), and the procedure's τ on the held-out
+    halves is reported next to params' and FLOPs' on the same halves.
+    """
     import numpy as np
 
     names = list(scores)
@@ -265,9 +271,14 @@ def select_default(scores: dict[str, list[float]], accuracy: list[float], spaces
                 "pick": ensemble_name(pick), "tau_on_other_space": _ensemble_tau(pick, scores, accuracy, test),
                 "params_tau_on_other_space": _ensemble_tau({"params": 1.0}, scores, accuracy, test),
             }
+    full_by_name = {ensemble_name(w): t for w, t in zip(candidates, full)}
+    default = max(picks, key=lambda name: (picks[name], full_by_name[name]))
     return {
-        "default_proxy": ensemble_name(best_full),
-        "default_tau_full": max(full),
+        "default_proxy": default,
+        "default_tau_full": full_by_name[default],
+        "default_picked_in": f"{picks[default]} of {2 * repeats} training halves",
+        "best_full_data_candidate": ensemble_name(best_full),
+        "best_full_data_tau": max(full),
         "candidates_considered": len(candidates),
         "two_fold_repeats": repeats,
         "held_out_tau_mean": float(np.mean(held_out)),
@@ -372,9 +383,9 @@ def main() -> None:
     parser.add_argument("--ground-truth-only", action="store_true")
     parser.add_argument("--resnet", type=int, default=20, help="students from resnet_cifar.yaml")
     parser.add_argument("--nb201", type=int, default=10, help="students from nasbench201.yaml")
-    parser.add_argument("--seed-students", type=int, default=5, help="students trained with a 2nd seed (noise floor)")
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--train-samples", type=int, default=2000, help="students' training images (of the 5,000)")
+    parser.add_argument("--seed-students", type=int, default=8, help="students trained with a 2nd seed (noise floor)")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--train-samples", type=int, default=5000, help="students' training images (of the 5,000)")
     parser.add_argument("--teacher-epochs", type=int, default=8)
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()

@@ -6,6 +6,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from kdsearch.cli import main
 
@@ -38,13 +39,17 @@ def test_find_writes_a_complete_run_folder(digits_run):
         assert (digits_run / name).exists(), name
     df = pd.read_csv(digits_run / "candidates.csv")
     assert 7 <= len(df) <= 10 and df["candidate_id"].is_unique  # TPE may propose a config twice
-    assert {"params", "flops", "latency_p50_ms", "latency_p90_ms", "proxy_diswot", "proxy_diswot_ms"} <= set(df.columns)
+    from kdsearch.proxies.ensemble import DEFAULT_PROXY
+
+    ranking = yaml.safe_load((digits_run / "config.yaml").read_text())["proxies"][0]
+    assert ranking == DEFAULT_PROXY  # --proxy default: the ensemble chosen on ground truth
+    assert {"params", "flops", "latency_p50_ms", "latency_p90_ms", f"proxy_{ranking}", f"proxy_{ranking}_ms"} <= set(df.columns)
     students = df[df["distilled_accuracy"].notna()]
     assert len(students) == 2
     assert (students["distilled_accuracy"] > 0.3).all()  # 10 classes: chance is 0.1
     assert (students["latency_p50_ms"] <= 3).all()
     # the finalists are the best-ranked candidates within budget
-    within = df[df["within_budget"]].sort_values("proxy_diswot", ascending=False)
+    within = df[df["within_budget"]].sort_values(f"proxy_{ranking}", ascending=False)
     assert set(students["candidate_id"]) == set(within["candidate_id"].head(2))
     html = (digits_run / "report.html").read_text()
     assert "Pareto front" in html and "plotly" in html and "<script src=\"http" not in html  # works offline
@@ -124,6 +129,7 @@ def test_python_api_matches_cli(digits_run):
         (["--data", "/no/such/dir"], "does not exist"),
         (["--teacher", "resnet1011"], "Unknown teacher 'resnet1011'"),
         (["--space", "resnet_cifr"], "Search space 'resnet_cifr' not found"),
+        (["--proxy", "params+synflaw"], "Unknown proxy 'synflaw' in ensemble"),
         (["--budget", "1us"], "fits the budget 1us: the smallest found is"),
         (["--teacher-weights", "CORRUPT"], "Could not read checkpoint"),
         (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "tpu"], "device"),

@@ -228,3 +228,15 @@ def test_zoo_proxy_on_cuda_agrees_with_cpu(ctx, name):
     finally:
         ctx.teacher.model.cpu()
     assert gpu == pytest.approx(cpu, rel=1e-3, abs=1e-4)
+
+
+def test_default_proxy_is_the_one_the_committed_evidence_chose():
+    import json
+    from pathlib import Path
+
+    from kdsearch.proxies.ensemble import DEFAULT_PROXY
+
+    evidence = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "proxy_rank.json"
+    if not evidence.exists():
+        pytest.skip("benchmarks/results/proxy_rank.json not committed yet")
+    assert json.loads(evidence.read_text())["default_proxy"] == DEFAULT_PROXY
