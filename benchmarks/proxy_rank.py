@@ -146,17 +146,6 @@ def build_ground_truth(args) -> dict:
     return record
 
 
-class _Teacher:
-    def __init__(self, model):
-        self.model = model.eval()
-
-    @torch.no_grad()
-    def taps(self, x):
-        from kdsearch.taps import forward_taps
-
-        return forward_taps(self.model, x)
-
-
 def score_students(ground_truth: dict, names: list[str], batch_seeds: list[int]) -> list[dict]:
     """Every proxy on every student, averaged over proxy batches/init seeds (cost in ms kept per proxy)."""
     from safetensors.torch import load_model
@@ -168,7 +157,7 @@ def score_students(ground_truth: dict, names: list[str], batch_seeds: list[int])
     task = load_task(str(cifar_folder()))
     teacher = create_model(TEACHER, num_classes=10)
     load_model(teacher, str(WORK / f"teacher_{ground_truth['teacher']['epochs']}ep.safetensors"))
-    wrapped = _Teacher(teacher)
+    wrapped = teacher.eval()
     contexts = []
     for seed in batch_seeds:
         x, y = task.sample_batch(64, seed=seed)

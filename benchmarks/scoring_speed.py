@@ -23,17 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-class _Teacher:
-    def __init__(self, model):
-        self.model = model.eval()
-
-    @torch.no_grad()
-    def taps(self, x):
-        from kdsearch.taps import forward_taps
-
-        return forward_taps(self.model, x)
-
-
 def main() -> None:
     from trainer_speed import TEACHER, cifar_folder
 
@@ -57,7 +46,7 @@ def main() -> None:
     space = load_space("resnet_cifar")
     proxies = parse_proxies(args.proxy)
     torch.manual_seed(0)
-    teacher = _Teacher(create_model(TEACHER, num_classes=10))
+    teacher = create_model(TEACHER, num_classes=10).eval()
     images, labels = task.sample_batch(64, seed=0)
     ctx = ProxyContext(teacher=teacher, images=images, labels=labels, num_classes=10, input_shape=task.input_shape,
                        reference_models=lambda: _reference_models(space, task, torch.device("cpu"), 0))

@@ -240,3 +240,13 @@ def test_default_proxy_is_the_one_the_committed_evidence_chose():
     if not evidence.exists():
         pytest.skip("benchmarks/results/proxy_rank.json not committed yet")
     assert json.loads(evidence.read_text())["default_proxy"] == DEFAULT_PROXY
+
+
+def test_a_plain_module_serves_as_the_teacher(ctx):
+    from dataclasses import replace
+
+    torch.manual_seed(2)
+    model = create_model(_cfg(1, 8), num_classes=10, in_chans=1)
+    plain = replace(ctx, teacher=ctx.teacher.model, cache={})
+    for name in ("diswot", "cka", "diswot_randinit"):
+        assert score([name], model, plain, {})[name] == score([name], model, replace(ctx, cache={}), {})[name]

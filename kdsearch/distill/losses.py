@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from kdsearch._util import suggest
 from kdsearch.exceptions import KdsearchError
+from kdsearch.similarity import linear_cka
 from kdsearch.taps import Taps
 
 _LOSSES: dict[str, type[DistillLoss]] = {}
@@ -229,21 +230,6 @@ class DisWOTPlus(DistillLoss):
         sem_s = semantic_gram(student.prelogits.float(), s, labels)
         sem_t = semantic_gram(teacher.prelogits.float(), t, labels)
         return loss + p.semantic_weight * (sem_s - sem_t).pow(2).mean()
-
-
-def linear_cka(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Linear CKA of two (n, d) feature matrices, differentiable (Kornblith et al. 2019)."""
-    x = x.flatten(1) - x.flatten(1).mean(0, keepdim=True)
-    y = y.flatten(1) - y.flatten(1).mean(0, keepdim=True)
-    # feature form ‖XᵀY‖² / (‖XᵀX‖·‖YᵀY‖) equals the Gram form; use the cheaper side
-    if x.shape[1] + y.shape[1] < 2 * x.shape[0]:
-        num = (x.T @ y).pow(2).sum()
-        den = torch.linalg.matrix_norm(x.T @ x) * torch.linalg.matrix_norm(y.T @ y)
-    else:
-        kx, ky = x @ x.T, y @ y.T
-        num = (kx * ky).sum()
-        den = torch.linalg.matrix_norm(kx) * torch.linalg.matrix_norm(ky)
-    return num / (den + eps)
 
 
 @register_loss("cka")

@@ -16,7 +16,7 @@ from kdsearch.proxies.ensemble import DEFAULT_PROXY, Ensemble, is_ensemble, pars
 class ProxyContext:
     """What a proxy may look at besides the student: the teacher, a real data batch and cached facts."""
 
-    teacher: object | None  # kdsearch.teacher.Teacher (or anything with .taps(x))
+    teacher: object | None  # kdsearch.teacher.Teacher, anything with .taps(x) and .model, or a plain nn.Module
     images: torch.Tensor
     labels: torch.Tensor
     num_classes: int
@@ -38,9 +38,19 @@ class ProxyContext:
             self.cache[key] = torch.tensor([float(fn(m, self, {})) for m in self.reference_models()], dtype=torch.float64)
         return self.cache[key]
 
+    @property
+    def teacher_module(self) -> nn.Module:
+        return self.teacher if isinstance(self.teacher, nn.Module) else self.teacher.model
+
     def teacher_taps(self):
         if "teacher_taps" not in self.cache:
-            self.cache["teacher_taps"] = self.teacher.taps(self.images)
+            if isinstance(self.teacher, nn.Module):
+                from kdsearch.taps import forward_taps
+
+                with torch.no_grad():
+                    self.cache["teacher_taps"] = forward_taps(self.teacher.eval(), self.images)
+            else:
+                self.cache["teacher_taps"] = self.teacher.taps(self.images)
         return self.cache["teacher_taps"]
 
 

@@ -44,8 +44,7 @@ def aligned_features(model: nn.Module, x: torch.Tensor, fractions=ALIGNED_FRACTI
 @torch.no_grad()
 def cka(model, ctx: ProxyContext, metrics) -> float:
     if "teacher_aligned" not in ctx.cache:
-        teacher_model = getattr(ctx.teacher, "model", None)
-        teacher_model.eval()
+        teacher_model = ctx.teacher_module.eval()
         ctx.cache["teacher_aligned"] = aligned_features(teacher_model, ctx.images)
     was_training = model.training
     model.eval()
@@ -61,26 +60,22 @@ def cka(model, ctx: ProxyContext, metrics) -> float:
     return float(torch.diagonal(meter.compute()).mean())
 
 
-class _RandomTeacher:
-    def __init__(self, model: nn.Module, seed: int = 0):
-        self.model = copy.deepcopy(model)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            for m in self.model.modules():
-                if hasattr(m, "reset_parameters") and m is not self.model:
-                    m.reset_parameters()
-        self.model.eval()
-
-    @torch.no_grad()
-    def taps(self, x):
-        return forward_taps(self.model, x)
+def _random_copy(model: nn.Module, seed: int = 0) -> nn.Module:
+    """The teacher's architecture with freshly initialised weights (seeded; global RNG untouched)."""
+    copy_ = copy.deepcopy(model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for m in copy_.modules():
+            if hasattr(m, "reset_parameters") and m is not copy_:
+                m.reset_parameters()
+    return copy_.eval()
 
 
 @register_proxy("diswot_randinit")
 def diswot_randinit(model, ctx: ProxyContext, metrics) -> float:
     if "random_teacher_ctx" not in ctx.cache:
         ctx.cache["random_teacher_ctx"] = ProxyContext(
-            teacher=_RandomTeacher(ctx.teacher.model), images=ctx.images, labels=ctx.labels,
+            teacher=_random_copy(ctx.teacher_module), images=ctx.images, labels=ctx.labels,
             num_classes=ctx.num_classes, input_shape=ctx.input_shape,
         )
     sem, rel = diswot_terms(model, ctx.cache["random_teacher_ctx"])
