@@ -91,7 +91,7 @@ def build_ground_truth(args) -> dict:
     from kdsearch.data import load_task
     from kdsearch.distill import distill_student
     from kdsearch.spaces import candidate_id, create_model
-    from kdsearch.training import Recipe, fit
+    from kdsearch.training import Recipe, evaluate, fit
 
     task = load_task(str(cifar_folder()))
     WORK.mkdir(parents=True, exist_ok=True)
@@ -110,6 +110,8 @@ def build_ground_truth(args) -> dict:
         t_info = {"arch": TEACHER, "epochs": args.teacher_epochs, "val_accuracy": result.accuracy, "seconds": result.seconds}
         atomic_write_json(teacher_meta, t_info)
     teacher.eval()
+    # accuracy on this task's validation images (the cached teacher may have been scored on another split)
+    t_info = {**t_info, "val_accuracy": evaluate(teacher, task), "val_images": len(task.val_labels)}
     print(f"teacher: {t_info['val_accuracy']:.4f} after {t_info['epochs']} epochs", flush=True)
 
     recipe = dict(epochs=args.epochs, lr=0.05, batch_size=64, augment=False)  # no augmentation: teacher logits cached once
@@ -119,7 +121,10 @@ def build_ground_truth(args) -> dict:
     runs_dir = WORK / f"students_n{len(student_task.train_labels)}_e{args.epochs}"
     rows = []
     started = time.perf_counter()
+    shard, shards = (int(v) for v in args.shard.split("/"))
     for i, config in enumerate(students):
+        if i % shards != shard:
+            continue
         sid = candidate_id(config)
         model = create_model(config, num_classes=10)
         row = {"id": sid, "space": config["family"], "config": config, "params": count_params(model),
@@ -133,6 +138,9 @@ def build_ground_truth(args) -> dict:
         rows.append(row)
         print(f"[{i + 1}/{len(students)}] {config['family']:<12} {sid} params {row['params'] / 1e6:5.2f}M "
               f"KD {row['acc_kd_s0']:.4f} no-KD {row['acc_ce_s0']:.4f}  ({time.perf_counter() - started:.0f} s)", flush=True)
+    if shards > 1:
+        print(f"shard {shard}/{shards} done; run without --shard to gather (finished students are read, not retrained)")
+        sys.exit(0)
     paired = [r for r in rows if "acc_kd_s1" in r]
     seed_tau = float(kendalltau([r["acc_kd_s0"] for r in paired], [r["acc_kd_s1"] for r in paired]).statistic)
     record = {
@@ -377,9 +385,12 @@ def main() -> None:
     parser.add_argument("--train-samples", type=int, default=5000, help="students' training images (of the 5,000)")
     parser.add_argument("--teacher-epochs", type=int, default=8)
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--shard", default="0/1", help="K/N: train only students i with i %% N == K (run N at once, "
+                        "e.g. with --threads 1 each on a 2-core machine), then once without --shard to gather")
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     args.results.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     if args.reuse:
         ground_truth = json.loads((args.results / "proxy_rank_ground_truth.json").read_text())
     else:

@@ -205,7 +205,9 @@ def test_ensemble_ranks_within_the_reference_population(ctx):
 
 
 def test_ensemble_names_are_validated():
-    assert parse_proxies("default")[0] == parse_proxies(["default"])[0] and "+" in parse_proxies("default")[0]
+    from kdsearch.proxies.ensemble import DEFAULT_PROXY
+
+    assert parse_proxies("default") == parse_proxies(["default"]) == [DEFAULT_PROXY]
     with pytest.raises(ProxyError, match="Did you mean 'synflow'"):
         parse_proxies("params+synflaw")
     with pytest.raises(ProxyError, match="WEIGHT\\*NAME"):

@@ -20,7 +20,7 @@ import torch
 from kdsearch.exceptions import ProxyError
 
 # Chosen by benchmarks/proxy_rank.py (benchmarks/results/proxy_rank.json, "default_proxy").
-DEFAULT_PROXY = "params+diswot_semantic"
+DEFAULT_PROXY = "params"
 REFERENCE_SIZE = 24
 
 _TERM = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*\*\s*)?([A-Za-z_][A-Za-z0-9_]*)\s*$")
