@@ -98,7 +98,7 @@ def parse_proxies(text: str | list[str]) -> list[str]:
     """'diswot,params' → ['diswot', 'params'] (validated; the first one ranks the search).
 
     A name with '+' is a rank-aggregation ensemble, e.g. 'params+diswot_semantic' or '2*params+synflow';
-    'default' is the ensemble benchmarks/proxy_rank.py chose on distilled ground truth.
+    'default' is what benchmarks/proxy_rank.py chose on distilled ground truth.
     """
     names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
     if not names:
