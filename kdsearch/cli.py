@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument(
         "--proxy", default="default",
         help="ranking proxy, or several comma-separated (the first ranks); 'a+b' or '2*a+b' is a rank ensemble; "
-        "'default' is the ensemble chosen on distilled ground truth (README: Proxies)",
+        "'default' is the proxy chosen on distilled ground truth (README §6; today params)",
     )
     f.add_argument("--sampler", default="auto", choices=["auto", "tpe", "nsga2", "random", "brute"], help="Optuna sampler; auto = exhaustive for small spaces, else TPE")
     f.add_argument("--trials", type=_positive_int, default=100, help="candidates to score")
