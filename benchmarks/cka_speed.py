@@ -18,7 +18,6 @@ being the same estimator computed directly in float64 (textbook HSIC₁ formula,
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import subprocess
@@ -296,11 +295,10 @@ def main() -> None:
         "features_ratio_vs_ckatorch": features["ckatorch"]["seconds"] / features["kdsearch"]["seconds"],
     }
     print({k: v for k, v in record.items() if "ratio" in k or k.startswith("max")})
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(out)
+    from kdsearch._util import atomic_write_json
+
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out, record)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ ensemble's reference population is reported separately and included in ``seconds
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -88,11 +87,10 @@ def main() -> None:
     print(f"| distinct candidates | trials | seconds | per second | reference population s | proxy |\n|---|---|---|---|---|---|\n"
           f"| {distinct} | {len(trials)} | {seconds:.1f} | {distinct / seconds:.2f} | {reference_s:.1f} | {proxies[0]} |")
     print(per_part)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(out)
+    from kdsearch._util import atomic_write_json
+
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out, record)
 
 
 if __name__ == "__main__":
