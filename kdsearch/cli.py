@@ -186,13 +186,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handlers = {"find": _find, "report": _report, "export": _export, "distill": _distill}
     try:
-        return handlers[args.command](args)
+        code = handlers[args.command](args)
     except KdsearchError as exc:
         print(f"kdsearch: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("kdsearch: interrupted; run the same command again to resume.", file=sys.stderr)
         return 130
+    from kdsearch.training import close_distributed
+
+    close_distributed()  # only after success: a failed rank must not wait in a collective for the others
+    return code
 
 
 if __name__ == "__main__":

@@ -113,6 +113,17 @@ def distributed_context() -> tuple[int, int]:
     return 0, 1
 
 
+def close_distributed() -> None:
+    """Leave the process group at the end of a successful run.
+
+    Without it gloo's worker threads outlive the interpreter and a rank can abort at exit
+    ("terminate called without an active exception"), failing the whole torchrun job.
+    """
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 class _StudentStep(nn.Module):
     """Student and loss in one module, so DDP synchronises the loss's adapters too."""
 

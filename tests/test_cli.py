@@ -19,7 +19,10 @@ def run_cli(capsys, *argv):
     return code, captured.out, captured.err
 
 
-def find_args(out, *extra, budget="3ms", data="digits"):
+# The shared run uses a parameter budget: which candidates fit is then exact on any machine. A latency
+# budget on this shared CPU let 1 of 9 candidates fit in one CI run and 3 in another (timings vary 2×);
+# the ms path is covered by test_cifar10_jpeg_folder_end_to_end and the budget error cases below.
+def find_args(out, *extra, budget="0.3Mparams", data="digits"):
     return [
         "find", "--teacher", TEACHER, "--budget", budget, "--data", data, "--space", "resnet_cifar_s1",
         "--trials", 10, "--top-k", 2, "--epochs", 8, "--teacher-epochs", 10, "--out", out, "-q", *extra,
@@ -47,7 +50,8 @@ def test_find_writes_a_complete_run_folder(digits_run):
     students = df[df["distilled_accuracy"].notna()]
     assert len(students) == 2
     assert (students["distilled_accuracy"] > 0.3).all()  # 10 classes: chance is 0.1
-    assert (students["latency_p50_ms"] <= 3).all()
+    assert (students["params"] <= 300_000).all() and (df["within_budget"] == (df["params"] <= 300_000)).all()
+    assert (~df["within_budget"]).sum() >= 1  # the budget really excludes some of the sampled candidates
     # the finalists are the best-ranked candidates within budget
     within = df[df["within_budget"]].sort_values(f"proxy_{ranking}", ascending=False)
     assert set(students["candidate_id"]) == set(within["candidate_id"].head(2))
@@ -58,7 +62,7 @@ def test_find_writes_a_complete_run_folder(digits_run):
 def test_report_prints_the_pareto_table(digits_run, capsys):
     code, out, _ = run_cli(capsys, "report", digits_run)
     assert code == 0
-    assert "budget: 3ms" in out and "teacher:" in out and "Pareto front" in out
+    assert "budget: 0.3Mparams" in out and "teacher:" in out and "Pareto front" in out
     df = pd.read_csv(digits_run / "candidates.csv")
     best = df.sort_values("distilled_accuracy", ascending=False).iloc[0]
     assert best["candidate_id"] in out
@@ -106,7 +110,7 @@ def test_rerun_resumes_without_redoing_work(digits_run, capsys):
 
 
 def test_out_holding_a_different_study_is_refused(digits_run, capsys):
-    code, _, err = run_cli(capsys, *find_args(digits_run, budget="4ms"))
+    code, _, err = run_cli(capsys, *find_args(digits_run, budget="4ms"))  # same run folder, another budget
     assert code == 2
     assert "holds a different study" in err and "budget" in err and "Traceback" not in err
 
@@ -189,7 +193,7 @@ def test_cifar10_jpeg_folder_end_to_end(cifar_folder, tmp_path, capsys):
     """The issue's CIFAR-10 path on the real JPEGs: resnet_cifar space, a ms budget, Pareto report.
 
     (README shows the 2 ms run; here the budget leaves room for a busy CI machine, where every latency
-    can double, so that two finalists always fit.)"""
+    can double.)"""
     out = tmp_path / "c10"
     code, stdout, err = run_cli(
         capsys, "find", "--teacher", TEACHER, "--data", cifar_folder, "--space", "resnet_cifar", "--budget", "5ms",
@@ -198,7 +202,9 @@ def test_cifar10_jpeg_folder_end_to_end(cifar_folder, tmp_path, capsys):
     assert code == 0, err
     df = pd.read_csv(out / "candidates.csv")
     students = df[df["distilled_accuracy"].notna()]
-    assert len(students) == 2 and (students["latency_p50_ms"] <= 5.0).all()
+    # how many fit depends on this machine's load at the time; the contract is "top 2 of those that fit"
+    assert 1 <= len(students) == min(2, int(df["within_budget"].sum()))
+    assert (students["latency_p50_ms"] <= 5.0).all() and students["within_budget"].all()
     assert json.loads((out / "data.json").read_text())["input_shape"] == [3, 32, 32]
     assert "Pareto front" in stdout
     assert Path(out / "report.html").stat().st_size > 100_000  # plotly.js is embedded for offline viewing
