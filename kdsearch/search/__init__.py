@@ -38,10 +38,35 @@ def constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
     return [trial.user_attrs.get("budget_excess", 0.0)]
 
 
+def make_storage(url: str) -> str | optuna.storages.BaseStorage:
+    """Optuna storage for ``url``; SQLite files get write-ahead logging.
+
+    Each trial writes a dozen user attributes, one transaction each; with SQLite's default rollback
+    journal and full fsync that was ~35 ms of a ~100 ms candidate. WAL with synchronous=NORMAL halves
+    it and stays safe if the process dies (only an OS crash can lose the last trials, which a
+    resumed run re-scores). Other URLs (PostgreSQL, MySQL, …) go to Optuna unchanged.
+    """
+    if not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
+        return url
+    from sqlalchemy import event
+
+    storage = optuna.storages.RDBStorage(url)
+
+    @event.listens_for(storage.engine, "connect")
+    def _pragmas(connection, _record):
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    storage.engine.dispose()  # connections opened before the listener existed are not reused
+    return storage
+
+
 def open_study(storage: str, study_name: str, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.create_study(
-        study_name=study_name, storage=storage, sampler=sampler, direction="maximize", load_if_exists=True
+        study_name=study_name, storage=make_storage(storage), sampler=sampler, direction="maximize", load_if_exists=True
     )
 
 
@@ -65,12 +90,16 @@ def run_search(
     budget's metric. Repeated configs are served from earlier trials of the same study.
     """
     study = open_study(storage, study_name, make_sampler(sampler, space, n_trials, seed))
+    done = sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished())
+    if done:
+        # A resumed study needs fresh randomness: reseeded with `seed`, the sampler would propose the
+        # configs of the first session again (all duplicates under the random sampler and TPE's startup).
+        study.sampler = make_sampler(sampler, space, n_trials, seed + done)
     known = {
         t.user_attrs["candidate_id"]: t.user_attrs
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         if "candidate_id" in t.user_attrs
     }
-    done = sum(1 for t in study.trials if t.state.is_finished())
     remaining = n_trials - done
     if remaining <= 0:
         return study
@@ -106,4 +135,4 @@ def run_search(
     return study
 
 
-__all__ = ["SAMPLERS", "constraints", "make_sampler", "open_study", "run_search"]
+__all__ = ["SAMPLERS", "constraints", "make_sampler", "make_storage", "open_study", "run_search"]
