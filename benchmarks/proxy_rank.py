@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -89,7 +90,7 @@ def build_ground_truth(args) -> dict:
     from safetensors.torch import load_model, save_model
     from scipy.stats import kendalltau
 
-    from kdsearch._util import atomic_write_json
+    from kdsearch._util import atomic_path, atomic_write_json
     from kdsearch.cost import count_flops, count_params
     from kdsearch.data import load_task
     from kdsearch.distill import distill_student
@@ -103,18 +104,19 @@ def build_ground_truth(args) -> dict:
     teacher_tag = f"t{args.teacher_epochs}ep{len(task.train_labels)}"  # KD results depend on the teacher; no-KD ones do not
     teacher_file = WORK / f"teacher_{teacher_tag}.safetensors"
     teacher_meta = WORK / f"teacher_{teacher_tag}.json"
+    teacher_partial = WORK / f"teacher_{teacher_tag}.partial.pt"  # fit resumes from it if interrupted
     if teacher_file.exists():
         load_model(teacher, str(teacher_file))
         t_info = json.loads(teacher_meta.read_text())
     else:
         t_recipe = Recipe(epochs=args.teacher_epochs, lr=0.1, batch_size=64)
-        result = fit(teacher, task, t_recipe, checkpoint=WORK / f"teacher_{teacher_tag}.partial.pt", progress=True, desc="teacher")
-        save_model(teacher, str(teacher_file) + ".tmp")
-        Path(str(teacher_file) + ".tmp").replace(teacher_file)
+        result = fit(teacher, task, t_recipe, checkpoint=teacher_partial, progress=True, desc="teacher")
+        with atomic_path(teacher_file) as tmp:
+            save_model(teacher, str(tmp))
         t_info = {"arch": TEACHER, "epochs": args.teacher_epochs, "train_images": len(task.train_labels),
                   "val_accuracy": result.accuracy, "seconds": result.seconds}
         atomic_write_json(teacher_meta, t_info)
-        (WORK / f"teacher_{teacher_tag}.partial.pt").unlink(missing_ok=True)
+        teacher_partial.unlink(missing_ok=True)
     teacher.eval()
     # accuracy on this task's validation images (the cached teacher may have been scored on another split)
     t_info = {**t_info, "tag": teacher_tag, "val_accuracy": evaluate(teacher, task), "val_images": len(task.val_labels)}
@@ -130,14 +132,10 @@ def build_ground_truth(args) -> dict:
     rows = []
     started = time.perf_counter()
     shard, shards = (int(v) for v in args.shard.split("/"))
-    order = list(enumerate(students))
-    for i, config in reversed(order) if args.from_end else order:
+    for i, config in enumerate(students):
         if i % shards != shard:
             continue
         sid = candidate_id(config)
-        if args.from_end and (runs_dir / sid / f"kd_{teacher_tag}_s0").exists() and not (runs_dir / sid / f"kd_{teacher_tag}_s0" / "result.json").exists():
-            print(f"{sid} is being trained by the forward worker: this helper stops here")
-            sys.exit(0)
         model = create_model(config, num_classes=10)
         row = {"id": sid, "space": config["family"], "config": config, "params": count_params(model),
                "flops": count_flops(model, task.input_shape)}
@@ -157,7 +155,7 @@ def build_ground_truth(args) -> dict:
     paired = [r for r in rows if "acc_kd_s1" in r]
     seed_tau = float(kendalltau([r["acc_kd_s0"] for r in paired], [r["acc_kd_s1"] for r in paired]).statistic)
     for r in rows:  # the target: KD accuracy averaged over the seeds trained (halves the seed noise's variance)
-        r["acc_kd"] = sum(r[k] for k in ("acc_kd_s0", "acc_kd_s1") if k in r) / (2 if "acc_kd_s1" in r else 1)
+        r["acc_kd"] = statistics.mean(r[k] for k in ("acc_kd_s0", "acc_kd_s1") if k in r)
     record = {
         "data": student_task.description, "train_images": len(student_task.train_labels),
         "val_images": len(student_task.val_labels), "teacher": t_info, "teacher_train_images": len(task.train_labels), "recipe": recipe, "loss": "kd (T=4, CE 0.1 / KD 0.9) and ce (no KD)",
@@ -391,8 +389,8 @@ def evaluate(ground_truth: dict, args) -> None:
     with open(out / "proxy_rank_students.csv.tmp", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["id", "space", "params", "flops", "acc_kd", "acc_no_kd", "acc_kd_seed0", "acc_kd_seed1", *names])
-        for s, r in zip(students, rows):
-            writer.writerow([s["id"], s["space"], s["params"], s["flops"], s.get("acc_kd", s["acc_kd_s0"]), s["acc_ce_s0"],
+        for s, r, acc_kd in zip(students, rows, kd):
+            writer.writerow([s["id"], s["space"], s["params"], s["flops"], acc_kd, s["acc_ce_s0"],
                              s["acc_kd_s0"], s.get("acc_kd_s1", ""), *[r[n] for n in names]])
     (out / "proxy_rank_students.csv.tmp").replace(out / "proxy_rank_students.csv")
 
@@ -416,8 +414,6 @@ def main() -> None:
     parser.add_argument("--shard", default="0/1", help="K/N: train only students i with i %% N == K (run N at once, "
                         "e.g. with --threads 1 each on a 2-core machine), then once without --shard to gather")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--from-end", action="store_true", help="a helper for a slow shard: take its students from the "
-                        "last one backwards, stopping where the forward worker is")
     args = parser.parse_args()
     args.results.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)

@@ -90,15 +90,16 @@ def run_search(
     budget's metric. Repeated configs are served from earlier trials of the same study.
     """
     study = open_study(storage, study_name, make_sampler(sampler, space, n_trials, seed))
-    done = sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished())
+    trials = study.get_trials(deepcopy=False)  # one read of the study serves both counts below
+    done = sum(1 for t in trials if t.state.is_finished())
     if done:
         # A resumed study needs fresh randomness: reseeded with `seed`, the sampler would propose the
         # configs of the first session again (all duplicates under the random sampler and TPE's startup).
         study.sampler = make_sampler(sampler, space, n_trials, seed + done)
     known = {
         t.user_attrs["candidate_id"]: t.user_attrs
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if "candidate_id" in t.user_attrs
+        for t in trials
+        if t.state == optuna.trial.TrialState.COMPLETE and "candidate_id" in t.user_attrs
     }
     remaining = n_trials - done
     if remaining <= 0:
