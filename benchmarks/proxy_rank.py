@@ -16,7 +16,8 @@ the rank-aggregation ensemble out of sample (leave-one-space-out and repeated 2-
 ``benchmarks/results/proxy_rank.json`` (+ ``proxy_rank_students.csv`` with per-student accuracies).
 
     .venv/bin/python benchmarks/proxy_rank.py            # ~1 h on 2 cores (ground truth, then proxies)
-    .venv/bin/python benchmarks/proxy_rank.py --reuse    # proxies only, over the stored ground truth
+    .venv/bin/python benchmarks/proxy_rank.py --reuse    # proxies only, over the committed ground truth
+                                                         # (a fresh clone first re-trains the teacher, ~15 min)
 """
 
 from __future__ import annotations
@@ -86,22 +87,25 @@ def sample_students(n_resnet: int, n_nb201: int, seed: int = 0) -> list[dict]:
     return out
 
 
-def build_ground_truth(args) -> dict:
+def load_or_train_teacher(epochs: int, per_class: int, log=print):
+    """The ground truth's teacher: read from benchmarks/.data, or trained there (seeded) when it is missing.
+
+    A fresh clone has no benchmarks/.data (git-ignored), so ``--reuse`` rebuilds the teacher the first time
+    (~15 min on 2 cores for the default 8 epochs on 20,000 images) and says so.
+    Returns (teacher in eval mode, its record, the teacher's task).
+    """
     from safetensors.torch import load_model, save_model
-    from scipy.stats import kendalltau
 
     from kdsearch._util import atomic_path, atomic_write_json
-    from kdsearch.cost import count_flops, count_params
     from kdsearch.data import load_task
-    from kdsearch.distill import distill_student
-    from kdsearch.spaces import candidate_id, create_model
+    from kdsearch.spaces import create_model
     from kdsearch.training import Recipe, evaluate, fit
 
-    task = load_task(str(cifar_folder(args.teacher_per_class)))
+    task = load_task(str(cifar_folder(per_class)))
     WORK.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     teacher = create_model(TEACHER, num_classes=10)
-    teacher_tag = f"t{args.teacher_epochs}ep{len(task.train_labels)}"  # KD results depend on the teacher; no-KD ones do not
+    teacher_tag = f"t{epochs}ep{len(task.train_labels)}"  # KD results depend on the teacher; no-KD ones do not
     teacher_file = WORK / f"teacher_{teacher_tag}.safetensors"
     teacher_meta = WORK / f"teacher_{teacher_tag}.json"
     teacher_partial = WORK / f"teacher_{teacher_tag}.partial.pt"  # fit resumes from it if interrupted
@@ -109,17 +113,33 @@ def build_ground_truth(args) -> dict:
         load_model(teacher, str(teacher_file))
         t_info = json.loads(teacher_meta.read_text())
     else:
-        t_recipe = Recipe(epochs=args.teacher_epochs, lr=0.1, batch_size=64)
-        result = fit(teacher, task, t_recipe, checkpoint=teacher_partial, progress=True, desc="teacher")
+        log(f"teacher weights {teacher_file.relative_to(ROOT)} not found: training the teacher ({epochs} epochs on "
+            f"{len(task.train_labels):,} images, seeded) and keeping it there for later runs")
+        result = fit(teacher, task, Recipe(epochs=epochs, lr=0.1, batch_size=64), checkpoint=teacher_partial, progress=True,
+                     desc="teacher")
         with atomic_path(teacher_file) as tmp:
             save_model(teacher, str(tmp))
-        t_info = {"arch": TEACHER, "epochs": args.teacher_epochs, "train_images": len(task.train_labels),
+        t_info = {"arch": TEACHER, "epochs": epochs, "train_images": len(task.train_labels),
                   "val_accuracy": result.accuracy, "seconds": result.seconds}
         atomic_write_json(teacher_meta, t_info)
         teacher_partial.unlink(missing_ok=True)
     teacher.eval()
     # accuracy on this task's validation images (the cached teacher may have been scored on another split)
     t_info = {**t_info, "tag": teacher_tag, "val_accuracy": evaluate(teacher, task), "val_images": len(task.val_labels)}
+    return teacher, t_info, task
+
+
+def build_ground_truth(args) -> dict:
+    from scipy.stats import kendalltau
+
+    from kdsearch._util import atomic_write_json
+    from kdsearch.cost import count_flops, count_params
+    from kdsearch.data import load_task
+    from kdsearch.pipeline import distill_student
+    from kdsearch.spaces import candidate_id, create_model
+    from kdsearch.training import Recipe
+
+    teacher, t_info, task = load_or_train_teacher(args.teacher_epochs, args.teacher_per_class)
     print(f"teacher: {t_info['val_accuracy']:.4f} after {t_info['epochs']} epochs", flush=True)
     if args.teacher_only:  # train it once with all threads before starting --shard workers
         sys.exit(0)
@@ -141,7 +161,7 @@ def build_ground_truth(args) -> dict:
                "flops": count_flops(model, task.input_shape)}
         runs = [("kd", 0), ("ce", 0)] + ([("kd", 1)] if i < args.seed_students else [])
         for loss, seed in runs:
-            run_name = f"kd_{teacher_tag}_s{seed}" if loss == "kd" else f"{loss}_s{seed}"
+            run_name = f"kd_{t_info['tag']}_s{seed}" if loss == "kd" else f"{loss}_s{seed}"
             record = distill_student(config, teacher, student_task, runs_dir / sid / run_name, Recipe(**recipe, seed=seed),
                                      loss=loss, progress=False)
             row[f"acc_{loss}_s{seed}"] = record["val_accuracy"]
@@ -169,16 +189,13 @@ def build_ground_truth(args) -> dict:
 
 def score_students(ground_truth: dict, names: list[str], batch_seeds: list[int]) -> list[dict]:
     """Every proxy on every student, averaged over proxy batches/init seeds (cost in ms kept per proxy)."""
-    from safetensors.torch import load_model
-
     from kdsearch.data import load_task
     from kdsearch.proxies import ProxyContext, score
     from kdsearch.spaces import create_model
 
     task = load_task(str(cifar_folder()))
-    teacher = create_model(TEACHER, num_classes=10)
-    load_model(teacher, str(WORK / f"teacher_{ground_truth['teacher']['tag']}.safetensors"))
-    wrapped = teacher.eval()
+    t = ground_truth["teacher"]
+    wrapped, _, _ = load_or_train_teacher(t["epochs"], ground_truth["teacher_train_images"] // 10)
     contexts = []
     for seed in batch_seeds:
         x, y = task.sample_batch(64, seed=seed)

@@ -1,6 +1,6 @@
 """How many candidates the search scores per second: build + params/FLOPs + measured latency + default proxy.
 
-The exact code path of ``kdsearch find`` (``pipeline.candidate_evaluator`` driven by ``search.run_search``,
+The exact code path of ``kdsearch find`` (``search.CandidateEvaluator`` driven by ``search.run_search``,
 Optuna random sampler by default, ``--sampler tpe`` for find's own; sqlite storage) on ``search_spaces/resnet_cifar.yaml`` at 32×32, with real CIFAR-10
 images (../shared/data) as the proxy batch and a ResNet-56-type teacher. The one-time cost of the
 ensemble's reference population is reported separately and included in ``seconds``.
@@ -27,11 +27,10 @@ def main() -> None:
 
     from kdsearch.cost import parse_budget
     from kdsearch.data import load_task
-    from kdsearch.pipeline import _reference_models, candidate_evaluator
-    from kdsearch.proxies import ProxyContext, parse_proxies
-    from kdsearch.proxies.ensemble import is_ensemble, parse_ensemble
-    from kdsearch.proxies.registry import list_proxies
-    from kdsearch.search import run_search
+    from kdsearch.proxies import ProxyContext, ensemble_components, parse_proxies
+    from kdsearch.proxies.ensemble import REFERENCE_SIZE
+    from kdsearch.run.settings import LATENCY_SEARCH
+    from kdsearch.search import CandidateEvaluator, reference_models, run_search
     from kdsearch.spaces import create_model, load_space
 
     parser = argparse.ArgumentParser()
@@ -50,14 +49,12 @@ def main() -> None:
     teacher = create_model(TEACHER, num_classes=10).eval()
     images, labels = task.sample_batch(64, seed=0)
     ctx = ProxyContext(teacher=teacher, images=images, labels=labels, num_classes=10, input_shape=task.input_shape,
-                       reference_models=lambda: _reference_models(space, task, torch.device("cpu"), 0))
+                       reference_models=lambda: reference_models(space, task, torch.device("cpu"), REFERENCE_SIZE, 0))
     started = time.perf_counter()
-    for name in proxies:
-        if is_ensemble(name):
-            for component in parse_ensemble(name, list_proxies()).weights:
-                ctx.reference_scores(component)
+    for component in ensemble_components(proxies):
+        ctx.reference_scores(component)
     reference_s = time.perf_counter() - started
-    evaluate = candidate_evaluator(task, ctx, proxies, torch.device("cpu"), batch_size=1, threads=1, seed=0)
+    evaluate = CandidateEvaluator(task, ctx, proxies, torch.device("cpu"), {"batch_size": 1, "threads": 1, **LATENCY_SEARCH}, seed=0)
     import tempfile
 
     search_start = time.perf_counter()

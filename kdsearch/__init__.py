@@ -7,10 +7,9 @@
     model = kdsearch.load_student("student/")                        # after a safetensors export
 """
 
-__version__ = "0.1.0"
-
-from kdsearch.exceptions import KdsearchError  # noqa: E402
-from kdsearch.spaces import create_model, load_space  # noqa: E402
+from kdsearch._version import __version__
+from kdsearch.exceptions import KdsearchError
+from kdsearch.spaces import create_model, load_space
 
 
 def __getattr__(name):
@@ -39,6 +38,6 @@ def __getattr__(name):
 
 
 __all__ = [
-    "FindResult", "KdsearchError", "build_report", "create_model", "export_student", "find", "load_run_student",
+    "__version__", "FindResult", "KdsearchError", "build_report", "create_model", "export_student", "find", "load_run_student",
     "load_space", "load_student", "load_task", "load_teacher", "train_student",
 ]

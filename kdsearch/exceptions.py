@@ -41,3 +41,23 @@ class ExportError(KdsearchError):
 
 class DeviceError(KdsearchError):
     """The requested device is not available."""
+
+
+class LossError(KdsearchError):
+    """An unknown distillation loss, or a loss setting that cannot be read."""
+
+
+class RecipeError(KdsearchError):
+    """A training recipe setting is out of range or unknown."""
+
+
+class TrainingDiverged(KdsearchError, RuntimeError):
+    """The training loss became NaN or infinite (a RuntimeError too: the search goes on past it)."""
+
+
+class SearchError(KdsearchError):
+    """An unknown sampler or an unusable search setting."""
+
+
+class SimilarityError(KdsearchError, ValueError):
+    """Features cannot be compared (too few samples, mismatched batch sizes)."""

@@ -9,7 +9,7 @@ from kdsearch.spaces import create_model
 
 @pytest.mark.parametrize(
     "text, metric, limit",
-    [("10ms", "latency_ms", 10.0), ("500us", "latency_ms", 0.5), ("1.5 s", "latency_ms", 1500.0),
+    [("10ms", "latency_p50_ms", 10.0), ("500us", "latency_p50_ms", 0.5), ("1.5 s", "latency_p50_ms", 1500.0),
      ("300MFLOPs", "flops", 3e8), ("2GFLOPs", "flops", 2e9), ("5Mparams", "params", 5e6), ("250kparams", "params", 2.5e5)],
 )
 def test_parse_budget(text, metric, limit):

@@ -5,12 +5,14 @@ from dataclasses import dataclass
 
 from kdsearch.exceptions import BudgetError
 
+LATENCY = "latency_p50_ms"
 _UNITS = {
-    # unit → (metric, multiplier into the metric's base unit: ms, FLOPs, params)
-    "s": ("latency_ms", 1e3),
-    "ms": ("latency_ms", 1.0),
-    "us": ("latency_ms", 1e-3),
-    "µs": ("latency_ms", 1e-3),
+    # unit → (metric, multiplier into the metric's base unit: ms, FLOPs, params). The metric is the name of
+    # the column that holds it in every candidate row (study, finalists, candidates.csv).
+    "s": (LATENCY, 1e3),
+    "ms": (LATENCY, 1.0),
+    "us": (LATENCY, 1e-3),
+    "µs": (LATENCY, 1e-3),
     "flops": ("flops", 1.0),
     "kflops": ("flops", 1e3),
     "mflops": ("flops", 1e6),
@@ -25,7 +27,9 @@ _PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-zµ]+)\s*$"
 
 @dataclass(frozen=True)
 class Budget:
-    metric: str  # latency_ms | flops | params
+    """The one place that says what fits: every stage asks ``budget.fits(row)`` of a candidate row."""
+
+    metric: str  # latency_p50_ms | flops | params
     limit: float  # in ms, FLOPs or parameters
     text: str
 
@@ -36,8 +40,13 @@ class Budget:
     def fits(self, metrics: dict) -> bool:
         return self.excess(metrics) <= 0
 
+    @property
+    def latency_limit_ms(self) -> float | None:
+        """The limit in ms for a latency budget (the report draws it), else None."""
+        return self.limit if self.metric == LATENCY else None
+
     def describe(self, value: float) -> str:
-        if self.metric == "latency_ms":
+        if self.metric == LATENCY:
             return f"{value:.3g} ms"
         if self.metric == "flops":
             return f"{value / 1e6:.4g} MFLOPs"

@@ -11,6 +11,6 @@ Images are held as uint8 tensors (N, C, H, W); normalisation and augmentation ru
 training device, so the same Task serves CPU and CUDA.
 """
 
-from kdsearch.data.task import DataSpec, Task, load_task
+from kdsearch.data.task import LOADERS, DataSpec, Task, load_task
 
-__all__ = ["DataSpec", "Task", "load_task"]
+__all__ = ["LOADERS", "DataSpec", "Task", "load_task"]

@@ -14,10 +14,12 @@ import torch
 import torch.nn.functional as F
 
 from kdsearch.exceptions import DataError
+from kdsearch.registry import Registry
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-BUILTIN = ("digits", "fashion-mnist", "cifar10", "cifar100")
+# Built-in data sets by --data name; anything else is an ImageFolder path. A loader takes (spec, progress).
+LOADERS: Registry = Registry("data set", DataError, hint=" Or pass an ImageFolder directory.")
 
 
 @dataclass(frozen=True)
@@ -195,7 +197,8 @@ def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float
     return tuple(round(float(m), 4) for m in mean), tuple(round(float(s), 4) for s in std)
 
 
-def _load_digits(spec: DataSpec):
+@LOADERS.register("digits")
+def _load_digits(spec: DataSpec, progress: bool = False):
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -233,7 +236,8 @@ def _find_idx(root: Path, stem: str) -> Path:
     )
 
 
-def _load_fashion(spec: DataSpec):
+@LOADERS.register("fashion-mnist", aliases=("fashion_mnist", "fashionmnist"))
+def _load_fashion(spec: DataSpec, progress: bool = False):
     root = Path(spec.data_root or FASHION_MNIST_DIR)
     if not root.is_dir():
         raise DataError(
@@ -268,7 +272,9 @@ def _load_fashion(spec: DataSpec):
     )
 
 
-def _load_torchvision_cifar(spec: DataSpec):
+@LOADERS.register("cifar100")
+@LOADERS.register("cifar10")
+def _load_torchvision_cifar(spec: DataSpec, progress: bool = False):
     import torchvision
 
     name = spec.data.lower()
@@ -422,22 +428,16 @@ def load_task(spec: DataSpec | str = "digits", *, progress: bool = False, **over
     elif overrides:
         spec = DataSpec(**{**spec.to_dict(), **overrides})
     key = spec.data.strip()
-    lowered = key.lower()
-    if lowered == "digits":
-        loaded = _load_digits(spec)
-    elif lowered in ("fashion-mnist", "fashion_mnist", "fashionmnist"):
-        loaded = _load_fashion(spec)
-    elif lowered in ("cifar10", "cifar100"):
-        loaded = _load_torchvision_cifar(spec)
+    if key.lower() in LOADERS:
+        loaded = LOADERS.get(key.lower())(spec, progress)
     else:
         path = Path(key).expanduser()
         if not path.exists():
             from kdsearch._util import suggest
 
-            hint = suggest(lowered, BUILTIN)
             raise DataError(
-                f"Data path {key!r} does not exist;{hint or ''} pass an ImageFolder directory or one of "
-                f"{', '.join(BUILTIN)}."
+                f"Data path {key!r} does not exist;{suggest(key.lower(), LOADERS.names()) or ''} pass an ImageFolder "
+                f"directory or one of {', '.join(LOADERS.names())}."
             )
         if not path.is_dir():
             raise DataError(f"--data {key!r} is a file; pass an ImageFolder directory (one sub-folder per class).")

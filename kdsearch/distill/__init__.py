@@ -1,9 +1,8 @@
 """Distillation: train a student against a teacher with a registered loss.
 
-``distill(student, teacher, task, recipe, loss="kd")`` trains in place; ``distill_student`` adds the
-run-folder side (checkpoint every epoch, metrics.csv, model.safetensors + student.yaml, result.json)
-that ``kdsearch find`` uses for its top-k and ``kdsearch distill`` for one student. Losses:
-``kdsearch.distill.losses`` (kd, dkd, fitnet, diswot, cka, taid, pld, and ce as the no-KD baseline).
+``distill(student, teacher, task, recipe, loss="kd")`` trains in place, checkpointing every epoch
+when given a path (``kdsearch.pipeline.distill_student`` adds the student folder around it). Losses:
+``kdsearch.distill.losses``, one registry (``list_losses()``; ``ce`` is the no-KD baseline).
 """
 
 from __future__ import annotations
@@ -14,9 +13,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from kdsearch._util import atomic_write_json, atomic_write_text
 from kdsearch.data import Task
-from kdsearch.distill.losses import DistillLoss, create_loss, list_losses, register_loss
+from kdsearch.distill.losses import LOSSES, DistillLoss, create_loss, list_losses, register_loss
 from kdsearch.training import Recipe, TrainResult, fit
 
 
@@ -42,60 +40,4 @@ def distill(
     )
 
 
-def distill_student(
-    config: dict,
-    teacher: nn.Module,
-    task: Task,
-    out: str | Path,
-    recipe: Recipe,
-    *,
-    loss: str = "kd",
-    loss_options: dict[str, Any] | None = None,
-    device: torch.device | str = "cpu",
-    progress: bool = False,
-    desc: str = "distilling",
-    extra: dict | None = None,
-) -> dict:
-    """Distil the candidate ``config`` into ``out``; resumes from ``out/checkpoint.pt``; returns result.json's content."""
-    import json
-
-    import yaml
-    from safetensors.torch import save_model
-
-    from kdsearch.spaces import create_model
-    from kdsearch.training import distributed_context
-
-    out = Path(out)
-    result_path = out / "result.json"
-    if result_path.exists():
-        return json.loads(result_path.read_text())
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(recipe.seed)
-    student = create_model(config, num_classes=task.num_classes, in_chans=task.in_chans)
-    loss_obj = create_loss(loss, **(loss_options or {}))
-    result = distill(
-        student, teacher, task, recipe, loss_obj, device=device, checkpoint=out / "checkpoint.pt",
-        metrics_csv=out / "metrics.csv", progress=progress, desc=desc,
-    )
-    record = {
-        "status": "distilled", "config": config, "val_accuracy": result.accuracy, "epochs": result.epochs,
-        "seconds": result.seconds, "history": result.history, "recipe": recipe.to_dict(), "loss": loss_obj.config(),
-        "world_size": result.world_size, **(extra or {}),
-    }
-    rank, _ = distributed_context()
-    if rank == 0:
-        tmp = out / ".model.tmp"
-        save_model(student.to("cpu"), str(tmp))
-        tmp.replace(out / "model.safetensors")
-        meta = {
-            "config": config, "num_classes": task.num_classes, "class_names": task.class_names,
-            "input_shape": list(task.input_shape), "mean": list(task.mean), "std": list(task.std),
-            "val_accuracy": result.accuracy, "loss": loss_obj.config(),
-        }
-        atomic_write_text(out / "student.yaml", yaml.safe_dump(meta, sort_keys=False))
-        atomic_write_json(result_path, record)
-        (out / "checkpoint.pt").unlink(missing_ok=True)
-    return record
-
-
-__all__ = ["DistillLoss", "Recipe", "create_loss", "distill", "distill_student", "list_losses", "register_loss"]
+__all__ = ["LOSSES", "DistillLoss", "Recipe", "create_loss", "distill", "list_losses", "register_loss"]

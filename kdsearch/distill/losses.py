@@ -19,36 +19,57 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kdsearch._util import suggest
-from kdsearch.exceptions import KdsearchError
-from kdsearch.similarity import linear_cka
+from kdsearch.exceptions import LossError
+from kdsearch.registry import Registry
+from kdsearch.similarity import linear_cka, relation_distance, semantic_gram
 from kdsearch.taps import Taps
 
-_LOSSES: dict[str, type[DistillLoss]] = {}
+LOSSES: Registry[type[DistillLoss]] = Registry("loss", LossError)
 
 
 def register_loss(name: str):
     def wrap(cls):
         cls.name = name
-        _LOSSES[name] = cls
+        LOSSES.add(name, cls)
         return cls
 
     return wrap
 
 
 def list_losses() -> list[str]:
-    return sorted(_LOSSES)
+    return LOSSES.names()
+
+
+def _parse_setting(loss: str, key: str, value: Any, default: Any) -> Any:
+    """A --loss-opt value in the type of the setting's default; a value that does not parse is a LossError."""
+    if not isinstance(value, str):
+        return value
+    kind = type(default)
+    if kind is bool:
+        lowered = value.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+    else:
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    raise LossError(
+        f"Loss {loss!r} setting {key} needs a {kind.__name__} (default {default!r}), got {value!r}; "
+        f"write e.g. --loss-opt {key}={default}."
+    )
 
 
 def create_loss(name: str, **overrides: Any) -> DistillLoss:
-    if name not in _LOSSES:
-        raise KdsearchError(f"Unknown loss {name!r};{suggest(name, _LOSSES)} available: {', '.join(list_losses())}.")
-    cls = _LOSSES[name]
+    cls = LOSSES.get(name)
     params = cls.Params()
     known = {f.name for f in fields(params)}
     for key, value in overrides.items():
         if key not in known:
-            raise KdsearchError(f"Loss {name!r} has no setting {key!r};{suggest(key, known)} settings: {', '.join(sorted(known))}.")
-        setattr(params, key, type(getattr(params, key))(value))
+            raise LossError(f"Loss {name!r} has no setting {key!r};{suggest(key, known)} settings: {', '.join(sorted(known))}.")
+        setattr(params, key, _parse_setting(name, key, value, getattr(params, key)))
     return cls(params)
 
 
@@ -193,21 +214,6 @@ class FitNet(DistillLoss):
         return self.params.ce_weight * F.cross_entropy(student.logits.float(), labels) + self.params.hint_weight * F.mse_loss(s, t)
 
 
-def sp_relation_loss(student_feats: torch.Tensor, teacher_feats: torch.Tensor) -> torch.Tensor:
-    """Similarity-preserving KD (Tung & Mori 2019): ‖norm(FₛFₛᵀ) − norm(FₜFₜᵀ)‖²_F / B²."""
-    b = student_feats.shape[0]
-    gs = F.normalize(student_feats.flatten(1) @ student_feats.flatten(1).T, dim=1)
-    gt = F.normalize(teacher_feats.flatten(1) @ teacher_feats.flatten(1).T, dim=1)
-    return (gs - gt).pow(2).sum() / (b * b)
-
-
-def semantic_gram(prelogits: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Classes × classes Gram of dCE/dW (closed form), rows normalised — differentiable."""
-    residual = logits.softmax(dim=1) - F.one_hot(labels, logits.shape[1]).to(logits.dtype)
-    grad = residual.T @ prelogits / len(labels)
-    return F.normalize(grad @ grad.T, dim=1)
-
-
 @register_loss("diswot")
 class DisWOTPlus(DistillLoss):
     """DisWOT+ (Dong et al., CVPR 2023): KD plus the two similarity terms the search ranks by.
@@ -226,7 +232,7 @@ class DisWOTPlus(DistillLoss):
     def forward(self, student, teacher, labels, epoch):
         p = self.params
         s, t = student.logits.float(), teacher.logits.float()
-        loss = _kd_objective(p, s, t, labels) + p.relation_weight * sp_relation_loss(student.prepool.float(), teacher.prepool.float())
+        loss = _kd_objective(p, s, t, labels) + p.relation_weight * relation_distance(student.prepool.float(), teacher.prepool.float())
         sem_s = semantic_gram(student.prelogits.float(), s, labels)
         sem_t = semantic_gram(teacher.prelogits.float(), t, labels)
         return loss + p.semantic_weight * (sem_s - sem_t).pow(2).mean()
@@ -351,7 +357,7 @@ class NormDirection(DistillLoss):
 
     def nd_loss(self, student_emb: torch.Tensor, teacher_emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.class_means.numel() == 0:
-            raise KdsearchError("The 'nd' loss needs the teacher's class means; train it through kdsearch's trainer (fit/distill).")
+            raise LossError("The 'nd' loss needs the teacher's class means; train it through kdsearch's trainer (fit/distill).")
         s = self.project(student_emb.float())
         direction = F.normalize(self.class_means[labels], dim=1)
         max_norm = torch.maximum(s.norm(dim=1), teacher_emb.float().norm(dim=1)).clamp_min(1e-12)
@@ -365,4 +371,4 @@ class NormDirection(DistillLoss):
         return p.ce_weight * ce + p.kd_weight * kd + p.nd_weight * self.nd_loss(student.prelogits, teacher.prelogits, labels)
 
 
-__all__ = ["DistillLoss", "create_loss", "kl_div_t", "linear_cka", "list_losses", "register_loss", "semantic_gram", "sp_relation_loss"]
+__all__ = ["LOSSES", "DistillLoss", "create_loss", "kl_div_t", "list_losses", "register_loss"]

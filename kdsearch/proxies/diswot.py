@@ -16,22 +16,15 @@ Both terms compare small Gram matrices, so they work whatever the teacher's and 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from kdsearch.proxies.registry import ProxyContext, register_proxy
+from kdsearch.similarity import relation_distance, semantic_gram
 from kdsearch.taps import forward_taps
 
 
 def classifier_grad_gram(prelogits: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    probs = logits.double().softmax(dim=1)
-    residual = probs - F.one_hot(labels, probs.shape[1]).double()  # dCE/dlogits · B
-    grad = residual.T @ prelogits.double() / len(labels)  # dCE/dW of the last linear layer
-    return F.normalize(grad @ grad.T, dim=1)
-
-
-def relation_gram(features: torch.Tensor) -> torch.Tensor:
-    flat = features.double().flatten(1)
-    return F.normalize(flat @ flat.T, dim=1)
+    """The semantic Gram in float64 (the proxy compares tiny differences)."""
+    return semantic_gram(prelogits.double(), logits.double(), labels)
 
 
 @torch.no_grad()
@@ -41,17 +34,14 @@ def diswot_terms(model, ctx: ProxyContext) -> tuple[float, float]:
     teacher = ctx.teacher_taps()
     if "teacher_sem" not in ctx.cache:
         ctx.cache["teacher_sem"] = classifier_grad_gram(teacher.prelogits, teacher.logits, ctx.labels)
-        ctx.cache["teacher_rel"] = relation_gram(teacher.prepool)
     sem = torch.linalg.matrix_norm(ctx.cache["teacher_sem"] - classifier_grad_gram(student.prelogits, student.logits, ctx.labels))
-    rel = (ctx.cache["teacher_rel"] - relation_gram(student.prepool)).pow(2).sum() / len(ctx.labels) ** 2
+    rel = relation_distance(student.prepool.double(), teacher.prepool.double())
     return float(sem), float(rel)
 
 
 def _terms(model, ctx: ProxyContext, metrics: dict) -> tuple[float, float]:
     # one forward pass serves all three registered names
-    if "_diswot_terms" not in metrics:
-        metrics["_diswot_terms"] = diswot_terms(model, ctx)
-    return metrics["_diswot_terms"]
+    return ctx.memo(model, "diswot_terms", lambda: diswot_terms(model, ctx))
 
 
 @register_proxy("diswot")

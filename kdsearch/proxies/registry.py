@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from kdsearch._util import suggest
 from kdsearch.exceptions import ProxyError
 from kdsearch.proxies.ensemble import DEFAULT_PROXY, Ensemble, is_ensemble, parse_ensemble, percentile
+from kdsearch.registry import Registry
 
 
 @dataclass
@@ -22,9 +22,22 @@ class ProxyContext:
     num_classes: int
     input_shape: tuple[int, int, int]
     cache: dict = field(default_factory=dict)  # per-batch teacher features, computed once
+    # Per-candidate intermediate results that several proxies share (DisWOT's two terms, ensemble components);
+    # keyed by the model's identity and cleared by ``score`` so they never leak into the candidate's metrics.
+    _memo: dict = field(default_factory=dict, repr=False)
     # Ensembles rank a candidate within a reference population of its space: a callable returning
     # freshly built (seeded) models, scored once per component proxy and cached.
     reference_models: Callable[[], list[nn.Module]] | None = None
+
+    def memo(self, model: nn.Module, key: str, compute: Callable[[], object]):
+        """``compute()`` once per (model, key) until the next ``clear_memo``."""
+        slot = (id(model), key)
+        if slot not in self._memo:
+            self._memo[slot] = compute()
+        return self._memo[slot]
+
+    def clear_memo(self) -> None:
+        self._memo.clear()
 
     def reference_scores(self, name: str) -> torch.Tensor:
         key = ("reference", name)
@@ -35,7 +48,11 @@ class ProxyContext:
                     f"reference_models=... (find does this from the search space) to use {name!r} in one."
                 )
             fn = get_proxy(name)  # models are rebuilt per component rather than all held in memory
-            self.cache[key] = torch.tensor([float(fn(m, self, {})) for m in self.reference_models()], dtype=torch.float64)
+            scores = []
+            for model in self.reference_models():
+                scores.append(float(fn(model, self, {})))
+                self.clear_memo()
+            self.cache[key] = torch.tensor(scores, dtype=torch.float64)
         return self.cache[key]
 
     @property
@@ -55,39 +72,38 @@ class ProxyContext:
 
 
 ProxyFn = Callable[[nn.Module, ProxyContext, dict], float]
-_PROXIES: dict[str, ProxyFn] = {}
+PROXIES: Registry[ProxyFn] = Registry("proxy", ProxyError)
+_ENSEMBLES: dict[str, ProxyFn] = {}  # parsed once per name, not once per candidate
 
 
 def register_proxy(name: str):
-    def wrap(fn: ProxyFn) -> ProxyFn:
-        _PROXIES[name] = fn
-        return fn
-
-    return wrap
+    return PROXIES.register(name)
 
 
 def list_proxies() -> list[str]:
-    return sorted(_PROXIES)
+    return PROXIES.names()
 
 
 def get_proxy(name: str) -> ProxyFn:
     if is_ensemble(name):
-        return _ensemble_fn(parse_ensemble(name, list_proxies()))
-    if name not in _PROXIES:
-        raise ProxyError(
-            f"Unknown proxy {name!r};{suggest(name, _PROXIES)} available: {', '.join(list_proxies())}."
-        )
-    return _PROXIES[name]
+        if name not in _ENSEMBLES:
+            _ENSEMBLES[name] = _ensemble_fn(parse_ensemble(name, list_proxies()))
+        return _ENSEMBLES[name]
+    return PROXIES.get(name)
+
+
+def ensemble_components(names: list[str]) -> list[str]:
+    """The single proxies that the ensembles among ``names`` combine (their reference scores are needed)."""
+    return sorted({c for n in names if is_ensemble(n) for c in parse_ensemble(n, list_proxies()).weights})
 
 
 def _ensemble_fn(ensemble: Ensemble) -> ProxyFn:
+    total = sum(ensemble.weights.values())
+
     def fn(model: nn.Module, ctx: ProxyContext, metrics: dict) -> float:
-        total = sum(ensemble.weights.values())
         value = 0.0
         for name, weight in ensemble.weights.items():
-            component = metrics.get(f"_score_{name}")
-            if component is None:
-                component = metrics[f"_score_{name}"] = float(_PROXIES[name](model, ctx, metrics))
+            component = ctx.memo(model, f"score:{name}", lambda name=name: float(PROXIES.get(name)(model, ctx, metrics)))
             value += weight * percentile(component, ctx.reference_scores(name)) / total
         return value
 
@@ -112,15 +128,12 @@ def parse_proxies(text: str | list[str]) -> list[str]:
 def score(names: list[str], model: nn.Module, ctx: ProxyContext, metrics: dict) -> dict[str, float]:
     """Every named proxy's score plus its cost in ms (``<name>_ms``); metrics holds params/FLOPs already known."""
     out: dict[str, float] = {}
-    for name in names:
-        start = time.perf_counter()
-        out[name] = float(get_proxy(name)(model, ctx, metrics))
-        out[f"{name}_ms"] = (time.perf_counter() - start) * 1e3
+    ctx.clear_memo()
+    try:
+        for name in names:
+            start = time.perf_counter()
+            out[name] = float(get_proxy(name)(model, ctx, metrics))
+            out[f"{name}_ms"] = (time.perf_counter() - start) * 1e3
+    finally:
+        ctx.clear_memo()
     return out
-
-
-# Importing the definitions registers them.
-from kdsearch.proxies import diswot as _diswot  # noqa: E402,F401
-from kdsearch.proxies import size as _size  # noqa: E402,F401
-from kdsearch.proxies import teacher_aware as _teacher_aware  # noqa: E402,F401
-from kdsearch.proxies import zoo as _zoo  # noqa: E402,F401

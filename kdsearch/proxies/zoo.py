@@ -65,15 +65,15 @@ def _ce(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.T
 
 def _weight_grads(model: nn.Module, ctx: ProxyContext, metrics: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(W, ∂L/∂W) of every conv/linear layer from one train-mode backward; shared by grad_norm and snip."""
-    if "_weight_grads" not in metrics:
+
+    def compute():
         with preserved(model):
             model.train()
             layers = weighted_layers(model)
             grads = torch.autograd.grad(_ce(model, ctx.images, ctx.labels), [m.weight for m in layers], allow_unused=True)
-            metrics["_weight_grads"] = [
-                (m.weight.detach(), torch.zeros_like(m.weight) if g is None else g.detach()) for m, g in zip(layers, grads)
-            ]
-    return metrics["_weight_grads"]
+            return [(m.weight.detach(), torch.zeros_like(m.weight) if g is None else g.detach()) for m, g in zip(layers, grads)]
+
+    return ctx.memo(model, "weight_grads", compute)
 
 
 def _sum(values: list[torch.Tensor]) -> float:

@@ -7,16 +7,12 @@ curves of the distilled students, and the table.
 
 from __future__ import annotations
 
-import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
-from kdsearch._util import atomic_write_text
-from kdsearch.exceptions import RunFolderError
+from kdsearch.run import RunFolder, RunSettings
 
 TABLE_COLUMNS = ["candidate_id", "trial", "distilled_accuracy", "latency_p50_ms", "latency_p90_ms", "params", "flops", "pareto", "config"]
 
@@ -28,15 +24,14 @@ class Report:
     candidates: pd.DataFrame  # every candidate within budget
     excluded: int  # candidates over budget, left out of the report
     teacher: dict
-    config: dict
+    settings: RunSettings
     html_path: Path
 
     def to_text(self) -> str:
-        t = self.teacher
+        t, s = self.teacher, self.settings
         lat = t.get("latency") or {}
         lines = [
-            f"run: {self.run_dir}   budget: {self.config['budget']} ({self.config['device']}, batch {self.config['batch_size']}, "
-            f"{self.config['threads']} thread(s))",
+            f"run: {self.run_dir}   budget: {s.budget.text} ({s.device}, batch {s.latency_batch_size}, {s.threads} thread(s))",
             f"teacher: {t['spec']} — val acc {t['val_accuracy']:.4f}, {t['params'] / 1e6:.2f} M params"
             + (f", {lat['p50_ms']:.2f} ms p50" if lat else ""),
             f"candidates within budget: {len(self.candidates)} (left out over budget: {self.excluded})",
@@ -54,24 +49,6 @@ class Report:
         return "\n".join(lines)
 
 
-def write_candidates(run_dir: str | Path, df: pd.DataFrame) -> None:
-    buf = io.StringIO()
-    df.to_csv(buf, index=False)
-    atomic_write_text(Path(run_dir) / "candidates.csv", buf.getvalue())
-
-
-def read_run(run_dir: str | Path) -> tuple[dict, pd.DataFrame, dict]:
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").exists():
-        raise RunFolderError(f"{run_dir} is not a kdsearch run folder (no config.yaml); pass the --out folder of 'kdsearch find'.")
-    if not (run_dir / "candidates.csv").exists():
-        raise RunFolderError(f"{run_dir} has no candidates.csv yet; finish (or resume) the run with 'kdsearch find --out {run_dir}'.")
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    candidates = pd.read_csv(run_dir / "candidates.csv")
-    teacher = json.loads((run_dir / "teacher.json").read_text())
-    return config, candidates, teacher
-
-
 def pareto_mask(latency: pd.Series, accuracy: pd.Series) -> pd.Series:
     """True where no other point is at least as fast and as accurate, and strictly better in one."""
     mask = []
@@ -84,8 +61,8 @@ def pareto_mask(latency: pd.Series, accuracy: pd.Series) -> pd.Series:
 def _figures(report: Report) -> list[str]:
     import plotly.graph_objects as go
 
-    config, teacher, table, cands = report.config, report.teacher, report.table, report.candidates
-    budget_ms = config["budget_limit"] if config["budget_metric"] == "latency_ms" else None
+    settings, teacher, table, cands = report.settings, report.teacher, report.table, report.candidates
+    budget_ms = settings.budget.latency_limit_ms
     figs = []
 
     fig = go.Figure()
@@ -104,11 +81,11 @@ def _figures(report: Report) -> list[str]:
             marker={"symbol": "star", "size": 16},
         )
     if budget_ms:
-        fig.add_vline(x=budget_ms, line_dash="dash", annotation_text=f"budget {config['budget']}")
+        fig.add_vline(x=budget_ms, line_dash="dash", annotation_text=f"budget {settings.budget.text}")
     fig.update_layout(title="Distilled accuracy vs latency (p50, bar to p90)", xaxis_title="latency p50 (ms)", yaxis_title="validation accuracy", xaxis_type="log")
     figs.append(fig)
 
-    proxy = config["proxies"][0]
+    proxy = settings.ranking_proxy
     if not cands.empty:
         fig = go.Figure()
         fig.add_scatter(
@@ -121,10 +98,11 @@ def _figures(report: Report) -> list[str]:
         figs.append(fig)
 
     curves = go.Figure()
+    folder = RunFolder(report.run_dir)
     for cid in table["candidate_id"] if not table.empty else []:
-        result_path = report.run_dir / "students" / cid / "result.json"
-        if result_path.exists():
-            history = json.loads(result_path.read_text()).get("history", [])
+        result = folder.student(cid).result()
+        if result:
+            history = result.get("history", [])
             curves.add_scatter(x=[h["epoch"] for h in history], y=[h["val_accuracy"] for h in history], mode="lines+markers", name=cid)
     curves.update_layout(title="Learning curves of the distilled students", xaxis_title="epoch", yaxis_title="validation accuracy")
     figs.append(curves)
@@ -132,31 +110,35 @@ def _figures(report: Report) -> list[str]:
 
 
 def build_report(run_dir: str | Path) -> Report:
-    run_dir = Path(run_dir)
-    config, candidates, teacher = read_run(run_dir)
+    """Read the run folder, compute the Pareto set of its distilled students, (re)write report.html."""
+    folder = RunFolder.open(run_dir, need_candidates=True)
+    settings, candidates, teacher = folder.settings(), folder.candidates(), folder.teacher_record()
     within = candidates[candidates["within_budget"].astype(bool)].copy()
     table = within[within["distilled_accuracy"].notna()].copy()
     table["pareto"] = pareto_mask(table["latency_p50_ms"], table["distilled_accuracy"]) if not table.empty else []
     table = table.sort_values("distilled_accuracy", ascending=False, ignore_index=True)
     report = Report(
-        run_dir=run_dir, table=table, candidates=within, excluded=int(len(candidates) - len(within)),
-        teacher=teacher, config=config, html_path=run_dir / "report.html",
+        run_dir=folder.path, table=table, candidates=within, excluded=int(len(candidates) - len(within)),
+        teacher=teacher, settings=settings, html_path=folder.report_html,
     )
-    html_table = table[[c for c in TABLE_COLUMNS if c in table]].to_html(index=False, float_format=lambda v: f"{v:.4f}")
-    body = "\n".join(_figures(report))
-    data = json.loads((run_dir / "data.json").read_text()) if (run_dir / "data.json").exists() else {}
-    html = f"""<!doctype html><html><head><meta charset="utf-8"><title>kdsearch report — {run_dir.name}</title>
-<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}} td,th{{padding:4px 8px;border:1px solid #ccc;font-size:12px}}</style>
-</head><body><h1>kdsearch report: {run_dir.name}</h1>
-<p>Teacher <b>{teacher['spec']}</b> ({teacher['source']}), val accuracy {teacher['val_accuracy']:.4f}.
-Budget <b>{config['budget']}</b> on {config['device']} (batch {config['batch_size']}, {config['threads']} thread(s)).
-Data: {data.get('description', config['data'])}. Space: {config['space']}. Ranking proxy: {', '.join(config['proxies'])}.
-{len(within)} candidates within budget; {report.excluded} over budget are left out.</p>
-{body}
-<h2>Distilled students within budget</h2>{html_table}
-</body></html>"""
-    atomic_write_text(report.html_path, html)
+    folder.write_report(_html(report, folder.data_record()))
     return report
 
 
-__all__ = ["Report", "build_report", "pareto_mask", "read_run", "write_candidates"]
+def _html(report: Report, data: dict) -> str:
+    table, teacher, settings, run_dir = report.table, report.teacher, report.settings, report.run_dir
+    html_table = table[[c for c in TABLE_COLUMNS if c in table]].to_html(index=False, float_format=lambda v: f"{v:.4f}")
+    body = "\n".join(_figures(report))
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>kdsearch report — {run_dir.name}</title>
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}} td,th{{padding:4px 8px;border:1px solid #ccc;font-size:12px}}</style>
+</head><body><h1>kdsearch report: {run_dir.name}</h1>
+<p>Teacher <b>{teacher['spec']}</b> ({teacher['source']}), val accuracy {teacher['val_accuracy']:.4f}.
+Budget <b>{settings.budget.text}</b> on {settings.device} (batch {settings.latency_batch_size}, {settings.threads} thread(s)).
+Data: {data.get('description', settings.data.data)}. Space: {settings.space.name if settings.space else '?'}.
+Ranking proxy: {', '.join(settings.proxies)}. {len(report.candidates)} candidates within budget; {report.excluded} over budget are left out.</p>
+{body}
+<h2>Distilled students within budget</h2>{html_table}
+</body></html>"""
+
+
+__all__ = ["Report", "build_report", "pareto_mask"]

@@ -11,27 +11,37 @@ from collections.abc import Callable
 import optuna
 
 from kdsearch.cost import Budget
+from kdsearch.exceptions import SearchError
+from kdsearch.registry import Registry
+from kdsearch.search.evaluate import CandidateEvaluator, measure_candidate, reference_models
 from kdsearch.spaces import SearchSpace, candidate_id
 
-SAMPLERS = ("auto", "tpe", "nsga2", "random", "brute")
+_NATIVE_CONSTRAINTS = hasattr(optuna.trial.Trial, "set_constraint")
+# Optuna ≥ 5 reads constraints that the trial sets itself; older releases need constraints_func.
+_LEGACY = {} if _NATIVE_CONSTRAINTS else {"constraints_func": lambda t: constraints(t)}
+
+# name → builder(seed) of an Optuna sampler; 'auto' is resolved by make_sampler.
+SAMPLERS: Registry[Callable[[int], optuna.samplers.BaseSampler]] = Registry("sampler", SearchError)
+SAMPLERS.add("brute", lambda seed: optuna.samplers.BruteForceSampler(seed=seed))
+SAMPLERS.add("random", lambda seed: optuna.samplers.RandomSampler(seed=seed))
+SAMPLERS.add("nsga2", lambda seed: optuna.samplers.NSGAIISampler(seed=seed, **_LEGACY))
+SAMPLERS.add("tpe", lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=10, **_LEGACY))
+
+
+def sampler_names() -> list[str]:
+    """What --sampler accepts: 'auto' and every registered sampler."""
+    return ["auto", *SAMPLERS.names()]
+
+
+def check_sampler(name: str) -> str:
+    return name if name == "auto" else SAMPLERS.canonical(name)
 
 
 def make_sampler(name: str, space: SearchSpace, n_trials: int, seed: int) -> optuna.samplers.BaseSampler:
     """'auto': exhaustive when the space fits in the trial budget, else constrained TPE."""
     if name == "auto":
         name = "brute" if space.size <= n_trials else "tpe"
-    if name == "brute":
-        return optuna.samplers.BruteForceSampler(seed=seed)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    # Optuna ≥ 5 reads constraints that the trial sets itself; older releases need constraints_func.
-    legacy = {} if _NATIVE_CONSTRAINTS else {"constraints_func": constraints}
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, **legacy)
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=10, **legacy)
-
-
-_NATIVE_CONSTRAINTS = hasattr(optuna.trial.Trial, "set_constraint")
+    return SAMPLERS.get(name)(seed)
 
 
 def constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
@@ -136,4 +146,17 @@ def run_search(
     return study
 
 
-__all__ = ["SAMPLERS", "constraints", "make_sampler", "make_storage", "open_study", "run_search"]
+def scored_candidates(study: optuna.Study) -> dict[str, dict]:
+    """One row per distinct candidate of the study (the first trial that scored it), keyed by candidate id."""
+    rows: dict[str, dict] = {}
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        cid = t.user_attrs.get("candidate_id")
+        if cid and cid not in rows:
+            rows[cid] = {"trial": t.number, **t.user_attrs}
+    return rows
+
+
+__all__ = [
+    "SAMPLERS", "CandidateEvaluator", "check_sampler", "constraints", "make_sampler", "make_storage", "measure_candidate",
+    "open_study", "reference_models", "run_search", "sampler_names", "scored_candidates",
+]

@@ -7,6 +7,7 @@
   U-centred; the HSIC of every pair is then one matrix product of flattened Grams (Gram form), or, when
   a layer is narrower than the batch, is computed from the features directly (feature form).
 * :func:`cka_matrix` — hooks two models, runs batches through them, returns the layers × layers CKA.
+* :func:`semantic_gram`, :func:`relation_gram` — DisWOT's two Grams, shared by its proxy and its loss.
 
 Features are centred per minibatch before any Gram is formed: CKA is invariant to it in exact
 arithmetic, but uncentred post-ReLU features lose up to ~0.1 of CKA to fp32 cancellation. Accumulators
@@ -21,12 +22,31 @@ from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from kdsearch.exceptions import KdsearchError
+from kdsearch.exceptions import SimilarityError
 
 
-class SimilarityError(KdsearchError, ValueError):
-    """Inputs CKA cannot be computed on (too few samples, mismatched batch sizes)."""
+def semantic_gram(prelogits: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """DisWOT's semantic Gram: classes × classes Gram of dCE/dW of the last linear layer, rows L2-normalised.
+
+    The gradient in closed form, G = (softmax(logits) − onehot)ᵀ · prelogits / B; computed in the inputs'
+    dtype and differentiable (the loss trains through it; the proxy passes float64).
+    """
+    residual = logits.softmax(dim=1) - F.one_hot(labels, logits.shape[1]).to(logits.dtype)
+    grad = residual.T @ prelogits.to(logits.dtype) / len(labels)
+    return F.normalize(grad @ grad.T, dim=1)
+
+
+def relation_gram(features: torch.Tensor) -> torch.Tensor:
+    """Sample relation Gram (B × B) of flattened feature maps, rows L2-normalised (similarity-preserving KD)."""
+    flat = features.flatten(1)
+    return F.normalize(flat @ flat.T, dim=1)
+
+
+def relation_distance(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """‖relation_gram(s) − relation_gram(t)‖²_F / B² (Tung & Mori 2019; DisWOT's relation term)."""
+    return (relation_gram(student) - relation_gram(teacher)).pow(2).sum() / student.shape[0] ** 2
 
 
 def _flat_centred(x: torch.Tensor) -> torch.Tensor:
@@ -242,4 +262,7 @@ __all__ = [
     "linear_hsic_features",
     "rbf_cka",
     "rbf_gram",
+    "relation_distance",
+    "relation_gram",
+    "semantic_gram",
 ]

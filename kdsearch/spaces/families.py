@@ -14,25 +14,28 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-_FAMILIES: dict[str, Callable[..., nn.Module]] = {}
+from kdsearch.exceptions import SpaceError
+from kdsearch.registry import Registry
+
+FAMILIES: Registry[Callable[..., nn.Module]] = Registry("candidate family", SpaceError)
 
 
 def register_family(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    _FAMILIES[fn.__name__] = fn
+    FAMILIES.add(fn.__name__, fn)
     return fn
 
 
 def list_families() -> list[str]:
-    return sorted(_FAMILIES)
+    return FAMILIES.names()
 
 
 def get_family(name: str) -> Callable[..., nn.Module]:
-    return _FAMILIES[name]
+    return FAMILIES.get(name)
 
 
 def family_keys(name: str) -> tuple[set[str], set[str]]:
     """(all searchable keys, keys without a default) of a family's builder."""
-    params = inspect.signature(_FAMILIES[name]).parameters
+    params = inspect.signature(get_family(name)).parameters
     keys = {k for k in params if k not in ("num_classes", "in_chans")}
     required = {k for k in keys if params[k].default is inspect.Parameter.empty}
     return keys, required
@@ -113,7 +116,7 @@ def resnet_timm(
     from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
     if block not in ("basic", "bottleneck"):
-        raise ValueError(f"block must be 'basic' or 'bottleneck', not {block!r}")
+        raise SpaceError(f"resnet_timm block must be 'basic' or 'bottleneck', not {block!r}; fix the space or candidate.")
     channels = tuple(max(8, int(round(c * width_mult / 8)) * 8) for c in (64, 128, 256, 512))
     return ResNet(
         block=BasicBlock if block == "basic" else Bottleneck,
@@ -229,7 +232,7 @@ def _nb201_op(name: str, channels: int) -> nn.Module:
         return _ReLUConvBN(channels, channels, 3, 1)
     if name == "avg_pool_3x3":
         return nn.AvgPool2d(3, 1, 1, count_include_pad=False)
-    raise ValueError(f"unknown NAS-Bench-201 op {name!r}; ops are {', '.join(NB201_OPS)}")
+    raise SpaceError(f"Unknown NAS-Bench-201 op {name!r}; use one of {', '.join(NB201_OPS)}.")
 
 
 class _NB201Cell(nn.Module):

@@ -14,10 +14,9 @@ from kdsearch._util import stable_hash, suggest
 from kdsearch.exceptions import SpaceError
 from kdsearch.spaces.families import family_keys, get_family, list_families
 
-# Installed next to the package (wheel) or at the repository root (editable checkout).
-_PACKAGED = Path(__file__).resolve().parent.parent / "search_spaces"
-_REPO = Path(__file__).resolve().parents[2] / "search_spaces"
-SPACES_DIR = _PACKAGED if _PACKAGED.is_dir() else _REPO
+# The bundled spaces ship inside the package (package data of the wheel); the repository's top-level
+# search_spaces/ is a link to this folder.
+SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 _TOP_KEYS = {"family", "description", "resolution", "choices", "fixed"}
 
 

@@ -7,13 +7,13 @@ import socket
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from kdsearch._util import atomic_write_json, cache_dir, file_sha256, stable_hash, suggest
+from kdsearch._util import atomic_path, atomic_write_json, cache_dir, file_sha256, stable_hash, suggest
 from kdsearch.cost import LatencyStats, count_flops, measure_latency
 from kdsearch.data import Task
 from kdsearch.exceptions import TeacherError
@@ -200,90 +200,32 @@ def load_teacher(
     pretrained: bool = True,
     prepare: bool = True,
     recipe: Recipe | None = None,
+    epochs: int | None = None,
     measure: bool = True,
     latency_kwargs: dict | None = None,
     progress: bool = False,
     log=print,
 ) -> Teacher:
-    """Build the teacher, load ``weights``, prepare it for ``task`` if needed, and measure it."""
+    """Build the teacher, load ``weights``, prepare it for ``task`` if needed, and measure it.
+
+    ``epochs`` overrides the preparation length of ``recipe`` or, without one, of the default recipe for
+    the weights actually obtained (fine-tuning for pretrained weights, training for a random init).
+    """
     notes: list[str] = []
-    path = Path(spec).expanduser()
-    head_fits = False
-    if path.suffix in (".pt", ".pth", ".ts", ".pt2", ".ep", ".torchscript", ".jit") or path.is_file():
-        if not path.is_file():
-            raise TeacherError(f"Teacher file {spec!r} does not exist; check the path.")
-        model, source, scripted = _load_file(path), f"file:{path.name}", True
-    elif ":" in spec:
-        model, source, scripted = _build_callable(spec, task), "callable", False
-    else:
-        model, source = _build_timm(spec, task, pretrained and not weights, notes)
-        scripted = False
+    model, source, scripted = _build(spec, task, weights, pretrained, notes)
+    head_fits = _apply_weights(model, weights, notes) if weights else scripted
     if weights:
-        if scripted:
-            raise TeacherError("--teacher-weights applies to a model name or callable, not to a TorchScript/export file.")
-        head_fits = _apply_weights(model, weights, notes)
         source = f"checkpoint:{Path(weights).name}"
-    model.eval()
-
-    with torch.no_grad():
-        probe = as_logits(model(task.sample_batch(2)[0]))
-    if probe.shape[-1] != task.num_classes:
-        if scripted:
-            raise TeacherError(
-                f"The teacher file outputs {probe.shape[-1]} classes but the task has {task.num_classes}; "
-                "export it with the task's head, or pass it as a module:callable so kdsearch can replace the head."
-            )
-        _replace_head(model, task.num_classes)
-        head_fits = False
-        notes.append(f"head replaced: {probe.shape[-1]} → {task.num_classes} classes")
-    elif scripted:
-        head_fits = True
-
+    head_fits = _fit_head(model, task, scripted, head_fits, notes)
     for note in notes:
         log(f"teacher: {note}")
-    needs_training = prepare and not head_fits
-    prepared = False
-    if needs_training:
+    prepared = prepare and not head_fits
+    if prepared:
         recipe = recipe or default_teacher_recipe(task, source)
-        key = stable_hash(
-            {
-                "spec": spec,
-                "weights": file_sha256(weights) if weights else None,
-                "source": source,
-                "task": task.fingerprint,
-                "recipe": recipe.to_dict(),
-                "version": PREPARE_VERSION,
-            },
-            length=16,
-        )
-        cached = cache_dir() / "teachers" / f"{key}.safetensors"
-        meta_path = cached.with_suffix(".json")
-        from safetensors.torch import load_model, save_model
-
-        if cached.exists() and meta_path.exists():
-            load_model(model, str(cached), device="cpu", strict=True)
-            notes.append(f"prepared teacher reused from cache {cached}")
-            log(f"teacher: reusing prepared weights from {cached}")
-        else:
-            log(
-                f"teacher: preparing {spec} on {task.name} ({recipe.epochs} epochs, {recipe.optimizer}, lr {recipe.lr}); "
-                f"cached for later runs as {cached.name}"
-            )
-            checkpoint = cached.with_suffix(".partial.pt")  # resumes if interrupted
-            result = fit(model, task, recipe, device=device, checkpoint=checkpoint, progress=progress, desc="preparing teacher")
-            model.to("cpu")
-            rank, world = distributed_context()
-            if rank == 0:  # under torchrun every rank trained the same weights; one writes them
-                tmp = cached.with_suffix(".tmp.safetensors")
-                save_model(model, str(tmp))
-                os.replace(tmp, cached)
-                atomic_write_json(meta_path, {"spec": spec, "task": task.fingerprint, "recipe": recipe.to_dict(), "history": result.history})
-                checkpoint.unlink(missing_ok=True)
-            if world > 1:
-                torch.distributed.barrier()
-            notes.append(f"prepared: {recipe.epochs} epochs fine-tuning on {task.name}")
-        prepared = True
-
+        if epochs is not None:
+            recipe = replace(recipe, epochs=epochs)
+        _prepare(model, task, recipe, key={"spec": spec, "weights": file_sha256(weights) if weights else None, "source": source},
+                 device=device, progress=progress, log=log, notes=notes)
     model.to(device).eval()
     accuracy = evaluate(model, task, device=device)
     flops = None
@@ -296,17 +238,68 @@ def load_teacher(
     model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return Teacher(
-        model=model,
-        spec=spec,
-        source=source,
-        accuracy=accuracy,
-        params=sum(p.numel() for p in model.parameters()),
-        flops=flops,
-        latency=latency,
-        prepared=prepared,
-        notes=notes,
-    )
+    return Teacher(model=model, spec=spec, source=source, accuracy=accuracy, params=sum(p.numel() for p in model.parameters()),
+                   flops=flops, latency=latency, prepared=prepared, notes=notes)
+
+
+def _build(spec: str, task: Task, weights: str | None, pretrained: bool, notes: list[str]) -> tuple[nn.Module, str, bool]:
+    """(model, source, is a TorchScript/export file) for a file, a module:callable or a timm name."""
+    path = Path(spec).expanduser()
+    if path.suffix in (".pt", ".pth", ".ts", ".pt2", ".ep", ".torchscript", ".jit") or path.is_file():
+        if not path.is_file():
+            raise TeacherError(f"Teacher file {spec!r} does not exist; check the path.")
+        if weights:
+            raise TeacherError("--teacher-weights applies to a model name or callable, not to a TorchScript/export file.")
+        return _load_file(path), f"file:{path.name}", True
+    if ":" in spec:
+        return _build_callable(spec, task), "callable", False
+    model, source = _build_timm(spec, task, pretrained and not weights, notes)
+    return model, source, False
+
+
+def _fit_head(model: nn.Module, task: Task, scripted: bool, head_fits: bool, notes: list[str]) -> bool:
+    """Replace a classifier whose output does not match the task; returns whether the head fits the task."""
+    model.eval()
+    with torch.no_grad():
+        probe = as_logits(model(task.sample_batch(2)[0]))
+    if probe.shape[-1] == task.num_classes:
+        return head_fits
+    if scripted:
+        raise TeacherError(
+            f"The teacher file outputs {probe.shape[-1]} classes but the task has {task.num_classes}; "
+            "export it with the task's head, or pass it as a module:callable so kdsearch can replace the head."
+        )
+    _replace_head(model, task.num_classes)
+    notes.append(f"head replaced: {probe.shape[-1]} → {task.num_classes} classes")
+    return False
+
+
+def _prepare(model: nn.Module, task: Task, recipe: Recipe, *, key: dict, device, progress: bool, log, notes: list[str]) -> None:
+    """Train ``model`` on ``task`` once; the weights are cached by content hash and reused by later runs."""
+    from safetensors.torch import load_model, save_model
+
+    digest = stable_hash({**key, "task": task.fingerprint, "recipe": recipe.to_dict(), "version": PREPARE_VERSION}, length=16)
+    cached = cache_dir() / "teachers" / f"{digest}.safetensors"
+    meta_path = cached.with_suffix(".json")
+    if cached.exists() and meta_path.exists():
+        load_model(model, str(cached), device="cpu", strict=True)
+        notes.append(f"prepared teacher reused from cache {cached}")
+        log(f"teacher: reusing prepared weights from {cached}")
+        return
+    log(f"teacher: preparing {key['spec']} on {task.name} ({recipe.epochs} epochs, {recipe.optimizer}, lr {recipe.lr}); "
+        f"cached for later runs as {cached.name}")
+    checkpoint = cached.with_suffix(".partial.pt")  # resumes if interrupted
+    result = fit(model, task, recipe, device=device, checkpoint=checkpoint, progress=progress, desc="preparing teacher")
+    model.to("cpu")
+    rank, world = distributed_context()
+    if rank == 0:  # under torchrun every rank trained the same weights; one writes them
+        with atomic_path(cached) as tmp:
+            save_model(model, str(tmp))
+        atomic_write_json(meta_path, {"spec": key["spec"], "task": task.fingerprint, "recipe": recipe.to_dict(), "history": result.history})
+        checkpoint.unlink(missing_ok=True)
+    if world > 1:
+        torch.distributed.barrier()
+    notes.append(f"prepared: {recipe.epochs} epochs {'fine-tuning' if key['source'] == 'timm-pretrained' else 'training'} on {task.name}")
 
 
 def teacher_summary(teacher: Teacher) -> str:

@@ -1,0 +1,229 @@
+"""``find``: data → teacher → space → cost → proxies → search → distill → report, in one run folder.
+
+Each stage is one short function of the settings and what the stages before it produced. Calling
+``find`` again with the same ``out`` resumes: finished trials, finalists and students are kept; an
+interrupted student continues from its last epoch.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from kdsearch._util import seed_everything
+from kdsearch.data import Task, load_task
+from kdsearch.exceptions import BudgetError, RunFolderError, TrainingDiverged
+from kdsearch.pipeline.student import distill_student
+from kdsearch.proxies import ProxyContext, ensemble_components
+from kdsearch.proxies.ensemble import REFERENCE_SIZE
+from kdsearch.run import STUDY_NAME, RunFolder, RunSettings
+from kdsearch.search import CandidateEvaluator, measure_candidate, reference_models, run_search, scored_candidates
+from kdsearch.spaces import SearchSpace, create_model, default_space_path, load_space
+from kdsearch.teacher import Teacher, load_teacher
+from kdsearch.teacher.teacher import teacher_summary
+
+
+@dataclass
+class FindResult:
+    run_dir: Path
+    candidates: pd.DataFrame
+    teacher: dict
+    budget: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def students(self) -> pd.DataFrame:
+        """Distilled students within budget, best first."""
+        df = self.candidates
+        df = df[df["distilled_accuracy"].notna() & df["within_budget"]]
+        return df.sort_values("distilled_accuracy", ascending=False)
+
+    @property
+    def best(self) -> dict | None:
+        s = self.students
+        return None if s.empty else s.iloc[0].to_dict()
+
+    def load_best(self):
+        from kdsearch.export import load_run_student
+
+        return load_run_student(self.run_dir, best=True)
+
+
+def find(teacher: str = "resnet101", budget: str = "10ms", **options) -> FindResult:
+    """Find the best students of ``teacher`` under ``budget`` and distil the top ``top_k``.
+
+    ``options`` are those of :meth:`kdsearch.run.RunSettings.create` (data, space, out, trials, top_k,
+    proxy, sampler, device, latency_batch_size, threads, epochs, batch_size, loss, loss_options, …).
+    """
+    return run(RunSettings.create(teacher, budget, **options))
+
+
+def run(settings: RunSettings) -> FindResult:
+    """Run (or resume) the stages for validated settings."""
+    log = _logger(settings.quiet)
+    task = load_task(settings.data, progress=not settings.quiet)
+    log(f"data: {task.description}")
+    settings = _choose_space(settings, task, log)
+    folder = RunFolder(settings.out)
+    folder.check_can_start(settings)
+    seed_everything(settings.seed)
+    teacher = _load_teacher(settings, task, log)
+    # The run folder is written only once the inputs, teacher included, are known to be good.
+    resumed = folder.write_start(settings, task, teacher)
+    log(f"run folder: {folder.path}{' (resuming)' if resumed else ''}")
+    rows = _search(settings, task, teacher, folder, log)
+    finalists = _remeasure_finalists(settings, task, rows, folder, log)
+    _distil_finalists(settings, task, teacher, finalists, folder, log)
+    table = candidates_table(rows, finalists, folder, settings)
+    folder.write_candidates(table)
+    from kdsearch.report import build_report
+
+    build_report(folder.path)
+    return FindResult(run_dir=folder.path, candidates=table, teacher=teacher.record(), budget=settings.budget.text, notes=teacher.notes)
+
+
+def _logger(quiet: bool):
+    def log(message: str) -> None:
+        if not quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    return log
+
+
+def _choose_space(settings: RunSettings, task: Task, log) -> RunSettings:
+    if settings.space is not None:
+        log(f"space: {settings.space.name} ({settings.space.size:,} candidates)")
+        return settings
+    space = load_space(default_space_path(task.input_shape[1]))
+    log(f"space: {space.name} (default for {task.input_shape[1]}x{task.input_shape[2]} inputs; --space to change)")
+    return settings.with_space(space)
+
+
+def _load_teacher(settings: RunSettings, task: Task, log) -> Teacher:
+    started = time.perf_counter()
+    teacher = load_teacher(
+        settings.teacher, task, weights=settings.teacher_weights, device=torch.device(settings.device),
+        pretrained=settings.pretrained, epochs=settings.teacher_epochs, latency_kwargs=settings.latency("final"),
+        progress=not settings.quiet, log=log,
+    )
+    log(f"teacher: {teacher_summary(teacher)} [{time.perf_counter() - started:.0f} s]")
+    return teacher
+
+
+def _proxy_context(settings: RunSettings, task: Task, teacher: Teacher, space: SearchSpace, log) -> ProxyContext:
+    device = torch.device(settings.device)
+    images, labels = task.sample_batch(64, seed=settings.seed)
+    ctx = ProxyContext(
+        teacher=teacher, images=images.to(device), labels=labels.to(device), num_classes=task.num_classes,
+        input_shape=task.input_shape, reference_models=lambda: reference_models(space, task, device, REFERENCE_SIZE, settings.seed),
+    )
+    components = ensemble_components(list(settings.proxies))
+    if components:
+        started = time.perf_counter()
+        for component in components:
+            ctx.reference_scores(component)
+        log(f"proxies: reference population of {REFERENCE_SIZE} candidates scored for {', '.join(components)} "
+            f"[{time.perf_counter() - started:.0f} s]")
+    return ctx
+
+
+def _search(settings: RunSettings, task: Task, teacher: Teacher, folder: RunFolder, log) -> dict[str, dict]:
+    """Score candidates in the study until it holds ``trials`` trials; the scored candidates by id."""
+    space, budget = settings.space, settings.budget
+    ctx = _proxy_context(settings, task, teacher, space, log)
+    evaluate = CandidateEvaluator(task, ctx, list(settings.proxies), torch.device(settings.device), settings.latency("search"),
+                                  seed=settings.seed)
+    started = time.perf_counter()
+    study = run_search(
+        space, evaluate, budget=budget, objective=settings.ranking_proxy, storage=folder.storage_url(settings),
+        study_name=STUDY_NAME, n_trials=settings.trials, timeout=settings.timeout, seed=settings.seed,
+        sampler=settings.sampler, progress=not settings.quiet,
+    )
+    rows = scored_candidates(study)
+    if not rows:
+        raise RunFolderError(f"No candidate of {space.name} could be scored; see the errors above and check the space.")
+    feasible = sum(budget.fits(r) for r in rows.values())
+    log(f"search: {len(rows)} distinct candidates scored, {feasible} within {budget.text} [{time.perf_counter() - started:.0f} s]")
+    if not feasible:
+        smallest = min(rows.values(), key=lambda r: r[budget.metric])
+        raise BudgetError(
+            f"No candidate of {space.name} fits the budget {budget.text}: the smallest found is "
+            f"{budget.describe(smallest[budget.metric])} on {settings.device}; raise --budget (with a new --out) or choose a smaller --space."
+        )
+    return rows
+
+
+def _remeasure_finalists(settings: RunSettings, task: Task, rows: dict[str, dict], folder: RunFolder, log) -> dict[str, dict]:
+    """Re-measure the best feasible candidates with the finalists' latency settings until top_k still fit."""
+    budget, device = settings.budget, torch.device(settings.device)
+    finalists = folder.finalists()
+    accepted = [cid for cid, f in finalists.items() if f["within_budget"]]
+    ranked = sorted((r for r in rows.values() if budget.fits(r)), key=lambda r: r[settings.ranking_proxy], reverse=True)
+    for row in ranked:
+        if len(accepted) >= settings.top_k:
+            break
+        cid = row["candidate_id"]
+        if cid in finalists:
+            continue
+        model = create_model(row["config"], num_classes=task.num_classes, in_chans=task.in_chans)
+        final = {**row, **measure_candidate(model, task, device, settings.latency("final"))}
+        final["within_budget"] = budget.fits(final)
+        finalists[cid] = final
+        if final["within_budget"]:
+            accepted.append(cid)
+        else:
+            log(f"finalist {cid}: {budget.describe(final[budget.metric])} on re-measurement exceeds {budget.text}; taking the next one")
+        folder.write_finalists(finalists)
+    return finalists
+
+
+def _distil_finalists(settings: RunSettings, task: Task, teacher: Teacher, finalists: dict, folder: RunFolder, log) -> None:
+    accepted = [cid for cid, f in finalists.items() if f["within_budget"]]
+    for rank, cid in enumerate(accepted, 1):
+        student = folder.student(cid)
+        if student.result() is not None:
+            continue
+        started = time.perf_counter()
+        try:
+            result = distill_student(
+                finalists[cid]["config"], teacher.model, task, student, settings.recipe(), loss=settings.loss_name,
+                loss_options=settings.loss_options, device=torch.device(settings.device), progress=not settings.quiet,
+                desc=f"distilling {rank}/{len(accepted)} ({cid})", extra={"candidate_id": cid},
+            )
+        except TrainingDiverged as exc:
+            log(f"student {cid}: {exc} — marked failed")
+            student.write_result({"candidate_id": cid, "status": "diverged", "error": str(exc)})
+            continue
+        log(f"student {rank}/{len(accepted)} {cid}: val acc {result['val_accuracy']:.4f} at "
+            f"{finalists[cid]['latency_p50_ms']:.3f} ms [{time.perf_counter() - started:.0f} s]")
+
+
+LATENCY_COLUMNS = ("latency_p50_ms", "latency_p90_ms", "latency_iqr_ms", "latency_repeats")
+
+
+def candidates_table(rows: dict[str, dict], finalists: dict[str, dict], folder: RunFolder, settings: RunSettings) -> pd.DataFrame:
+    """candidates.csv: one row per scored candidate; finalists carry their re-measured latency."""
+    import json
+
+    records = []
+    for cid, row in rows.items():
+        final = finalists.get(cid)
+        result = folder.student(cid).result()
+        rec = {"candidate_id": cid, "trial": row["trial"], "config": json.dumps(row["config"], sort_keys=True),
+               "params": row["params"], "flops": row["flops"]}
+        rec.update({k: (final or row).get(k) for k in LATENCY_COLUMNS})
+        for name in settings.proxies:
+            rec[f"proxy_{name}"] = row.get(name)
+            rec[f"proxy_{name}_ms"] = row.get(f"{name}_ms")
+        rec["finalist"] = final is not None
+        rec["within_budget"] = settings.budget.fits(rec)
+        rec["distilled_accuracy"] = result.get("val_accuracy") if result else None
+        rec["status"] = (result or {}).get("status", "finalist" if final else "scored")
+        records.append(rec)
+    table = pd.DataFrame.from_records(records)
+    return table.sort_values(f"proxy_{settings.ranking_proxy}", ascending=False, ignore_index=True)

@@ -1,0 +1,158 @@
+"""The settings of a run: built and validated once (from the CLI or the API), frozen, stored in config.yaml.
+
+Every stage reads what it needs from :class:`RunSettings`; nothing downstream re-parses a budget, a
+proxy list or a loss. ``identity()`` is what a run folder refuses to resume under different values of.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from kdsearch._util import file_sha256, resolve_device, stable_hash
+from kdsearch._version import __version__
+from kdsearch.cost import Budget, parse_budget
+from kdsearch.data import DataSpec
+from kdsearch.distill import create_loss
+from kdsearch.exceptions import KdsearchError
+from kdsearch.proxies import parse_proxies
+from kdsearch.search import check_sampler
+from kdsearch.spaces import SearchSpace, load_space
+from kdsearch.training import Recipe
+
+# The search screens thousands of candidates: a short warm-up (the FLOPs pass has already run the model
+# once) and a 3 % target; every finalist is re-measured with the finalists' settings before it is distilled.
+LATENCY_SEARCH = {"max_time_s": 0.5, "rel_precision": 0.03, "min_repeats": 10, "warmup_s": 0.02}
+LATENCY_FINAL = {"max_time_s": 3.0, "rel_precision": 0.01, "min_repeats": 50, "max_repeats": 2000}
+# The distillation recipe of find's students, apart from the settings the user chooses (epochs, batch size, seed).
+STUDENT_RECIPE = {"optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4}
+IDENTITY_KEYS = (
+    "teacher", "teacher_weights_sha", "data", "space", "space_sha", "budget", "proxies", "device", "latency_batch_size",
+    "threads", "seed", "loss",
+)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    teacher: str
+    budget: Budget
+    data: DataSpec = field(default_factory=DataSpec)
+    space: SearchSpace | None = None  # None until the data tells which bundled space is the default
+    out: Path = Path("runs/run")
+    teacher_weights: str | None = None
+    teacher_weights_sha: str | None = None
+    pretrained: bool = True
+    teacher_epochs: int | None = None
+    trials: int = 100
+    timeout: float | None = None
+    top_k: int = 3
+    proxies: tuple[str, ...] = ("params",)
+    sampler: str = "auto"
+    device: str = "cpu"
+    latency_batch_size: int = 1
+    threads: int = 1
+    epochs: int = 10
+    batch_size: int = 64
+    loss: dict = field(default_factory=lambda: {"name": "kd"})  # name + every setting, typed
+    storage: str | None = None  # None: SQLite in the run folder (RunFolder.storage_url)
+    seed: int = 0
+    quiet: bool = False
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def create(
+        cls, teacher: str = "resnet101", budget: str = "10ms", *, data: str = "digits", data_root: str | None = None,
+        input_size: int | None = None, train_samples: int | None = None, val_samples: int | None = None,
+        space: str | None = None, out: str | Path | None = None, teacher_weights: str | None = None, pretrained: bool = True,
+        teacher_epochs: int | None = None, trials: int = 100, timeout: float | None = None, top_k: int = 3,
+        proxy: str = "default", sampler: str = "auto", device: str = "auto", latency_batch_size: int = 1, threads: int = 1,
+        epochs: int = 10, batch_size: int = 64, loss: str = "kd", loss_options: dict | None = None, storage: str | None = None,
+        seed: int = 0, quiet: bool = False,
+    ) -> RunSettings:
+        """Validate every input before any work: a mistake costs the user one line, not a half-made run."""
+        parsed_budget = parse_budget(budget)
+        proxies = tuple(parse_proxies(proxy))
+        sampler = check_sampler(sampler)
+        for name, value in (("trials", trials), ("top_k", top_k), ("epochs", epochs), ("batch_size", batch_size),
+                            ("latency_batch_size", latency_batch_size), ("threads", threads), ("teacher_epochs", teacher_epochs)):
+            if value is not None and value < 1:
+                raise KdsearchError(f"--{name.replace('_', '-')} must be at least 1 (got {value}).")
+        loss_config = create_loss(loss, **(loss_options or {})).config()
+        torch_device = resolve_device(device)
+        space_obj = load_space(space) if space else None
+        run_dir = Path(out) if out else Path("runs") / f"{Path(str(teacher)).stem}-{parsed_budget.text}-{datetime.now():%Y%m%d-%H%M%S}"
+        sha = file_sha256(teacher_weights) if teacher_weights and Path(teacher_weights).is_file() else None
+        return cls(
+            teacher=teacher, budget=parsed_budget, space=space_obj, out=run_dir, teacher_weights=teacher_weights,
+            teacher_weights_sha=sha, pretrained=pretrained, teacher_epochs=teacher_epochs, trials=trials, timeout=timeout,
+            top_k=top_k, proxies=proxies, sampler=sampler, device=str(torch_device), latency_batch_size=latency_batch_size,
+            threads=threads, epochs=epochs, batch_size=batch_size, loss=loss_config, storage=storage, seed=seed, quiet=quiet,
+            data=DataSpec(data=data, data_root=data_root, input_size=input_size, train_samples=train_samples,
+                          val_samples=val_samples, seed=seed),
+        )
+
+    def with_space(self, space: SearchSpace) -> RunSettings:
+        return replace(self, space=space)
+
+    # ------------------------------------------------------------------ what stages read
+    @property
+    def ranking_proxy(self) -> str:
+        return self.proxies[0]
+
+    @property
+    def loss_name(self) -> str:
+        return self.loss["name"]
+
+    @property
+    def loss_options(self) -> dict:
+        return {k: v for k, v in self.loss.items() if k != "name"}
+
+    def recipe(self) -> Recipe:
+        """The distillation recipe every student of the run is trained with."""
+        return Recipe(epochs=self.epochs, batch_size=self.batch_size, seed=self.seed, **STUDENT_RECIPE)
+
+    def latency(self, stage: str) -> dict[str, Any]:
+        """measure_latency settings for 'search' (screening) or 'final' (finalists, teacher)."""
+        stats = LATENCY_SEARCH if stage == "search" else LATENCY_FINAL
+        return {"batch_size": self.latency_batch_size, "threads": self.threads, **stats}
+
+    # ------------------------------------------------------------------ config.yaml
+    def identity(self) -> dict[str, Any]:
+        config = self.to_config()
+        return {key: config.get(key) for key in IDENTITY_KEYS}
+
+    def to_config(self) -> dict[str, Any]:
+        space = self.space
+        space_record = {"name": space.name, "family": space.family, "choices": space.choices, "fixed": space.fixed,
+                        "description": space.description, "resolution": list(space.resolution)} if space else None
+        return {
+            "kdsearch_version": __version__, "teacher": self.teacher, "teacher_weights": self.teacher_weights,
+            "teacher_weights_sha": self.teacher_weights_sha, "pretrained": self.pretrained, "teacher_epochs": self.teacher_epochs,
+            "data": self.data.to_dict(), "space": space.name if space else None,
+            "space_sha": stable_hash({k: v for k, v in space_record.items() if k != "description"}) if space else None,
+            "space_path": space.path if space else None, "space_record": space_record, "budget": self.budget.text,
+            "proxies": list(self.proxies), "sampler": self.sampler, "device": self.device,
+            "latency_batch_size": self.latency_batch_size, "threads": self.threads, "seed": self.seed, "trials": self.trials,
+            "timeout": self.timeout, "top_k": self.top_k, "epochs": self.epochs, "batch_size": self.batch_size,
+            "storage": self.storage, "loss": dict(self.loss), "recipe": self.recipe().to_dict(),
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], out: str | Path) -> RunSettings:
+        """The settings a run folder was created with (no re-validation: the device may not exist on this machine)."""
+        record = config.get("space_record")
+        space = SearchSpace(path=config.get("space_path"), **{**record, "resolution": tuple(record["resolution"])}) if record else None
+        return cls(
+            teacher=config["teacher"], budget=parse_budget(config["budget"]), data=DataSpec(**config["data"]), space=space,
+            out=Path(out), teacher_weights=config.get("teacher_weights"), teacher_weights_sha=config.get("teacher_weights_sha"),
+            pretrained=config.get("pretrained", True), teacher_epochs=config.get("teacher_epochs"), trials=config["trials"],
+            timeout=config.get("timeout"), top_k=config["top_k"], proxies=tuple(config["proxies"]), sampler=config["sampler"],
+            device=config["device"], latency_batch_size=config["latency_batch_size"], threads=config["threads"],
+            epochs=config["epochs"], batch_size=config["batch_size"], loss=dict(config["loss"]), storage=config["storage"],
+            seed=config["seed"],
+        )
+
+
+__all__ = ["IDENTITY_KEYS", "LATENCY_FINAL", "LATENCY_SEARCH", "RunSettings"]
