@@ -1,6 +1,7 @@
 """End to end through the CLI on real data (digits, CIFAR-10 JPEGs): find → report → export, resume, bad input."""
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -25,7 +26,8 @@ def run_cli(capsys, *argv):
 def find_args(out, *extra, budget="0.3Mparams", data="digits"):
     return [
         "find", "--teacher", TEACHER, "--budget", budget, "--data", data, "--space", "resnet_cifar_s1",
-        "--trials", 10, "--top-k", 2, "--epochs", 8, "--teacher-epochs", 10, "--out", out, "-q", *extra,
+        "--trials", 10, "--top-k", 2, "--epochs", 8, "--teacher-epochs", 10, "--val-samples", 300, "--batch-size", 32,
+        "--out", out, "-q", *extra,
     ]
 
 
@@ -57,6 +59,29 @@ def test_find_writes_a_complete_run_folder(digits_run):
     assert set(students["candidate_id"]) == set(within["candidate_id"].head(2))
     html = (digits_run / "report.html").read_text()
     assert "Pareto front" in html and "plotly" in html and "<script src=\"http" not in html  # works offline
+
+
+def test_find_batch_size_is_the_training_batch_and_latency_has_its_own(digits_run):
+    # --batch-size used to be the latency batch in find and the training batch in distill
+    config = yaml.safe_load((digits_run / "config.yaml").read_text())
+    assert config["batch_size"] == 32 and config["latency_batch_size"] == 1 and config["recipe"]["batch_size"] == 32
+    for result in (digits_run / "students").glob("*/result.json"):
+        assert json.loads(result.read_text())["recipe"]["batch_size"] == 32
+
+
+@pytest.mark.parametrize("command", ["find", "distill"])
+def test_help_lists_every_registered_choice(command, capsys):
+    from kdsearch.data import LOADERS
+    from kdsearch.distill import list_losses
+    from kdsearch.proxies import list_proxies
+    from kdsearch.search import sampler_names
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name in list_losses() + LOADERS.names() + (list_proxies() + sampler_names() if command == "find" else []):
+        assert re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text), name  # 'nd' was missing from the loss list
+    assert ("--latency-batch-size" in text) == (command == "find")
 
 
 def test_report_prints_the_pareto_table(digits_run, capsys):
@@ -219,5 +244,9 @@ def test_distill_a_trial_from_a_run_uses_its_teacher_and_data(digits_run, tmp_pa
     result = json.loads((out / "result.json").read_text())
     assert result["config"] == json.loads(row["config"])
     assert result["teacher"]["spec"] == TEACHER and result["data"]["name"] == "digits"
+    # the run's whole settings, not only its data name: sample counts, the teacher's preparation, the recipe
+    assert result["data"]["val_size"] == 300 and result["data"]["spec"] == yaml.safe_load((digits_run / "config.yaml").read_text())["data"]
+    assert any("reused from cache" in note for note in result["teacher"]["notes"])  # the run's prepared teacher
+    assert result["recipe"]["batch_size"] == 32 and result["recipe"]["epochs"] == 1 and result["loss"]["name"] == "kd"
     code, _, err = run_cli(capsys, "distill", "--from-run", digits_run, "--out", tmp_path / "x", "-q")
     assert code == 2 and "--from-run needs --trial N" in err

@@ -48,11 +48,22 @@ def test_latency_statistics_are_robust_and_ordered():
 def test_latency_batch_size_is_recorded():
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 2))
     stats = measure_latency(model, (3, 2, 2), batch_size=4, max_time_s=0.1)
-    assert stats.batch_size == 4 and stats.input_shape == (3, 2, 2)
+    assert stats.batch_size == 4 and stats.input_shape == (3, 2, 2) and stats.timer == "perf_counter"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_latency_on_cuda_uses_events():
+def test_latency_on_cuda_uses_events(monkeypatch):
+    created = []
+
+    class CountingEvent(torch.cuda.Event):
+        def __new__(cls, *args, **kwargs):
+            event = super().__new__(cls, *args, **kwargs)
+            created.append(kwargs.get("enable_timing", False))
+            return event
+
+    monkeypatch.setattr(torch.cuda, "Event", CountingEvent)
     model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU())
     stats = measure_latency(model, (3, 32, 32), device="cuda")
-    assert stats.device.startswith("cuda") and stats.p50_ms > 0
+    assert stats.device.startswith("cuda") and stats.p50_ms > 0 and stats.timer == "cuda_events"
+    # two timing events per repeat: every sample is device time between a recorded start and end
+    assert len(created) == 2 * stats.repeats and all(created)

@@ -49,12 +49,22 @@ def test_distill_cli_writes_a_loadable_student(tmp_path, capsys):
         (["--loss", "kdd"], "Unknown loss 'kdd'"),
         (["--loss-opt", "temperature"], "is not KEY=VALUE"),
         (["--loss-opt", "temp=2"], "has no setting 'temp'"),
+        (["--loss-opt", "temperature=abc"], "setting temperature needs a float"),  # was a ValueError traceback
     ],
 )
 def test_distill_cli_bad_input(tmp_path, capsys, extra, message):
     code = main(distill_args(tmp_path / "x", *extra))
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_diverging_training_is_one_line_and_exit_2(tmp_path, capsys):
+    # was a TrainingDiverged (RuntimeError) traceback
+    code = main(distill_args(tmp_path / "d", "--lr", "1e30", epochs=1))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "Training diverged" in lines[0] and "--lr" in lines[0] and "Traceback" not in err
 
 
 def test_distill_a_timm_student_by_name_and_bad_names(tmp_path, capsys):

@@ -99,3 +99,29 @@ def test_timm_teacher_offline_goes_on_with_a_note(digits_task, monkeypatch):
     model, source = mod._build_timm("resnet10t", digits_task, True, notes)
     assert source == "random-init" and "offline" in notes[0]
     assert model.eval()(torch.zeros(1, 1, 32, 32)).shape == (1, 10)
+
+
+def test_teacher_epochs_keep_the_recipe_of_the_weights_actually_obtained(monkeypatch, tmp_path, capsys):
+    """Offline, a timm name gets random-init weights: --teacher-epochs must shorten the training-from-scratch
+    recipe, not the fine-tuning one the pipeline guessed before load_teacher knew (lr 5e-4 instead of 2e-3)."""
+    import json
+
+    from kdsearch._util import cache_dir
+    from kdsearch.cli import main
+    from kdsearch.teacher import teacher as mod
+
+    monkeypatch.setattr(mod, "_hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(mod, "_cached_pretrained_file", lambda name: None)
+    student = json.dumps({"family": "resnet_cifar", "depth1": 1, "depth2": 1, "depth3": 1, "width1": 8, "width2": 8, "width3": 8})
+    code = main(["distill", "--teacher", "test_resnet", "--teacher-epochs", "1", "--student", student, "--data", "digits",
+                 "--train-samples", "300", "--epochs", "1", "--out", str(tmp_path / "s"), "-q"])
+    assert code == 0, capsys.readouterr().err
+    metas = [json.loads(p.read_text()) for p in (cache_dir() / "teachers").glob("*.json")]
+    recipe = next(m["recipe"] for m in metas if m["spec"] == "test_resnet")
+    assert recipe["epochs"] == 1
+    from kdsearch.data import load_task
+
+    scratch = mod.default_teacher_recipe(load_task("digits", train_samples=300), "random-init")
+    fine_tune = mod.default_teacher_recipe(load_task("digits", train_samples=300), "timm-pretrained")
+    assert scratch.lr != fine_tune.lr
+    assert recipe["lr"] == scratch.lr and recipe["warmup_epochs"] == scratch.warmup_epochs

@@ -106,11 +106,43 @@ def test_divergence_is_reported(digits_task):
         fit(model, digits_task, Recipe(epochs=1), loss=Exploding(create_loss("ce").params))
 
 
-def test_gradient_clipping_and_adamw_step(digits_task):
-    torch.manual_seed(0)
-    model = create_model(CFG, num_classes=10, in_chans=1)
-    result = fit(model, digits_task, Recipe(epochs=1, optimizer="adamw", lr=3e-3, clip_grad_norm=1.0, schedule="step"))
+def _grad_norms_at_each_step(digits_task, clip: float) -> list[float]:
+    """The total gradient norm the optimiser sees at every step of one AdamW epoch."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    norms = []
+
+    def record(optimizer, args, kwargs):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        torch.manual_seed(0)
+        model = create_model(CFG, num_classes=10, in_chans=1)
+        result = fit(model, digits_task, Recipe(epochs=1, optimizer="adamw", lr=3e-3, clip_grad_norm=clip, schedule="step"))
+    finally:
+        handle.remove()
     assert result.accuracy == pytest.approx(evaluate(model, digits_task))
+    return norms
+
+
+def test_gradient_clipping_bounds_the_norm_the_optimiser_sees(digits_task):
+    unclipped = _grad_norms_at_each_step(digits_task, clip=0.0)
+    clipped = _grad_norms_at_each_step(digits_task, clip=0.5)
+    assert len(clipped) == len(unclipped) > 0
+    assert max(unclipped) > 0.5  # without clipping the norm does exceed the limit …
+    assert max(clipped) <= 0.5 * (1 + 1e-4)  # … and with it, never
+    assert sum(n > 0.49 for n in clipped) >= sum(n > 0.5 for n in unclipped) // 2  # the large ones were scaled to the limit
+
+
+def test_recipe_and_family_settings_are_user_errors():
+    from kdsearch.exceptions import KdsearchError
+
+    with pytest.raises(KdsearchError, match="optimizer 'adam' is not one of sgd, adamw"):
+        Recipe(optimizer="adam")  # was accepted here and failed later with a bare ValueError
+    with pytest.raises(KdsearchError, match="block must be 'basic' or 'bottleneck'"):
+        create_model({"family": "resnet_timm", "block": "bottle", "depth1": 1, "depth2": 1, "depth3": 1, "depth4": 1}, num_classes=10)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

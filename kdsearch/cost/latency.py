@@ -29,6 +29,7 @@ class LatencyStats:
     threads: int
     batch_size: int
     input_shape: tuple[int, ...]
+    timer: str = "perf_counter"  # perf_counter on CPU; cuda_events on a GPU (device time, not host time)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -126,4 +127,5 @@ def measure_latency(
         threads=int(used_threads),
         batch_size=batch_size,
         input_shape=tuple(input_shape),
+        timer="cuda_events" if cuda else "perf_counter",
     )

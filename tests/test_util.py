@@ -1,0 +1,33 @@
+"""kdsearch._util: atomic writes leave whole files with the mode an ordinary write would give them."""
+
+import os
+import stat
+
+import pytest
+
+from kdsearch._util import atomic_path, atomic_write_json, atomic_write_text
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_writes_follow_the_umask(tmp_path, umask, mode):
+    # mkstemp creates 0600 files: a report or export renamed from one could not be read by a web server
+    # or a deployment service running as another user (was -rw------- whatever the umask)
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "report.txt", "hello")
+        atomic_write_json(tmp_path / "data.json", {"a": 1})
+        with atomic_path(tmp_path / "model.bin") as tmp:
+            tmp.write_bytes(b"\0")
+    finally:
+        os.umask(old)
+    for name in ("report.txt", "data.json", "model.bin"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.json", "model.bin", "report.txt"]  # no temp files left
+
+
+def test_atomic_path_leaves_nothing_when_the_block_fails(tmp_path):
+    target = tmp_path / "out.bin"
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("interrupted")
+    assert not target.exists() and list(tmp_path.iterdir()) == []
