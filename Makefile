@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install clean wheel-check gpu
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,23 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 	$(BIN)/ruff check kdsearch tests benchmarks
+	$(BIN)/lint-imports
+
+# What a user gets from `pip install kdsearch`: build the wheel, install it into a fresh venv and run a
+# short find (digits, a parameter budget, 1 epoch) and an export from outside the checkout.
+WHEEL_VENV ?= .wheel-venv
+wheel-check: install
+	rm -rf dist $(WHEEL_VENV)
+	$(BIN)/python -m pip wheel -q --no-deps -w dist .
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -m pip install -q dist/kdsearch-*.whl
+	cd "$$(mktemp -d)" && $(CURDIR)/$(WHEEL_VENV)/bin/kdsearch find --teacher test_resnet --teacher-epochs 1 \
+		--budget 0.3Mparams --trials 6 --top-k 1 --epochs 1 --out run -q \
+		&& $(CURDIR)/$(WHEEL_VENV)/bin/kdsearch export run --best --out student
+
+# Every GPU measurement in one command (run it when a session is lent a GPU): writes benchmarks/results/*_gpu.json.
+gpu: install
+	bash benchmarks/gpu.sh
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(WHEEL_VENV) dist build runs .pytest_cache

@@ -32,12 +32,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-def ensure_anchors() -> None:
-    """The anchors come from PyPI; install them on first use (torch-cka imports matplotlib at import time)."""
+def ensure_anchors(install: bool = True) -> None:
+    """The anchors come from PyPI; install them on first use (torch-cka imports matplotlib at import time).
+
+    With ``install=False`` (the GPU machine, which reaches no registry) they must already be importable:
+    benchmarks/gpu_prepare.sh carries their wheels."""
     try:
         import ckatorch  # noqa: F401
         import torch_cka  # noqa: F401
     except ImportError:
+        if not install:
+            raise SystemExit("cka_speed: torch-cka and ckatorch are not installed; run benchmarks/gpu_prepare.sh and carry .gpu") from None
         subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "torch-cka==0.21", "ckatorch==1.0.3", "matplotlib"])
 
 
@@ -265,8 +270,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cka_speed.json"))
+    parser.add_argument("--no-install", action="store_true", help="do not pip-install the anchors (they must be importable)")
     args = parser.parse_args()
-    ensure_anchors()
+    ensure_anchors(install=not args.no_install)
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(2)

@@ -7,6 +7,10 @@ spread across rounds as a coefficient of variation (std / mean) and max/min rati
 each method spent. Lower spread = a budget check that gives the same answer twice.
 
     .venv/bin/python benchmarks/latency_stability.py            # writes benchmarks/results/latency_stability.{csv,json}
+    python3 benchmarks/latency_stability.py --device cuda       # (benchmarks/gpu.sh) latency_stability_gpu.{csv,json}
+
+On CUDA the naive anchor times the host (perf_counter, no synchronisation: it measures kernel launches,
+not the GPU), kdsearch times the device with CUDA events.
 """
 
 from __future__ import annotations
@@ -32,10 +36,10 @@ MODELS = {
 
 
 @torch.inference_mode()
-def naive_latency(model, shape, threads=1) -> float:
+def naive_latency(model, shape, threads=1, device="cpu") -> float:
     model.eval()
-    x = torch.zeros(1, *shape)
-    with pinned_threads(threads):
+    x = torch.zeros(1, *shape, device=device)
+    with pinned_threads(threads if device == "cpu" else None):
         model(x)
         start = time.perf_counter()
         for _ in range(10):
@@ -47,16 +51,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
     rows = []
     for name, cfg in MODELS.items():
-        model = create_model({"family": "resnet_cifar", **cfg}, num_classes=10).eval()
+        model = create_model({"family": "resnet_cifar", **cfg}, num_classes=10).eval().to(args.device)
         ours, naive, t_ours, t_naive = [], [], 0.0, 0.0
         for _ in range(args.rounds):
             t0 = time.perf_counter()
-            ours.append(measure_latency(model, (3, 32, 32), threads=1).p50_ms)
+            ours.append(measure_latency(model, (3, 32, 32), threads=1, device=args.device).p50_ms)
             t1 = time.perf_counter()
-            naive.append(naive_latency(model, (3, 32, 32)))
+            naive.append(naive_latency(model, (3, 32, 32), device=args.device))
             t2 = time.perf_counter()
             t_ours += t1 - t0
             t_naive += t2 - t1
@@ -76,8 +81,11 @@ def main() -> None:
     print("spread ratio (naive CV / kdsearch CV):", {k: round(v, 2) for k, v in ratio.items()})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / "latency_stability.csv", index=False)
-    (out / "latency_stability.json").write_text(json.dumps({"rounds": args.rounds, "rows": rows, "cv_ratio_naive_over_kdsearch": ratio}, indent=2) + "\n")
+    stem = "latency_stability" if args.device == "cpu" else "latency_stability_gpu"
+    df.to_csv(out / f"{stem}.csv", index=False)
+    record = {"device": args.device if args.device == "cpu" else torch.cuda.get_device_name(), "rounds": args.rounds, "rows": rows,
+              "cv_ratio_naive_over_kdsearch": ratio}
+    (out / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+# $KDSEARCH_CIFAR_ARCHIVE points elsewhere where ../shared does not travel (the GPU machine: benchmarks/gpu.sh)
+SHARED_CIFAR = Path(os.environ.get("KDSEARCH_CIFAR_ARCHIVE") or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.gz")
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 

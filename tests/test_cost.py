@@ -51,6 +51,7 @@ def test_latency_batch_size_is_recorded():
     assert stats.batch_size == 4 and stats.input_shape == (3, 2, 2) and stats.timer == "perf_counter"
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_latency_on_cuda_uses_events(monkeypatch):
     created = []

@@ -145,6 +145,7 @@ def test_recipe_and_family_settings_are_user_errors():
         create_model({"family": "resnet_timm", "block": "bottle", "depth1": 1, "depth2": 1, "depth3": 1, "depth4": 1}, num_classes=10)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_cuda_amp_channels_last(digits_task, trained_teacher, amp):
