@@ -61,3 +61,11 @@ class SearchError(KdsearchError):
 
 class SimilarityError(KdsearchError, ValueError):
     """Features cannot be compared (too few samples, mismatched batch sizes)."""
+
+
+class ModelOutputError(KdsearchError, TypeError):
+    """A teacher or student returned something that holds no logits."""
+
+
+class DistributedError(KdsearchError, RuntimeError):
+    """The processes of a torchrun job disagree (a broken multi-process setup)."""

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from kdsearch.exceptions import ModelOutputError
+
 
 @dataclass
 class Taps:
@@ -33,7 +35,10 @@ def as_logits(output) -> torch.Tensor:
         return as_logits(next(iter(output.values())))
     if isinstance(output, (tuple, list)):
         return as_logits(output[0])
-    raise TypeError(f"cannot read logits from a {type(output).__name__}")
+    raise ModelOutputError(
+        f"The model returned a {type(output).__name__}, from which no logits can be read; make it return a tensor of "
+        "logits, or a tuple, list or dict whose first item (or 'logits' entry) is one."
+    )
 
 
 def last_linear(model: nn.Module) -> tuple[str, nn.Linear] | None:

@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from kdsearch._util import atomic_path, atomic_write_text
 from kdsearch.data import Task
-from kdsearch.exceptions import RecipeError, TrainingDiverged
+from kdsearch.exceptions import DistributedError, RecipeError, TrainingDiverged
 from kdsearch.taps import Taps, as_logits, forward_taps
 
 _CHOICES = {"optimizer": ("sgd", "adamw"), "schedule": ("cosine", "step"), "amp": ("auto", "none", "bf16", "fp16"),
@@ -433,4 +433,7 @@ def _check_ranks_agree(model: nn.Module, device: torch.device) -> None:
     gathered = [torch.zeros_like(checksum) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, checksum)
     if any(not torch.allclose(g, gathered[0], rtol=1e-6, atol=1e-6) for g in gathered):
-        raise RuntimeError(f"DDP replicas diverged: parameter checksums {[float(g) for g in gathered]}")
+        raise DistributedError(
+            f"DDP replicas diverged (parameter checksums {[float(g) for g in gathered]}); start every rank with the same "
+            "command, data and kdsearch version."
+        )

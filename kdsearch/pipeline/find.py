@@ -60,10 +60,10 @@ def find(teacher: str = "resnet101", budget: str = "10ms", **options) -> FindRes
     ``options`` are those of :meth:`kdsearch.run.RunSettings.create` (data, space, out, trials, top_k,
     proxy, sampler, device, latency_batch_size, threads, epochs, batch_size, loss, loss_options, …).
     """
-    return run(RunSettings.create(teacher, budget, **options))
+    return run_find(RunSettings.create(teacher, budget, **options))
 
 
-def run(settings: RunSettings) -> FindResult:
+def run_find(settings: RunSettings) -> FindResult:
     """Run (or resume) the stages for validated settings."""
     log = _logger(settings.quiet)
     task = load_task(settings.data, progress=not settings.quiet)

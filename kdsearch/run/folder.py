@@ -169,7 +169,13 @@ class RunFolder:
             raise RunFolderError(f"{self._config} is unreadable; delete the run folder {self.path} or choose another --out.") from None
 
     def settings(self) -> RunSettings:
-        return RunSettings.from_config(self.config(), self.path)
+        try:
+            return RunSettings.from_config(self.config(), self.path)
+        except (KeyError, TypeError) as exc:
+            raise RunFolderError(
+                f"{self._config} lacks {exc} or holds it in another form (written by another kdsearch version); "
+                f"run 'kdsearch find' again with a new --out."
+            ) from None
 
     def data_record(self) -> dict[str, Any]:
         return json.loads(self._data.read_text()) if self._data.exists() else {}

@@ -1,0 +1,78 @@
+"""kdsearch.run: settings validated once and stored whole; the run folder owns its files and the resume check."""
+
+import pytest
+import yaml
+
+from kdsearch.exceptions import BudgetError, KdsearchError, LossError, RunFolderError, SearchError
+from kdsearch.run import RunFolder, RunSettings, StudentFolder
+
+
+def settings(tmp_path, budget="0.3Mparams", **overrides):
+    options = {"data": "digits", "space": "resnet_cifar_s1", "out": tmp_path / "run", "device": "cpu", **overrides}
+    return RunSettings.create("tests.test_teacher:tiny_teacher", budget, **options)
+
+
+@pytest.mark.parametrize(
+    "overrides, error, message",
+    [
+        ({"budget": "fast"}, BudgetError, "Could not read the budget"),
+        ({"sampler": "tpee"}, SearchError, "Unknown sampler 'tpee'; Did you mean 'tpe'"),
+        ({"trials": 0}, KdsearchError, "--trials must be at least 1"),
+        ({"latency_batch_size": 0}, KdsearchError, "--latency-batch-size must be at least 1"),
+        ({"loss": "kd", "loss_options": {"temperature": "warm"}}, LossError, "temperature needs a float"),
+        ({"loss": "kd", "loss_options": {"temp": "2"}}, LossError, "has no setting 'temp'"),
+    ],
+)
+def test_every_option_is_validated_before_any_work(tmp_path, overrides, error, message):
+    with pytest.raises(error, match=message):
+        settings(tmp_path, **overrides)
+    assert not (tmp_path / "run").exists()
+
+
+def test_settings_round_trip_through_config_yaml(tmp_path):
+    original = settings(tmp_path, loss="dkd", loss_options={"beta": "4", "warmup": "2"}, batch_size=32, train_samples=500)
+    assert original.loss == {**original.loss, "name": "dkd", "beta": 4.0, "warmup": 2}  # typed once, at the boundary
+    text = yaml.safe_dump(original.to_config(), sort_keys=False)
+    restored = RunSettings.from_config(yaml.safe_load(text), original.out)
+    assert restored.identity() == original.identity()
+    assert restored.recipe() == original.recipe() and restored.recipe().batch_size == 32
+    assert restored.data == original.data and restored.data.train_samples == 500
+    assert restored.space.choices == original.space.choices and restored.budget == original.budget
+
+
+def test_run_folder_refuses_what_it_cannot_resume(tmp_path):
+    first = settings(tmp_path)
+    folder = RunFolder(first.out)
+    folder.check_can_start(first)  # a new folder
+    first.out.mkdir()
+    (first.out / "notes.txt").write_text("mine")
+    with pytest.raises(RunFolderError, match="already holds files that are not a kdsearch run"):
+        folder.check_can_start(first)
+    (first.out / "notes.txt").unlink()
+    (first.out / "config.yaml").write_text(yaml.safe_dump(first.to_config()))  # as write_start leaves it
+    folder.check_can_start(first)  # the same study: resumable
+    with pytest.raises(RunFolderError, match="holds a different study \\(budget: '0.3Mparams' there, '0.2Mparams' now\\)"):
+        folder.check_can_start(settings(tmp_path, budget="0.2Mparams"))
+    with pytest.raises(RunFolderError, match="latency_batch_size"):
+        folder.check_can_start(settings(tmp_path, latency_batch_size=4))
+
+
+def test_open_and_records_of_a_folder_that_is_not_a_run(tmp_path):
+    with pytest.raises(RunFolderError, match="not a kdsearch run folder"):
+        RunFolder.open(tmp_path)
+    (tmp_path / "config.yaml").write_text("budget: [unclosed\n")
+    with pytest.raises(RunFolderError, match="is unreadable"):
+        RunFolder.open(tmp_path).config()
+    (tmp_path / "config.yaml").write_text("teacher: resnet18\nbudget: 10ms\n")  # another version's layout
+    with pytest.raises(RunFolderError, match="written by another kdsearch version"):
+        RunFolder.open(tmp_path).settings()
+
+
+def test_student_folder_result_marks_done_and_drops_the_checkpoint(tmp_path):
+    student = StudentFolder(tmp_path / "s")
+    assert not student.has_work() and student.result() is None
+    student.checkpoint.parent.mkdir(parents=True)
+    student.checkpoint.write_bytes(b"ckpt")
+    assert student.has_work()
+    student.write_result({"status": "distilled", "val_accuracy": 0.5})
+    assert student.result()["val_accuracy"] == 0.5 and not student.checkpoint.exists()
