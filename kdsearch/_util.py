@@ -24,11 +24,15 @@ def _current_umask() -> int:
     return mask
 
 
+def _file_mode() -> int:
+    """The mode an ordinary open() gives a new file (mkstemp's is 0600, whatever the umask)."""
+    return 0o666 & ~_current_umask()
+
+
 def _temp_beside(path: Path) -> tuple[int, str]:
-    """A temp file next to ``path`` with the mode an ordinary open() would give it (mkstemp's is 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, 0o666 & ~_current_umask())
+    os.fchmod(fd, _file_mode())
     return fd, tmp
 
 
@@ -64,6 +68,7 @@ def atomic_path(path: str | os.PathLike):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, _file_mode())  # again: some writers (safetensors) replace the file they are given
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):

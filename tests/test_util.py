@@ -4,6 +4,8 @@ import os
 import stat
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from kdsearch._util import atomic_path, atomic_write_json, atomic_write_text
 
@@ -18,11 +20,14 @@ def test_atomic_writes_follow_the_umask(tmp_path, umask, mode):
         atomic_write_json(tmp_path / "data.json", {"a": 1})
         with atomic_path(tmp_path / "model.bin") as tmp:
             tmp.write_bytes(b"\0")
+        with atomic_path(tmp_path / "model.safetensors") as tmp:
+            save_file({"w": torch.zeros(2)}, str(tmp))  # safetensors replaces the file it is given (seen as 0600)
     finally:
         os.umask(old)
-    for name in ("report.txt", "data.json", "model.bin"):
+    names = ["data.json", "model.bin", "model.safetensors", "report.txt"]
+    for name in names:
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.json", "model.bin", "report.txt"]  # no temp files left
+    assert sorted(p.name for p in tmp_path.iterdir()) == names  # no temp files left
 
 
 def test_atomic_path_leaves_nothing_when_the_block_fails(tmp_path):
