@@ -71,3 +71,62 @@ def test_sqlite_study_uses_write_ahead_logging(space, tmp_path):
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     # and the file stays a plain Optuna study for any other tool
     assert len(optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}").trials) == 2
+
+
+def _formula_metrics(config: dict) -> dict:
+    """A CIFAR ResNet's size and a latency shaped like the real one: a stage's cost is its depth × width² ×
+    its feature map's area (32², 16², 8² px), plus a per-block overhead. Only this test fakes latency."""
+    depths = [config[f"depth{i}"] for i in (1, 2, 3)]
+    widths = [config[f"width{i}"] for i in (1, 2, 3)]
+    params = sum(d * w * w for d, w in zip(depths, widths))
+    latency = 0.05 + sum(d * (w * w * area * 2e-7 + 0.02) for d, w, area in zip(depths, widths, (1024, 256, 64)))
+    return {"params": float(params), "latency_p50_ms": latency}
+
+
+@pytest.mark.parametrize("quantile", [0.1, 0.3, 0.6])
+def test_auto_finds_the_constrained_optimum(quantile, tmp_path):
+    import numpy as np
+
+    space = load_space("resnet_cifar")  # 4,096 candidates: auto does not enumerate them in 150 trials
+    table = [(_formula_metrics(c), candidate_id(c)) for c in space.enumerate()]
+    limit = float(np.quantile([m["latency_p50_ms"] for m, _ in table], quantile))
+    feasible = [(m["params"], cid) for m, cid in table if m["latency_p50_ms"] <= limit]
+    optimum = max(feasible)
+    budget = parse_budget(f"{limit:.6f}ms")
+    seed = int(quantile * 10)  # one seed per cell keeps the suite fast; the benchmark runs 3 on measured latency
+    study = run_search(space, _formula_metrics, budget=budget, objective="params", storage=optuna.storages.InMemoryStorage(),
+                       study_name="s", n_trials=150, seed=seed, sampler="auto", cheap_score=lambda c: _formula_metrics(c)["params"])
+    fits = [t.value for t in study.trials if t.state.name == "COMPLETE" and t.user_attrs["latency_p50_ms"] <= limit]
+    assert max(fits) == optimum[0], (max(fits), optimum, len(feasible))
+    assert "ConstrainedSampler" in type(study.sampler).__name__  # what auto chose for 4,096 candidates and 150 trials
+
+
+def test_tpe_misses_the_optimum_that_auto_finds():
+    """The reason for the constrained sampler: at a tight latency budget TPE stays far from the optimum."""
+    import numpy as np
+
+    space = load_space("resnet_cifar")
+    metrics = [_formula_metrics(c) for c in space.enumerate()]
+    limit = float(np.quantile([m["latency_p50_ms"] for m in metrics], 0.1))
+    optimum = max(m["params"] for m in metrics if m["latency_p50_ms"] <= limit)
+    budget = parse_budget(f"{limit:.6f}ms")
+    study = run_search(space, _formula_metrics, budget=budget, objective="params", storage=optuna.storages.InMemoryStorage(),
+                       study_name="s", n_trials=150, seed=0, sampler="tpe")
+    best = max(t.value for t in study.trials if t.state.name == "COMPLETE" and t.user_attrs["latency_p50_ms"] <= limit)
+    assert best < optimum
+
+
+def test_exact_proxy_matches_what_the_evaluator_records(digits_task):
+    from kdsearch.cost import count_flops
+    from kdsearch.search import exact_proxy
+    from kdsearch.spaces import create_model
+
+    space = load_space("resnet_cifar")
+    for config in space.sample(3, seed=4):
+        model = create_model(config, num_classes=digits_task.num_classes, in_chans=digits_task.in_chans)
+        assert exact_proxy("params", digits_task)(config) == count_params(model)
+        assert exact_proxy("flops", digits_task)(config) == count_flops(model, digits_task.input_shape)
+    assert exact_proxy("synflow", digits_task) is None
+    import torch
+
+    assert torch.nn.init.kaiming_normal_(torch.zeros(4, 4)).abs().sum() > 0  # initialisation is restored afterwards

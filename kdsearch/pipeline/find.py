@@ -22,7 +22,7 @@ from kdsearch.pipeline.student import distill_student
 from kdsearch.proxies import ProxyContext, ensemble_components
 from kdsearch.proxies.ensemble import REFERENCE_SIZE
 from kdsearch.run import STUDY_NAME, RunFolder, RunSettings
-from kdsearch.search import CandidateEvaluator, measure_candidate, reference_models, run_search, scored_candidates
+from kdsearch.search import CandidateEvaluator, exact_proxy, measure_candidate, reference_models, run_search, scored_candidates
 from kdsearch.spaces import SearchSpace, create_model, default_space_path, load_space
 from kdsearch.teacher import Teacher, load_teacher
 from kdsearch.teacher.teacher import teacher_summary
@@ -137,12 +137,12 @@ def _search(settings: RunSettings, task: Task, teacher: Teacher, folder: RunFold
     space, budget = settings.space, settings.budget
     ctx = _proxy_context(settings, task, teacher, space, log)
     evaluate = CandidateEvaluator(task, ctx, list(settings.proxies), torch.device(settings.device), settings.latency("search"),
-                                  seed=settings.seed)
+                                  seed=settings.seed, budget=budget, recheck=settings.latency("final"))
     started = time.perf_counter()
     study = run_search(
         space, evaluate, budget=budget, objective=settings.ranking_proxy, storage=folder.storage_url(settings),
         study_name=STUDY_NAME, n_trials=settings.trials, timeout=settings.timeout, seed=settings.seed,
-        sampler=settings.sampler, progress=not settings.quiet,
+        sampler=settings.sampler, progress=not settings.quiet, cheap_score=exact_proxy(settings.ranking_proxy, task),
     )
     rows = scored_candidates(study)
     if not rows:

@@ -13,19 +13,24 @@ import optuna
 from kdsearch.cost import Budget
 from kdsearch.exceptions import SearchError
 from kdsearch.registry import Registry
-from kdsearch.search.evaluate import CandidateEvaluator, measure_candidate, reference_models
+from kdsearch.search.constrained import ConstrainedSampler
+from kdsearch.search.evaluate import CHEAP_PROXIES, CandidateEvaluator, exact_proxy, measure_candidate, reference_models
 from kdsearch.spaces import SearchSpace, candidate_id
 
 _NATIVE_CONSTRAINTS = hasattr(optuna.trial.Trial, "set_constraint")
 # Optuna ≥ 5 reads constraints that the trial sets itself; older releases need constraints_func.
 _LEGACY = {} if _NATIVE_CONSTRAINTS else {"constraints_func": lambda t: constraints(t)}
 
-# name → builder(seed) of an Optuna sampler; 'auto' is resolved by make_sampler.
-SAMPLERS: Registry[Callable[[int], optuna.samplers.BaseSampler]] = Registry("sampler", SearchError)
-SAMPLERS.add("brute", lambda seed: optuna.samplers.BruteForceSampler(seed=seed))
-SAMPLERS.add("random", lambda seed: optuna.samplers.RandomSampler(seed=seed))
-SAMPLERS.add("nsga2", lambda seed: optuna.samplers.NSGAIISampler(seed=seed, **_LEGACY))
-SAMPLERS.add("tpe", lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=10, **_LEGACY))
+# name → builder(seed, space, budget, score) of an Optuna sampler; 'auto' is resolved by make_sampler.
+# ``score`` is the ranking proxy when it is cheap to compute exactly (no data, no forward pass), else None.
+Builder = Callable[[int, SearchSpace, Budget, Callable[[dict], float] | None], optuna.samplers.BaseSampler]
+SAMPLERS: Registry[Builder] = Registry("sampler", SearchError)
+SAMPLERS.add("constrained", lambda seed, space, budget, score: ConstrainedSampler(space, budget, seed=seed, score=score))
+SAMPLERS.add("brute", lambda seed, space, budget, score: optuna.samplers.BruteForceSampler(seed=seed))
+SAMPLERS.add("random", lambda seed, space, budget, score: optuna.samplers.RandomSampler(seed=seed))
+SAMPLERS.add("nsga2", lambda seed, space, budget, score: optuna.samplers.NSGAIISampler(seed=seed, **_LEGACY))
+SAMPLERS.add("tpe", lambda seed, space, budget, score: optuna.samplers.TPESampler(
+    seed=seed, multivariate=True, n_startup_trials=10, **_LEGACY))
 
 
 def sampler_names() -> list[str]:
@@ -37,11 +42,20 @@ def check_sampler(name: str) -> str:
     return name if name == "auto" else SAMPLERS.canonical(name)
 
 
-def make_sampler(name: str, space: SearchSpace, n_trials: int, seed: int) -> optuna.samplers.BaseSampler:
-    """'auto': exhaustive when the space fits in the trial budget, else constrained TPE."""
-    if name == "auto":
-        name = "brute" if space.size <= n_trials else "tpe"
-    return SAMPLERS.get(name)(seed)
+def resolve_sampler(name: str, space: SearchSpace, n_trials: int) -> str:
+    """'auto': every candidate when the space fits in the trial budget, else the constrained sampler
+    (benchmarks/search_regret.py: it reaches the constrained optimum where TPE, NSGA-II and random do not)."""
+    if name != "auto":
+        return name
+    return "brute" if space.size <= n_trials else "constrained"
+
+
+def make_sampler(name: str, space: SearchSpace, n_trials: int, seed: int, budget: Budget | None = None,
+                 score: Callable[[dict], float] | None = None) -> optuna.samplers.BaseSampler:
+    name = resolve_sampler(name, space, n_trials)
+    if budget is None:  # the constrained sampler needs the budget; without one every candidate fits
+        budget = Budget(metric="params", limit=float("inf"), text="none")
+    return SAMPLERS.get(name)(seed, space, budget, score)
 
 
 def constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
@@ -56,8 +70,8 @@ def make_storage(url: str) -> str | optuna.storages.BaseStorage:
     it and stays safe if the process dies (only an OS crash can lose the last trials, which a
     resumed run re-scores). Other URLs (PostgreSQL, MySQL, …) go to Optuna unchanged.
     """
-    if not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
-        return url
+    if not isinstance(url, str) or not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
+        return url  # another URL, or a storage object (e.g. optuna.storages.InMemoryStorage)
     from sqlalchemy import event
 
     storage = optuna.storages.RDBStorage(url)
@@ -93,19 +107,22 @@ def run_search(
     seed: int = 0,
     sampler: str = "auto",
     progress: bool = False,
+    cheap_score: Callable[[dict], float] | None = None,
 ) -> optuna.Study:
     """Run (or resume) the study until it holds ``n_trials`` finished trials.
 
+    ``cheap_score(config)``, when the objective can be computed exactly without data (parameters, FLOPs),
+    lets the constrained sampler rank its most promising candidates on exact values.
     ``evaluate(config) -> metrics`` must return JSON-able numbers including ``objective`` and the
     budget's metric. Repeated configs are served from earlier trials of the same study.
     """
-    study = open_study(storage, study_name, make_sampler(sampler, space, n_trials, seed))
+    study = open_study(storage, study_name, make_sampler(sampler, space, n_trials, seed, budget, cheap_score))
     trials = study.get_trials(deepcopy=False)  # one read of the study serves both counts below
     done = sum(1 for t in trials if t.state.is_finished())
     if done:
         # A resumed study needs fresh randomness: reseeded with `seed`, the sampler would propose the
         # configs of the first session again (all duplicates under the random sampler and TPE's startup).
-        study.sampler = make_sampler(sampler, space, n_trials, seed + done)
+        study.sampler = make_sampler(sampler, space, n_trials, seed + done, budget, cheap_score)
     known = {
         t.user_attrs["candidate_id"]: t.user_attrs
         for t in trials
@@ -157,6 +174,6 @@ def scored_candidates(study: optuna.Study) -> dict[str, dict]:
 
 
 __all__ = [
-    "SAMPLERS", "CandidateEvaluator", "check_sampler", "constraints", "make_sampler", "make_storage", "measure_candidate",
+    "CHEAP_PROXIES", "SAMPLERS", "CandidateEvaluator", "ConstrainedSampler", "exact_proxy", "check_sampler", "resolve_sampler", "constraints", "make_sampler", "make_storage", "measure_candidate",
     "open_study", "reference_models", "run_search", "sampler_names", "scored_candidates",
 ]
