@@ -7,6 +7,7 @@ import difflib
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -109,6 +110,16 @@ def resolve_device(device: str) -> torch.device:
     if device == "cpu":
         return torch.device("cpu")
     raise DeviceError(f"Unknown device '{device}'; use auto, cpu or cuda[:N].")
+
+
+def stderr_logger(quiet: bool):
+    """``log(message)``: one line to stderr, or nothing when quiet (stdout is left for results)."""
+
+    def log(message: str) -> None:
+        if not quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    return log
 
 
 def cache_dir() -> Path:

@@ -36,25 +36,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"kdsearch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{find,report,export,distill}")
+    names = _names()
     _find_parser(sub.add_parser("find", help="search, rank and distil students; writes a run folder",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter))
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter), names)
     sub.add_parser("report", help="print the Pareto table of a run and (re)write its HTML report").add_argument("run_dir")
-    _export_parser(sub.add_parser("export", help="write a distilled student as safetensors, TorchScript or ONNX"))
+    _export_parser(sub.add_parser("export", help="write a distilled student as safetensors, TorchScript or ONNX"), names)
     _distill_parser(sub.add_parser("distill", help="distil one student from a teacher (the trainer find uses)",
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter))
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter), names)
     return parser
 
 
-def _names() -> dict[str, str]:
+def _names() -> dict:
     """The choices each option lists, generated from the registries so help never falls behind them."""
     from kdsearch.data import LOADERS
     from kdsearch.distill import list_losses
     from kdsearch.export import FORMATS
     from kdsearch.proxies import list_proxies
     from kdsearch.search import sampler_names
+    from kdsearch.training import RECIPE_CHOICES
 
     return {"data": " | ".join(LOADERS.names()), "losses": ", ".join(list_losses()), "proxies": ", ".join(list_proxies()),
-            "samplers": sampler_names(), "formats": FORMATS.names()}
+            "samplers": sampler_names(), "formats": FORMATS.names(), "recipe": RECIPE_CHOICES}
 
 
 def _teacher_and_data_options(p: argparse.ArgumentParser, names: dict, *, from_run: bool) -> None:
@@ -71,8 +73,7 @@ def _teacher_and_data_options(p: argparse.ArgumentParser, names: dict, *, from_r
     p.add_argument("--val-samples", type=_positive_int, help="class-balanced subset of the validation images")
 
 
-def _find_parser(f: argparse.ArgumentParser) -> None:
-    names = _names()
+def _find_parser(f: argparse.ArgumentParser, names: dict) -> None:
     _teacher_and_data_options(f, names, from_run=False)
     f.add_argument("--budget", required=True, help="latency (10ms, 500us), FLOPs (300MFLOPs) or parameters (5Mparams)")
     f.add_argument("--space", help="search-space YAML or bundled name (default follows the input resolution)")
@@ -81,7 +82,7 @@ def _find_parser(f: argparse.ArgumentParser) -> None:
         help=f"ranking proxy ({names['proxies']}), or several comma-separated (the first ranks); 'a+b' or '2*a+b' is a "
         "rank ensemble; 'default' is the proxy chosen on distilled ground truth (README §6; today params)",
     )
-    f.add_argument("--sampler", default="auto", choices=names["samplers"], help="Optuna sampler; auto = exhaustive for small spaces, else TPE")
+    f.add_argument("--sampler", default="auto", choices=names["samplers"], help="Optuna sampler; auto = exhaustive when the space has at most --trials candidates, else constrained")
     f.add_argument("--trials", type=_positive_int, default=100, help="candidates to score")
     f.add_argument("--timeout", type=float, help="stop scoring after this many seconds")
     f.add_argument("--top-k", type=_positive_int, default=3, help="best candidates to distil")
@@ -98,17 +99,17 @@ def _find_parser(f: argparse.ArgumentParser) -> None:
     f.add_argument("-q", "--quiet", action="store_true", help="no progress bars or log lines")
 
 
-def _export_parser(e: argparse.ArgumentParser) -> None:
+def _export_parser(e: argparse.ArgumentParser, names: dict) -> None:
     e.add_argument("run_dir")
     which = e.add_mutually_exclusive_group()
     which.add_argument("--best", action="store_true", help="the most accurate distilled student within budget (default)")
     which.add_argument("--trial", type=int, help="the student of this trial number")
-    e.add_argument("--format", default="safetensors", choices=_names()["formats"])
+    e.add_argument("--format", default="safetensors", choices=names["formats"])
     e.add_argument("--out", help="output folder (default <run>/export)")
 
 
-def _distill_parser(d: argparse.ArgumentParser) -> None:
-    names = _names()
+def _distill_parser(d: argparse.ArgumentParser, names: dict) -> None:
+    choices = names["recipe"]
     _teacher_and_data_options(d, names, from_run=True)
     d.add_argument("--student", help="a timm model name or a candidate config as JSON")
     d.add_argument("--from-run", help="take the student config and, unless given here, every setting of the run (teacher, data, loss, recipe)")
@@ -118,15 +119,15 @@ def _distill_parser(d: argparse.ArgumentParser) -> None:
     # Recipe settings default to None: "not given" lets --from-run supply the run's value, else Recipe()'s.
     d.add_argument("--epochs", type=_positive_int, help="default 10, or the run's")
     d.add_argument("--batch-size", type=_positive_int, help="training batch size, per process under torchrun (default 64, or the run's)")
-    d.add_argument("--optimizer", choices=["sgd", "adamw"], help="default sgd")
+    d.add_argument("--optimizer", choices=choices["optimizer"], help="default sgd")
     d.add_argument("--lr", type=float, help="default 0.05")
     d.add_argument("--weight-decay", type=float, help="default 5e-4")
-    d.add_argument("--schedule", choices=["cosine", "step"], help="default cosine")
+    d.add_argument("--schedule", choices=choices["schedule"], help="default cosine")
     d.add_argument("--warmup-epochs", type=float, help="default 1")
     d.add_argument("--label-smoothing", type=float, help="default 0")
     d.add_argument("--no-augment", dest="augment", action="store_false", default=None, help="no random crop/flip (teacher logits are then cached once)")
-    d.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"], help="mixed precision on CUDA (default auto)")
-    d.add_argument("--channels-last", choices=["auto", "on", "off"], help="default auto")
+    d.add_argument("--amp", choices=choices["amp"], help="mixed precision on CUDA (default auto)")
+    d.add_argument("--channels-last", choices=choices["channels_last"], help="default auto")
     d.add_argument("--compile", action="store_true", default=None, help="torch.compile the student")
     d.add_argument("--clip-grad-norm", type=float, help="0 = off (default)")
     d.add_argument("--device", default="auto")
@@ -134,10 +135,6 @@ def _distill_parser(d: argparse.ArgumentParser) -> None:
     d.add_argument("--out", default="student", help="student folder (weights, metadata, metrics; the checkpoint while training)")
     d.add_argument("--resume", action="store_true", help="continue the distillation held in --out")
     d.add_argument("-q", "--quiet", action="store_true")
-
-
-RECIPE_OPTIONS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "warmup_epochs", "label_smoothing",
-                  "augment", "amp", "channels_last", "compile", "clip_grad_norm", "seed")
 
 
 def _loss_options(pairs: list[str]) -> dict:
@@ -151,9 +148,13 @@ def _loss_options(pairs: list[str]) -> dict:
 
 
 def _distill(args) -> int:
-    from kdsearch.pipeline import train_student
+    from dataclasses import fields
 
-    recipe = {key: getattr(args, key) for key in RECIPE_OPTIONS if getattr(args, key) is not None}
+    from kdsearch.pipeline import train_student
+    from kdsearch.training import Recipe
+
+    # every Recipe field is a distill option of the same name; None = not given (the run's or Recipe()'s value)
+    recipe = {f.name: getattr(args, f.name) for f in fields(Recipe) if getattr(args, f.name) is not None}
     result = train_student(
         args.teacher, args.student, from_run=args.from_run, trial=args.trial, data=args.data, data_root=args.data_root,
         input_size=args.input_size, train_samples=args.train_samples, val_samples=args.val_samples,
@@ -169,7 +170,6 @@ def _distill(args) -> int:
 
 def _find(args) -> int:
     from kdsearch.pipeline import find
-    from kdsearch.report import build_report
 
     result = find(
         teacher=args.teacher, budget=args.budget, data=args.data, data_root=args.data_root, input_size=args.input_size,
@@ -180,7 +180,7 @@ def _find(args) -> int:
         batch_size=args.batch_size, loss=args.loss, loss_options=_loss_options(args.loss_opt), storage=args.storage,
         seed=args.seed, quiet=args.quiet,
     )
-    print(build_report(result.run_dir).to_text())
+    print(result.report.to_text())
     return 0
 
 

@@ -28,7 +28,7 @@ from kdsearch.data import Task
 from kdsearch.exceptions import DistributedError, RecipeError, TrainingDiverged
 from kdsearch.taps import Taps, as_logits, forward_taps
 
-_CHOICES = {"optimizer": ("sgd", "adamw"), "schedule": ("cosine", "step"), "amp": ("auto", "none", "bf16", "fp16"),
+RECIPE_CHOICES = {"optimizer": ("sgd", "adamw"), "schedule": ("cosine", "step"), "amp": ("auto", "none", "bf16", "fp16"),
             "channels_last": ("auto", "on", "off")}
 
 
@@ -50,7 +50,7 @@ class Recipe:
     clip_grad_norm: float = 0.0  # 0 = off
 
     def __post_init__(self) -> None:
-        for key, allowed in _CHOICES.items():
+        for key, allowed in RECIPE_CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise RecipeError(f"Recipe {key} {getattr(self, key)!r} is not one of {', '.join(allowed)}; pick one of those.")
         for key in ("epochs", "batch_size"):

@@ -53,9 +53,9 @@ def _pick(folder: RunFolder, trial: int | None) -> dict:
     return distilled.sort_values(["distilled_accuracy", "latency_p50_ms"], ascending=[False, True]).iloc[0].to_dict()
 
 
-def load_run_student(run_dir: str | Path, *, best: bool = True, trial: int | None = None) -> tuple[nn.Module, dict]:
+def load_run_student(run_dir: str | Path | RunFolder, *, best: bool = True, trial: int | None = None) -> tuple[nn.Module, dict]:
     """The distilled student of a run (best, or by trial number) and its metadata."""
-    folder = RunFolder.open(run_dir, need_candidates=True)
+    folder = run_dir if isinstance(run_dir, RunFolder) else RunFolder.open(run_dir, need_candidates=True)
     row = _pick(folder, trial)
     data = folder.data_record()
     config = json.loads(row["config"])
@@ -83,7 +83,7 @@ def load_student(directory: str | Path) -> nn.Module:
 
 @FORMATS.register("safetensors")
 def _safetensors(model: nn.Module, sample: torch.Tensor, out: StudentFolder) -> tuple[Path, torch.Tensor]:
-    out.write_model(model, out.meta())
+    out.write_weights(model)  # student.yaml is already there (export writes it first)
     with torch.no_grad():
         return out.weights, load_student(out.path)(sample)
 
@@ -125,7 +125,7 @@ def export(
     """Write the chosen student of a run in ``format``, verified against the trained model on real images."""
     writer = FORMATS.get(format)
     folder = RunFolder.open(run_dir, need_candidates=True)
-    model, meta = load_run_student(folder.path, best=best, trial=trial)
+    model, meta = load_run_student(folder, best=best, trial=trial)
     target = StudentFolder(Path(out) if out else folder.export_dir)
     target.path.mkdir(parents=True, exist_ok=True)
     sample = folder.sample_images()

@@ -7,7 +7,7 @@ interrupted student continues from its last epoch.
 
 from __future__ import annotations
 
-import sys
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,12 +15,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from kdsearch._util import seed_everything
+from kdsearch._util import seed_everything, stderr_logger
 from kdsearch.data import Task, load_task
 from kdsearch.exceptions import BudgetError, RunFolderError, TrainingDiverged
 from kdsearch.pipeline.student import distill_student
 from kdsearch.proxies import ProxyContext, ensemble_components
 from kdsearch.proxies.ensemble import REFERENCE_SIZE
+from kdsearch.report import Report, build_report
 from kdsearch.run import STUDY_NAME, RunFolder, RunSettings
 from kdsearch.search import CandidateEvaluator, exact_proxy, measure_candidate, reference_models, run_search, scored_candidates
 from kdsearch.spaces import SearchSpace, create_model, default_space_path, load_space
@@ -35,6 +36,7 @@ class FindResult:
     teacher: dict
     budget: str
     notes: list[str] = field(default_factory=list)
+    report: Report | None = None  # what `kdsearch report` would print and write; built once, at the end of the run
 
     @property
     def students(self) -> pd.DataFrame:
@@ -65,7 +67,7 @@ def find(teacher: str = "resnet101", budget: str = "10ms", **options) -> FindRes
 
 def run_find(settings: RunSettings) -> FindResult:
     """Run (or resume) the stages for validated settings."""
-    log = _logger(settings.quiet)
+    log = stderr_logger(settings.quiet)
     task = load_task(settings.data, progress=not settings.quiet)
     log(f"data: {task.description}")
     settings = _choose_space(settings, task, log)
@@ -81,18 +83,8 @@ def run_find(settings: RunSettings) -> FindResult:
     _distil_finalists(settings, task, teacher, finalists, folder, log)
     table = candidates_table(rows, finalists, folder, settings)
     folder.write_candidates(table)
-    from kdsearch.report import build_report
-
-    build_report(folder.path)
-    return FindResult(run_dir=folder.path, candidates=table, teacher=teacher.record(), budget=settings.budget.text, notes=teacher.notes)
-
-
-def _logger(quiet: bool):
-    def log(message: str) -> None:
-        if not quiet:
-            print(message, file=sys.stderr, flush=True)
-
-    return log
+    return FindResult(run_dir=folder.path, candidates=table, teacher=teacher.record(), budget=settings.budget.text,
+                      notes=teacher.notes, report=build_report(folder.path))
 
 
 def _choose_space(settings: RunSettings, task: Task, log) -> RunSettings:
@@ -208,12 +200,10 @@ LATENCY_COLUMNS = ("latency_p50_ms", "latency_p90_ms", "latency_iqr_ms", "latenc
 
 def candidates_table(rows: dict[str, dict], finalists: dict[str, dict], folder: RunFolder, settings: RunSettings) -> pd.DataFrame:
     """candidates.csv: one row per scored candidate; finalists carry their re-measured latency."""
-    import json
-
     records = []
     for cid, row in rows.items():
         final = finalists.get(cid)
-        result = folder.student(cid).result()
+        result = folder.student(cid).result() if final else None  # only finalists are distilled
         rec = {"candidate_id": cid, "trial": row["trial"], "config": json.dumps(row["config"], sort_keys=True),
                "params": row["params"], "flops": row["flops"]}
         rec.update({k: (final or row).get(k) for k in LATENCY_COLUMNS})

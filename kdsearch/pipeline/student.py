@@ -4,7 +4,6 @@ each finalist) and ``train_student`` (``kdsearch distill``: one student, optiona
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from kdsearch._util import resolve_device
+from kdsearch._util import resolve_device, stderr_logger
 from kdsearch.data import DataSpec, Task, load_task
 from kdsearch.distill import create_loss, distill
 from kdsearch.exceptions import KdsearchError, RunFolderError, SpaceError
@@ -65,15 +64,16 @@ def distill_student(
     return record
 
 
-def resolve_student(student: str | dict | None, *, from_run: str | Path | None = None, trial: int | None = None) -> dict:
+def resolve_student(student: str | dict | None, *, from_run: str | Path | RunFolder | None = None, trial: int | None = None) -> dict:
     """A candidate config from a dict, a JSON string, a timm name, or a trial of a run folder."""
     if from_run is not None:
         if trial is None:
             raise KdsearchError("--from-run needs --trial N (the trial numbers are in 'kdsearch report RUN').")
-        candidates = RunFolder.open(from_run, need_candidates=True).candidates()
+        run = from_run if isinstance(from_run, RunFolder) else RunFolder.open(from_run, need_candidates=True)
+        candidates = run.candidates()
         row = candidates[candidates["trial"] == trial]
         if row.empty:
-            raise KdsearchError(f"Run {from_run} has no trial {trial}; 'kdsearch report {from_run}' lists the trials.")
+            raise KdsearchError(f"Run {run.path} has no trial {trial}; 'kdsearch report {run.path}' lists the trials.")
         return json.loads(row.iloc[0]["config"])
     if isinstance(student, dict):
         return student
@@ -125,8 +125,9 @@ def train_student(
     and the recipe find trained its students with. ``recipe`` as a dict overrides single fields of that
     recipe; a :class:`Recipe` is used as it is. Without ``from_run`` the defaults are digits, kd and Recipe().
     """
-    base = RunFolder.open(from_run, need_candidates=True).settings() if from_run is not None else None
-    config = resolve_student(student, from_run=from_run, trial=trial)
+    run = RunFolder.open(from_run, need_candidates=True) if from_run is not None else None
+    base = run.settings() if run is not None else None
+    config = resolve_student(student, from_run=run, trial=trial)
     teacher = teacher or (base.teacher if base else None)
     if not teacher:
         raise KdsearchError("No teacher given; pass --teacher (or --from-run RUN to use that run's teacher).")
@@ -140,7 +141,7 @@ def train_student(
     folder = StudentFolder(out)
     if not resume and folder.has_work():
         raise RunFolderError(f"{folder.path} already holds a distillation; pass --resume to continue it, or choose another --out.")
-    log = (lambda message: None) if quiet else (lambda message: print(message, file=sys.stderr, flush=True))
+    log = stderr_logger(quiet)
     torch_device = resolve_device(device)
     task = load_task(spec, progress=not quiet)
     log(f"data: {task.description}")

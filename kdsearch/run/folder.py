@@ -69,11 +69,14 @@ class StudentFolder:
         self.checkpoint.unlink(missing_ok=True)
 
     def write_model(self, model: nn.Module, meta: dict[str, Any]) -> None:
+        self.write_weights(model)
+        self.write_meta(meta)
+
+    def write_weights(self, model: nn.Module) -> None:
         from safetensors.torch import save_model
 
         with atomic_path(self.weights) as tmp:
             save_model(model, str(tmp))
-        self.write_meta(meta)
 
     def write_meta(self, meta: dict[str, Any]) -> None:
         atomic_write_text(self.meta_path, yaml.safe_dump(meta, sort_keys=False))
@@ -113,10 +116,8 @@ class RunFolder:
         folder = cls(path)
         if not folder.is_run():
             raise RunFolderError(f"{folder.path} is not a kdsearch run folder (no config.yaml); pass the --out folder of 'kdsearch find'.")
-        if need_candidates and not folder._candidates.exists():
-            raise RunFolderError(
-                f"{folder.path} has no candidates.csv yet; finish (or resume) the run with 'kdsearch find --out {folder.path}'."
-            )
+        if need_candidates:
+            folder._require_candidates()
         return folder
 
     def is_run(self) -> bool:
@@ -197,9 +198,12 @@ class RunFolder:
     def student(self, candidate_id: str) -> StudentFolder:
         return StudentFolder(self.path / "students" / candidate_id)
 
-    def candidates(self) -> pd.DataFrame:
+    def _require_candidates(self) -> None:
         if not self._candidates.exists():
             raise RunFolderError(f"{self.path} has no candidates.csv yet; finish (or resume) the run with 'kdsearch find --out {self.path}'.")
+
+    def candidates(self) -> pd.DataFrame:
+        self._require_candidates()
         return pd.read_csv(self._candidates)
 
     def write_candidates(self, table: pd.DataFrame) -> None:

@@ -50,12 +50,9 @@ def resolve_sampler(name: str, space: SearchSpace, n_trials: int) -> str:
     return "brute" if space.size <= n_trials else "constrained"
 
 
-def make_sampler(name: str, space: SearchSpace, n_trials: int, seed: int, budget: Budget | None = None,
+def make_sampler(name: str, space: SearchSpace, n_trials: int, seed: int, budget: Budget,
                  score: Callable[[dict], float] | None = None) -> optuna.samplers.BaseSampler:
-    name = resolve_sampler(name, space, n_trials)
-    if budget is None:  # the constrained sampler needs the budget; without one every candidate fits
-        budget = Budget(metric="params", limit=float("inf"), text="none")
-    return SAMPLERS.get(name)(seed, space, budget, score)
+    return SAMPLERS.get(resolve_sampler(name, space, n_trials))(seed, space, budget, score)
 
 
 def constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
@@ -174,6 +171,7 @@ def scored_candidates(study: optuna.Study) -> dict[str, dict]:
 
 
 __all__ = [
-    "CHEAP_PROXIES", "SAMPLERS", "CandidateEvaluator", "ConstrainedSampler", "exact_proxy", "check_sampler", "resolve_sampler", "constraints", "make_sampler", "make_storage", "measure_candidate",
-    "open_study", "reference_models", "run_search", "sampler_names", "scored_candidates",
+    "CHEAP_PROXIES", "SAMPLERS", "CandidateEvaluator", "ConstrainedSampler", "check_sampler", "constraints", "exact_proxy",
+    "make_sampler", "make_storage", "measure_candidate", "open_study", "reference_models", "resolve_sampler", "run_search",
+    "sampler_names", "scored_candidates",
 ]

@@ -136,8 +136,8 @@ class ConstrainedSampler(optuna.samplers.BaseSampler):
             out[n] = self.exact[key]
         return out
 
-    def _latency_features(self, rows: np.ndarray) -> np.ndarray:
-        values = self._exact(rows)
+    def _latency_features(self, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Encoding plus the (log) exact proxy: for parameters or FLOPs the strongest predictor of latency."""
         extra = np.log(np.maximum(values, 1e-12))[:, None] if (values > 0).all() else values[:, None]
         return np.concatenate([self._encode(rows), extra], axis=1)
 
@@ -147,7 +147,7 @@ class ConstrainedSampler(optuna.samplers.BaseSampler):
         from scipy.stats import norm
 
         values = self._exact(pool)
-        x, x_pool = self._latency_features(rows), self._latency_features(pool)
+        x, x_pool = self._latency_features(rows, self._exact(rows)), self._latency_features(pool, values)
         y = np.log(np.maximum(metric, 1e-12))
         mu, sigma = self._calibrated_model(x, y, x_pool)
         p_fit = norm.cdf((math.log(self.budget.limit) - mu) / sigma)
@@ -158,15 +158,10 @@ class ConstrainedSampler(optuna.samplers.BaseSampler):
         sure = np.where(p_fit >= 0.5, gain, 0.0)
         expected = gain * p_fit
         picks: list[int] = []
-        for score in (sure, expected, sure, expected):
-            for i in np.argsort(-score, kind="stable"):
-                if score[i] <= 0:
-                    break
-                if i not in picks:
-                    picks.append(int(i))
-                    break
-            if len(picks) >= self._batch:
-                break
+        for score in itertools.islice(itertools.cycle((sure, expected)), self.batch):  # proxy-first rounds stay at `batch`
+            best_left = next((int(i) for i in np.argsort(-score, kind="stable") if score[i] > 0 and i not in picks), None)
+            if best_left is not None:
+                picks.append(best_left)
         if not picks:  # nothing above the best that fits: the next best ones (the top-k), most likely to fit first
             order = np.argsort(-np.where(p_fit >= 0.5, values, -np.inf), kind="stable")
             picks = [int(i) for i in order[: self._batch]]
@@ -246,7 +241,6 @@ class ConstrainedSampler(optuna.samplers.BaseSampler):
         sigma = np.maximum(sigma, 0.05)
         sigma_c = np.maximum(sigma_c, 0.02 + 0.03 * log_metric.std())
         p_fit = norm.cdf((math.log(self.budget.limit) - mu_c) / sigma_c)
-        self._last_p_fit = p_fit
         feasible = metric <= self.budget.limit
         if not feasible.any():
             return p_fit + 1e-3 * mu  # first find something that fits
