@@ -26,8 +26,10 @@ import csv
 import gzip
 import io
 import json
+import math
 import os
 import platform
+import random
 import sys
 import time
 from pathlib import Path
@@ -47,9 +49,10 @@ def ground_truth_path(space: str) -> Path:
     return RESULTS / f"search_regret_{space}.csv.gz"
 
 
-def measure(space_name: str, limit: int | None = None, shard: tuple[int, int] = (0, 1)) -> Path:
+def measure(space_name: str, limit: int | None = None, shard: tuple[int, int] = (0, 1), latency_only: bool = False) -> Path:
     """Measure every candidate once (appending, so a killed run resumes; ``shard`` K/N takes every N-th from
-    the K-th, so N processes of one thread share a space), then write the committed table."""
+    the K-th, so N processes of one thread share a space), then write the committed table. ``latency_only``
+    takes parameters, FLOPs and SynFlow (deterministic) from the committed table and times latency again."""
     from kdsearch.cost import count_flops, count_params, measure_latency
     from kdsearch.proxies import ProxyContext, score
     from kdsearch.run.settings import LATENCY_SEARCH
@@ -64,22 +67,30 @@ def measure(space_name: str, limit: int | None = None, shard: tuple[int, int] = 
     # SynFlow reads only the input shape (an all-ones input); the batch is never looked at.
     ctx = ProxyContext(teacher=None, images=torch.zeros(1, *INPUT), labels=torch.zeros(1, dtype=torch.long), num_classes=10,
                        input_shape=INPUT)
+    known = load_ground_truth(space_name).set_index("candidate_id") if latency_only else None
     started, new = time.perf_counter(), 0
     fresh = not partial.exists()
     with partial.open("a", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS)
         if fresh:
             writer.writeheader()
-        for index, config in enumerate(space.enumerate()):
+        configs = list(space.enumerate())
+        # a seeded random order: a slow spell of the machine then adds noise, not a bias to one region of the space
+        for index in random.Random(0).sample(range(len(configs)), len(configs)):
+            config = configs[index]
             cid = candidate_id(config)
             if index % n != k or cid in done:
                 continue
             torch.manual_seed(0)
             model = create_model(config, num_classes=10)
             lat = measure_latency(model, INPUT, batch_size=1, threads=1, **LATENCY_SEARCH)
+            if known is not None:
+                fixed = {k: known.at[cid, k] for k in ("params", "flops", "synflow")}
+            else:
+                fixed = {"params": count_params(model), "flops": count_flops(model, INPUT),
+                         "synflow": score(["synflow"], model, ctx, {})["synflow"]}
             writer.writerow({
-                "candidate_id": cid, "config": json.dumps(config, sort_keys=True), "params": count_params(model),
-                "flops": count_flops(model, INPUT), "synflow": score(["synflow"], model, ctx, {})["synflow"],
+                "candidate_id": cid, "config": json.dumps(config, sort_keys=True), **fixed,
                 "latency_p50_ms": round(lat.p50_ms, 5), "latency_iqr_ms": round(lat.iqr_ms, 5), "latency_repeats": lat.repeats,
                 "load1": round(os.getloadavg()[0], 2),
             })
@@ -110,6 +121,36 @@ def _gather(space_name: str, size: int) -> Path:
     return ground_truth_path(space_name)
 
 
+def recheck(space_names: list[str], n: int = 150) -> dict:
+    """How repeatable the ground truth is: ``n`` random candidates per space timed again now, the same way, as
+    ratios to the committed figure (a second reading of a noise-free table would give 1.0)."""
+    import numpy as np
+
+    from kdsearch.cost import measure_latency
+    from kdsearch.run.settings import LATENCY_SEARCH
+    from kdsearch.spaces import create_model
+
+    torch.set_num_threads(1)
+    out = {}
+    for space_name in space_names:
+        table = load_ground_truth(space_name).sample(n, random_state=0)
+        ratios = []
+        for row in table.itertuples():
+            torch.manual_seed(0)
+            model = create_model(json.loads(row.config), num_classes=10)
+            lat = measure_latency(model, INPUT, batch_size=1, threads=1, **LATENCY_SEARCH)
+            ratios.append(lat.p50_ms / row.latency_p50_ms)
+        q = np.quantile(ratios, [0.05, 0.25, 0.5, 0.75, 0.95])
+        out[space_name] = {"candidates": n, "ratio_quantiles_5_25_50_75_95": [round(float(v), 4) for v in q],
+                           "within_5_percent": float(np.mean(np.abs(np.log(ratios)) <= math.log(1.05))),
+                           "load1": os.getloadavg()[0]}
+        print(space_name, out[space_name], flush=True)
+    from kdsearch._util import atomic_write_json
+
+    atomic_write_json(RESULTS / "search_regret_recheck.json", out)
+    return out
+
+
 def load_ground_truth(space: str):
     import pandas as pd
 
@@ -127,6 +168,11 @@ def main() -> None:
     m.add_argument("--space", choices=SPACES, required=True)
     m.add_argument("--limit", type=int, help="stop after this many new candidates (a smoke run)")
     m.add_argument("--shard", default="0/1", help="K/N: every N-th candidate from the K-th (run N processes)")
+    m.add_argument("--latency-only", action="store_true",
+                   help="time latency again, taking the deterministic columns from the committed table "
+                        "(first remove benchmarks/.data/search_regret/<space>*.csv)")
+    r = sub.add_parser("recheck", help="time random candidates again: how repeatable the ground truth is")
+    r.add_argument("--spaces", nargs="+", default=list(SPACES))
     s = sub.add_parser("simulate")
     s.add_argument("--seeds", type=int, default=3)
     s.add_argument("--trials", type=int, nargs="+", default=[100, 200, 500])
@@ -137,7 +183,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "measure":
         k, n = (int(v) for v in args.shard.split("/"))
-        measure(args.space, args.limit, (k, n))
+        measure(args.space, args.limit, (k, n), args.latency_only)
+    elif args.command == "recheck":
+        recheck(args.spaces)
     else:
         simulate(args)
 
