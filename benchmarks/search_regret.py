@@ -13,10 +13,15 @@ strategy sees the same latencies and the exact constrained optimum is known. Rep
 and trial count (100, 200, 500), median over seeds: the best feasible candidate found as a percentile among
 all feasible candidates by the proxy (100 = the optimum), and the share of the true top-10 found.
 
-    .venv/bin/python benchmarks/search_regret.py measure --space resnet_cifar     # ~10 min, 1 thread
+    .venv/bin/python benchmarks/search_regret.py measure --space resnet_cifar     # ~7 min, 1 thread
     .venv/bin/python benchmarks/search_regret.py measure --space nasbench201 --shard 0/2 &   # two processes of
-    .venv/bin/python benchmarks/search_regret.py measure --space nasbench201 --shard 1/2     # one thread: ~40 min
+    .venv/bin/python benchmarks/search_regret.py measure --space nasbench201 --shard 1/2     # one thread: ~27 min
+    .venv/bin/python benchmarks/search_regret.py recheck                          # how repeatable the tables are
     .venv/bin/python benchmarks/search_regret.py simulate                         # writes search_regret.json
+
+Measure with nothing else running: a table timed beside other jobs reads slow, by up to 2x (the first tables
+were, and were measured again). ``measure --latency-only`` (after removing benchmarks/.data/search_regret/)
+times latency again and keeps the deterministic columns of the committed table.
 """
 
 from __future__ import annotations
