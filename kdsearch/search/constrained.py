@@ -15,8 +15,9 @@ decide the answer separately, from the study's own trials:
   is proxy-first: candidates (all of them, or the model's ``exact_limit`` most promising) are scored
   exactly — a model cannot tell 0.1 % apart, and at the optimum that is the difference that matters —
   and the budget's metric is predicted by a ridge regression or randomized trees on the encoding plus
-  the log proxy, whichever predicts the trials better out of sample, that error being the spread; half
-  of each batch takes the largest gain the model is sure enough fits, half the largest expected gain;
+  the log proxy, whichever predicts the trials better out of sample, that error being the spread; each
+  batch takes the largest gain the model is sure enough fits, the largest expected gain, and the
+  improvement most likely to fit;
 * over every candidate of the space when it has at most ``pool_size`` of them, otherwise over a seeded
   sample of that size plus all one-key mutations of the best feasible candidates found so far (a local
   search around the incumbents, as OFA's evolution does for its 10¹⁹ networks).
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -154,11 +156,15 @@ class ConstrainedSampler(optuna.samplers.BaseSampler):
         feasible = metric <= self.budget.limit
         best = objective[feasible].max() if feasible.any() else -np.inf
         gain = np.maximum(values - best, 0.0) if np.isfinite(best) else values - values.min() + 1e-9
-        # half the batch exploits (the largest gain the model is sure enough fits), half explores (expected gain)
+        # the batch takes turns: the largest gain the model is sure enough fits; the largest expected gain; the
+        # improvement most likely to fit (on a plateau of tied proxy values only the budget tells candidates apart,
+        # and expected gain alone keeps chasing far larger, unlikely ones)
         sure = np.where(p_fit >= 0.5, gain, 0.0)
         expected = gain * p_fit
+        probable = np.where(gain > 0, p_fit, 0.0)
         picks: list[int] = []
-        for score in itertools.islice(itertools.cycle((sure, expected)), self.batch):  # proxy-first rounds stay at `batch`
+        turns = (sure, expected, probable, expected)
+        for score in itertools.islice(itertools.cycle(turns), self.batch):  # proxy-first rounds stay at `batch`
             best_left = next((int(i) for i in np.argsort(-score, kind="stable") if score[i] > 0 and i not in picks), None)
             if best_left is not None:
                 picks.append(best_left)
@@ -178,7 +184,9 @@ class ConstrainedSampler(optuna.samplers.BaseSampler):
         loo = ridge.cv_results_[:, list(ridge.alphas).index(ridge.alpha_)]
         ridge_rmse = float(np.sqrt(np.mean(loo)))
         trees = ExtraTreesRegressor(n_estimators=self.trees, bootstrap=True, oob_score=True, random_state=self.seed, n_jobs=1)
-        trees.fit(x, y)
+        with warnings.catch_warnings():  # a trial left out of every bootstrap has no OOB figure: nanmean skips it
+            warnings.simplefilter("ignore", UserWarning)
+            trees.fit(x, y)
         oob = trees.oob_prediction_
         trees_rmse = float(np.sqrt(np.nanmean((y - oob) ** 2))) if np.isfinite(oob).any() else np.inf
         if ridge_rmse <= trees_rmse:
