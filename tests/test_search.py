@@ -205,3 +205,16 @@ def test_evaluator_measures_again_near_the_limit_and_before_a_new_best(monkeypat
     assert used[5:] == ["quick", "strict"] and evaluator.best_fitting == edge["params"]
     over = evaluator(larger)  # 12.0: over and far from the limit, one reading
     assert used[7:] == ["quick"] and over["latency_p50_ms"] == 12.0
+
+
+def test_latency_features_stay_finite_for_a_proxy_that_reaches_zero_or_1e36():
+    import numpy as np
+
+    from kdsearch.search import ConstrainedSampler
+
+    space = load_space("resnet_cifar")
+    sampler = ConstrainedSampler(space, parse_budget("3ms"))
+    rows = np.zeros((3, len(space.choices)), dtype=np.int16)
+    features = sampler._latency_features(rows, np.array([0.0, 2.7e36, 1e300]))
+    assert np.isfinite(features.astype(np.float32)).all()
+    assert features[1, -1] < features[2, -1]  # order kept

@@ -139,8 +139,9 @@ class ConstrainedSampler(optuna.samplers.BaseSampler):
         return out
 
     def _latency_features(self, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """Encoding plus the (log) exact proxy: for parameters or FLOPs the strongest predictor of latency."""
-        extra = np.log(np.maximum(values, 1e-12))[:, None] if (values > 0).all() else values[:, None]
+        """Encoding plus the exact proxy on a (signed) log scale: for parameters or FLOPs the strongest predictor of
+        latency; a proxy that spans orders of magnitude or reaches zero (SynFlow) stays finite in float32."""
+        extra = (np.log(values) if (values > 0).all() else np.sign(values) * np.log1p(np.abs(values)))[:, None]
         return np.concatenate([self._encode(rows), extra], axis=1)
 
     def _proxy_first(self, rows, objective, metric, pool) -> list[tuple[int, ...]]:
