@@ -42,7 +42,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from proxy_rank import TEACHER, cifar_folder  # noqa: E402
-from search_regret import load_ground_truth  # noqa: E402
+from search_regret import load_ground_truth, percentile_among  # noqa: E402
 
 from kdsearch._util import atomic_write_json  # noqa: E402
 from kdsearch.cost import measure_latency  # noqa: E402
@@ -85,7 +85,7 @@ def exhaustive(budget_ms: float, pick: dict) -> dict:
                                                "params": int(table.at[best_id, "params"]),
                                                "latency_ms": float(table.at[best_id, "latency_p50_ms"])},
         "pick_ground_truth_latency_ms": float(table.at[pick_id, "latency_p50_ms"]),
-        "pick_percentile": float(100.0 * np.searchsorted(values, pick["params"], side="right") / len(values)),
+        "pick_percentile": percentile_among(values, pick["params"]),
         "pick_params_vs_optimum": float(pick["params"] / table.at[best_id, "params"]),
         "resnet20_ground_truth_latency_ms": float(table.at[resnet20_id, "latency_p50_ms"]),
     }

@@ -242,7 +242,7 @@ def run_strategy(job: tuple) -> dict:
         first = trials[:n]
         found = {t.user_attrs["candidate_id"] for t in first if t.user_attrs["latency_p50_ms"] <= budget.limit}
         best = max((rows[c][proxy] for c in found), default=None)
-        out[f"percentile_{n}"] = 0.0 if best is None else float(100.0 * np.searchsorted(values, best, side="right") / len(values))
+        out[f"percentile_{n}"] = 0.0 if best is None else percentile_among(values, best)
         out[f"top{TOP_K}_share_{n}"] = len(found & top) / TOP_K
         out[f"optimum_{n}"] = bool(best is not None and best >= values[-1])
         out[f"distinct_{n}"] = len({t.user_attrs["candidate_id"] for t in first})
@@ -250,6 +250,13 @@ def run_strategy(job: tuple) -> dict:
 
 
 TRIAL_COUNTS = (100, 200, 500)
+
+
+def percentile_among(sorted_values, value: float) -> float:
+    """Where ``value`` stands among the feasible candidates' proxy values: the share at or below it (100 = the best)."""
+    import numpy as np
+
+    return float(100.0 * np.searchsorted(sorted_values, value, side="right") / len(sorted_values))
 
 
 def simulate(args) -> None:

@@ -62,11 +62,14 @@ class ConstrainedSampler(optuna.samplers.BaseSampler):
     def sample_relative(self, study, trial, search_space) -> dict[str, Any]:
         if not search_space:
             return {}
-        seen = self._seen(study)
+        # one read of the study per trial: what was tried (or is running elsewhere) and what finished
+        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL)
+        trials = [(t, i) for t in study.get_trials(deepcopy=False, states=states) if (i := self._index(t.params)) is not None]
+        seen = {i for _, i in trials}
         while self._queue and self._queue[0] in seen:
             self._queue.pop(0)
         if not self._queue:
-            self._queue = self._propose(study, seen)
+            self._queue = self._propose(self._history(trials), seen)
         if not self._queue:
             return {}  # every candidate was tried: Optuna's random fallback repeats one (served from the study)
         index = self._queue.pop(0)
@@ -92,23 +95,19 @@ class ConstrainedSampler(optuna.samplers.BaseSampler):
         except (KeyError, ValueError):
             return None
 
-    def _seen(self, study) -> set[tuple[int, ...]]:
-        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL)
-        return {i for t in study.get_trials(deepcopy=False, states=states) if (i := self._index(t.params)) is not None}
-
-    def _history(self, study) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _history(self, trials: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Encoded rows, proxy values and budget metric of the finished trials."""
         rows, objective, metric = [], [], []
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-            index = self._index(t.params)
-            if index is None or t.value is None or self.budget.metric not in t.user_attrs:
+        for t, index in trials:
+            if t.state != optuna.trial.TrialState.COMPLETE or t.value is None or self.budget.metric not in t.user_attrs:
                 continue
             rows.append(index)
             objective.append(float(t.value))
             metric.append(float(t.user_attrs[self.budget.metric]))
         return np.array(rows, dtype=np.int16).reshape(-1, len(self.keys)), np.array(objective), np.array(metric)
 
-    def _propose(self, study, seen: set[tuple[int, ...]]) -> list[tuple[int, ...]]:
-        rows, objective, metric = self._history(study)
+    def _propose(self, history: tuple[np.ndarray, np.ndarray, np.ndarray], seen: set[tuple[int, ...]]) -> list[tuple[int, ...]]:
+        rows, objective, metric = history
         self._batch = self.batch if len(rows) < 100 else 2 * self.batch  # later rounds refine: refit half as often
         if len(rows) >= self.n_startup and len(np.unique(objective)) > 1:
             self._grow_pool(rows, objective, metric)
@@ -145,8 +144,9 @@ class ConstrainedSampler(optuna.samplers.BaseSampler):
         return np.concatenate([self._encode(rows), extra], axis=1)
 
     def _proxy_first(self, rows, objective, metric, pool) -> list[tuple[int, ...]]:
-        """Exact proxy values for the pool; a calibrated model of the budget's metric screens them; candidates are
-        measured in order of expected gain over the best that fits (gain × probability of fitting)."""
+        """Exact proxy values for the pool; a calibrated model of the budget's metric screens them; the batch takes
+        turns between the largest gain over the best that fits among those that probably fit, the largest expected
+        gain (gain × probability of fitting) and the gain most likely to fit."""
         from scipy.stats import norm
 
         values = self._exact(pool)
