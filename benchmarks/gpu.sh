@@ -40,6 +40,6 @@ step() {  # step NAME SECONDS COMMAND...
 : > "$RESULTS/gpu_steps.txt"
 step "GPU tests" 150 $PY -m pytest -q -rs -m gpu -p no:cacheprovider tests --junitxml="$RESULTS/gpu_tests.xml"
 step "latency on CUDA" 60 $PY benchmarks/latency_stability.py --device cuda --rounds 20 --out "$RESULTS"
-step "trainer AMP" 200 $PY benchmarks/trainer_speed.py --gpu-only --no-install --epochs 3 --out "$RESULTS"
+step "trainer AMP" 200 $PY benchmarks/trainer_speed.py --gpu-only --no-install --epochs 3 --train-per-class 2000 --out "$RESULTS"
 step "CKA on CUDA" 120 $PY benchmarks/cka_speed.py --device cuda --repeats 3 --no-install --out "$RESULTS/cka_speed_gpu.json"
 exit $failed

@@ -96,6 +96,22 @@ def suggest(name: str, options: Iterable[str]) -> str:
     return f" Did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
 
 
+@contextlib.contextmanager
+def exact_fp32():
+    """fp32 convolutions and matmuls in full precision while inside.
+
+    cuDNN runs fp32 convolutions in TF32 by default on Ampere and later; that moved gradient-based proxy scores
+    of one model by 0.2-13 % between CPU and an H200 (benchmarks/results/gpu_tests.xml), enough to reorder
+    candidates whose scores are close. Proxies score small batches, so full precision costs little there.
+    """
+    conv, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul
+
+
 def resolve_device(device: str) -> torch.device:
     """'auto' picks CUDA when present; an explicit 'cuda' without a GPU is a user error."""
     device = (device or "auto").lower()

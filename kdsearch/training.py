@@ -359,6 +359,9 @@ def _prepare(model, task: Task, recipe: Recipe, loss, teacher, device: torch.dev
     return run
 
 
+FINITE_CHECK_EVERY = 50
+
+
 def _train_epoch(run: _Session, task: Task, recipe: Recipe, epoch: int, bar) -> tuple[int, float, float, float]:
     """One epoch of steps; returns (images seen, summed loss, last learning rate, seconds)."""
     run.step_module.train()
@@ -366,6 +369,7 @@ def _train_epoch(run: _Session, task: Task, recipe: Recipe, epoch: int, bar) -> 
         run.teacher.eval()
     uses_teacher = getattr(run.loss, "uses_teacher", False)
     seen, loss_sum, lr, epoch_start = 0, torch.zeros((), device=run.device), recipe.lr, time.perf_counter()
+    nonfinite = torch.zeros((), dtype=torch.bool, device=run.device)
     step = epoch * run.steps_per_epoch
     batches = task.batches(
         "train", recipe.batch_size, shuffle=True, augment=recipe.augment, seed=recipe.seed * 1000 + epoch,
@@ -386,11 +390,10 @@ def _train_epoch(run: _Session, task: Task, recipe: Recipe, epoch: int, bar) -> 
             else:
                 teacher_taps = None
             value, _ = run.step_module(x, teacher_taps, y, epoch)
-        if not torch.isfinite(value):
-            raise TrainingDiverged(
-                f"Training diverged: the loss became {value.item()} at epoch {epoch + 1}; lower the learning rate "
-                "(--lr), clip gradients (--clip-grad-norm 1) or turn mixed precision off (--amp none)."
-            )
+        # Read back every FINITE_CHECK_EVERY steps, not every step: a per-step read syncs the GPU and starves it.
+        nonfinite |= ~torch.isfinite(value.detach())
+        if (step + 1) % FINITE_CHECK_EVERY == 0:
+            _raise_if_diverged(nonfinite, epoch)
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(value).backward()
         if recipe.clip_grad_norm > 0:
@@ -402,7 +405,16 @@ def _train_epoch(run: _Session, task: Task, recipe: Recipe, epoch: int, bar) -> 
         loss_sum += value.detach() * len(y)
         step += 1
         bar.update(1)
+    _raise_if_diverged(nonfinite, epoch)
     return seen, float(loss_sum), lr, time.perf_counter() - epoch_start
+
+
+def _raise_if_diverged(nonfinite: torch.Tensor, epoch: int) -> None:
+    if bool(nonfinite):
+        raise TrainingDiverged(
+            f"Training diverged: the loss became nan or inf at epoch {epoch + 1}; lower the learning rate "
+            "(--lr), clip gradients (--clip-grad-norm 1) or turn mixed precision off (--amp none)."
+        )
 
 
 def _save_checkpoint(run: _Session, recipe: Recipe, epoch: int, checkpoint: Path | None) -> None:

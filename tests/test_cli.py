@@ -235,6 +235,21 @@ def test_cifar10_jpeg_folder_end_to_end(cifar_folder, tmp_path, capsys):
     assert Path(out / "report.html").stat().st_size > 100_000  # plotly.js is embedded for offline viewing
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_find_on_cuda_end_to_end(tmp_path, capsys):
+    """The whole pipeline on the GPU: latency with CUDA events, proxies, teacher and students trained there."""
+    out = tmp_path / "cuda"
+    code, _, err = run_cli(capsys, *find_args(out, "--device", "cuda"))
+    assert code == 0, err
+    df = pd.read_csv(out / "candidates.csv")
+    students = df[df["distilled_accuracy"].notna()]
+    assert len(students) == 2 and (students["params"] <= 300_000).all()
+    assert (students["distilled_accuracy"] > 0.3).all()  # 10 classes: chance is 0.1
+    assert (df["latency_p50_ms"] > 0).all() and (df["latency_p50_ms"] < 50).all()
+    assert yaml.safe_load((out / "config.yaml").read_text())["device"].startswith("cuda")
+
+
 def test_distill_a_trial_from_a_run_uses_its_teacher_and_data(digits_run, tmp_path, capsys):
     df = pd.read_csv(digits_run / "candidates.csv")
     row = df.iloc[-1]

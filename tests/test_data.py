@@ -38,6 +38,18 @@ def test_augment_keeps_shape_and_changes_pixels(digits_task):
     assert not torch.equal(out, x)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_batches_are_the_cpu_batches(cifar_folder):
+    """Images stay on the GPU and are cropped/flipped there; the batches must be exactly the CPU ones."""
+    task = load_task(str(cifar_folder))
+    kwargs = {"shuffle": True, "augment": True, "seed": 5, "drop_last": True, "with_index": True}
+    for (xc, yc, ic), (xg, yg, ig) in zip(task.batches("train", 64, **kwargs), task.batches("train", 64, device="cuda", **kwargs)):
+        assert xg.is_cuda and torch.equal(ic, ig.cpu()) and torch.equal(yc, yg.cpu())
+        assert torch.allclose(xc, xg.cpu(), atol=1e-6)
+    assert ("train", "cuda") in task._device_copies  # CIFAR fits: resident, not copied per batch
+
+
 def test_image_folder_with_test_split(cifar_folder):
     task = load_task(str(cifar_folder))
     assert task.input_shape == (3, 32, 32)

@@ -131,6 +131,16 @@ def test_zoo_proxy_copes_with_tuple_and_dict_outputs(ctx, name, net):
     assert torch.isfinite(torch.tensor(score([name], net(), ctx, {})[name]))
 
 
+def test_synflow_batchnorm_is_the_identity_with_a_positive_eps():
+    from kdsearch.proxies.zoo import _bn_as_identity
+
+    bn = torch.nn.BatchNorm2d(4).double()
+    bn.running_var.fill_(3.0)
+    _bn_as_identity(bn)
+    x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
+    assert bn.eps > 0 and torch.equal(bn(x), x)  # torch 2.11 refuses eps = 0 (seen on the H200)
+
+
 def test_synflow_on_a_linear_net_is_twice_the_path_sum(ctx):
     """For f(x) = W2 W1 x with |W|, each layer's Σ W ⊙ ∂R/∂W equals R = 1ᵀ|W2||W1|1, so SynFlow = 2R."""
     torch.manual_seed(0)

@@ -36,3 +36,12 @@ def test_atomic_path_leaves_nothing_when_the_block_fails(tmp_path):
         tmp.write_bytes(b"half")
         raise RuntimeError("interrupted")
     assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_exact_fp32_turns_tf32_off_inside_and_restores_it():
+    from kdsearch._util import exact_fp32
+
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    with exact_fp32():
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before

@@ -53,6 +53,7 @@ class Task:
     std: tuple[float, ...]
     flip: bool  # horizontal flips make sense for natural images, not for digits
     spec: DataSpec = field(default_factory=DataSpec)
+    _device_copies: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def num_classes(self) -> int:
@@ -93,26 +94,39 @@ class Task:
         }
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
+        # mean/std built once per device: a fresh torch.tensor(..., device=cuda) per batch is a host copy that syncs
+        key = ("stats", str(images.device))
+        if key not in self._device_copies:
+            self._device_copies[key] = (
+                torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1),
+                torch.tensor(self.std, device=images.device).view(1, -1, 1, 1),
+            )
+        mean, std = self._device_copies[key]
         return (images.float() / 255.0 - mean) / std
+
+    def _augment_draws(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """Crop offsets (dy, dx) and flip flags for n images, drawn on the CPU: the same on any device."""
+        pad = max(1, round(self.input_shape[1] / 8))
+        dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+        dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+        flip = torch.rand(n, generator=generator) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool)
+        return dy, dx, flip
 
     def augment(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Random crop with 4-pixel padding (+ horizontal flip for natural images), on uint8 batches."""
+        draws = self._augment_draws(len(images), generator)
+        return self._apply_augment(images, *(d.to(images.device) for d in draws))
+
+    def _apply_augment(self, images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
         n, _, h, w = images.shape
         pad = max(1, round(h / 8))
         padded = F.pad(images, (pad, pad, pad, pad))
-        dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-        dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-        rows = (dy.view(n, 1) + torch.arange(h).view(1, h)).to(images.device)
-        cols = (dx.view(n, 1) + torch.arange(w).view(1, w)).to(images.device)
+        rows = dy.view(n, 1) + torch.arange(h, device=images.device).view(1, h)
+        cols = dx.view(n, 1) + torch.arange(w, device=images.device).view(1, w)
         batch_idx = torch.arange(n, device=images.device).view(n, 1, 1, 1)
         chan_idx = torch.arange(images.shape[1], device=images.device).view(1, -1, 1, 1)
         out = padded[batch_idx, chan_idx, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
-        if self.flip:
-            flip = (torch.rand(n, generator=generator) < 0.5).to(images.device)
-            out = torch.where(flip.view(n, 1, 1, 1), out.flip(-1), out)
-        return out
+        return torch.where(flip.view(n, 1, 1, 1), out.flip(-1), out) if self.flip else out
 
     def batches(
         self,
@@ -131,7 +145,8 @@ class Task:
         """Normalised float batches on ``device``; augmentation only when asked (training).
 
         Under data parallelism each of ``world_size`` ranks takes an equal, disjoint share of the
-        same seeded permutation. ``with_index`` adds the samples' indices (for cached teacher outputs).
+        same seeded permutation. ``with_index`` adds the samples' indices (for cached teacher outputs),
+        on ``device`` when the split is resident there.
         """
         images, labels = (
             (self.train_images, self.train_labels) if split == "train" else (self.val_images, self.val_labels)
@@ -141,14 +156,34 @@ class Task:
         if world_size > 1:
             order = order[: len(order) - len(order) % world_size][rank::world_size]
         stop = len(order) - (len(order) % batch_size if drop_last else 0)
-        aug_generator = torch.Generator().manual_seed(seed * 7919 + rank)
+        # one draw per epoch (not per batch): the random numbers reach the GPU in one copy
+        draws = self._augment_draws(len(order), torch.Generator().manual_seed(seed * 7919 + rank)) if augment else ()
+        resident = self._resident(split, torch.device(device))
+        if resident is not None:
+            # everything on the device once per epoch: each batch is then pure device indexing, with no host copy
+            # (a copy from pageable memory waits for the GPU, so the CPU could never queue work ahead)
+            images, labels = resident
+            order, draws = order.to(images.device), tuple(d.to(images.device) for d in draws)
         for start in range(0, stop, batch_size):
             idx = order[start : start + batch_size]
-            x = images[idx]
+            x = images[idx].to(device, non_blocking=True)
             if augment:
-                x = self.augment(x, aug_generator)
-            batch = (self.normalize(x.to(device, non_blocking=True)), labels[idx].to(device, non_blocking=True))
+                x = self._apply_augment(x, *(d[start : start + batch_size].to(x.device) for d in draws))
+            batch = (self.normalize(x), labels[idx].to(device, non_blocking=True))
             yield (*batch, idx) if with_index else batch
+
+    def _resident(self, split: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The split's uint8 images and labels kept on an accelerator for the whole run, when they take under a
+        quarter of its free memory (CIFAR-10's train split: 150 MB). None on CPU."""
+        if device.type == "cpu":
+            return None
+        key = (split, str(device))
+        if key not in self._device_copies:
+            images, labels = (self.train_images, self.train_labels) if split == "train" else (self.val_images, self.val_labels)
+            free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 0
+            fits = images.numel() * images.element_size() < free / 4
+            self._device_copies[key] = (images.to(device), labels.to(device)) if fits else None
+        return self._device_copies[key]
 
     def sample_batch(self, size: int = 64, *, split: str = "train", seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """A class-balanced, seeded batch of real images (normalised): what proxies score on."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from kdsearch._util import exact_fp32
 from kdsearch.exceptions import ProxyError
 from kdsearch.proxies.ensemble import DEFAULT_PROXY, Ensemble, is_ensemble, parse_ensemble, percentile
 from kdsearch.registry import Registry
@@ -130,10 +131,11 @@ def score(names: list[str], model: nn.Module, ctx: ProxyContext, metrics: dict) 
     out: dict[str, float] = {}
     ctx.clear_memo()
     try:
-        for name in names:
-            start = time.perf_counter()
-            out[name] = float(get_proxy(name)(model, ctx, metrics))
-            out[f"{name}_ms"] = (time.perf_counter() - start) * 1e3
+        with exact_fp32():
+            for name in names:
+                start = time.perf_counter()
+                out[name] = float(get_proxy(name)(model, ctx, metrics))
+                out[f"{name}_ms"] = (time.perf_counter() - start) * 1e3
     finally:
         ctx.clear_memo()
     return out

@@ -61,14 +61,18 @@ def cka(model, ctx: ProxyContext, metrics) -> float:
 
 
 def _random_copy(model: nn.Module, seed: int = 0) -> nn.Module:
-    """The teacher's architecture with freshly initialised weights (seeded; global RNG untouched)."""
-    copy_ = copy.deepcopy(model)
+    """The teacher's architecture with freshly initialised weights (seeded; global RNG untouched).
+
+    Initialised on the CPU: a CUDA generator draws other numbers for the same seed, and the score moved 1.4 %
+    between CPU and GPU before (benchmarks/results/gpu_tests.xml)."""
+    device = next(model.parameters()).device
+    copy_ = copy.deepcopy(model).cpu()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for m in copy_.modules():
             if hasattr(m, "reset_parameters") and m is not copy_:
                 m.reset_parameters()
-    return copy_.eval()
+    return copy_.to(device).eval()
 
 
 @register_proxy("diswot_randinit")

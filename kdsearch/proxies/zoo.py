@@ -171,7 +171,8 @@ def _bn_as_identity(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.eval()
-            m.eps = 0.0
+            # 1 + tiny == 1 in float64, so BN is still exactly the identity; eps = 0 itself is refused by torch 2.11
+            m.eps = torch.finfo(torch.float64).tiny
             if m.running_mean is not None:
                 m.running_mean.zero_()
                 m.running_var.fill_(1.0)
