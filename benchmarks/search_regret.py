@@ -208,7 +208,7 @@ def run_strategy(job: tuple) -> dict:
     import optuna
 
     from kdsearch.cost import parse_budget
-    from kdsearch.search import CHEAP_PROXIES, run_search
+    from kdsearch.search import EXACT_PER_ROUND, ExactScore, run_search
     from kdsearch.spaces import candidate_id, load_space
 
     torch.set_num_threads(1)
@@ -223,14 +223,14 @@ def run_strategy(job: tuple) -> dict:
 
     exact_calls = []
 
-    def exact(config: dict) -> float:  # what find's exact_proxy computes for params/FLOPs (there ~15-40 ms each)
+    def exact(config: dict) -> float:  # what find's exact_proxy computes (params/FLOPs ~15-40 ms each, SynFlow ~50 ms)
         exact_calls.append(1)
         return rows[candidate_id(config)][proxy]
 
     started = time.perf_counter()
     study = run_search(space, evaluate, budget=budget, objective=proxy, storage=optuna.storages.InMemoryStorage(),
                        study_name="regret", n_trials=max_trials, seed=seed, sampler=strategy, progress=False,
-                       cheap_score=exact if proxy in CHEAP_PROXIES else None)
+                       cheap_score=ExactScore(exact, EXACT_PER_ROUND[proxy]) if proxy in EXACT_PER_ROUND else None)
     seconds = time.perf_counter() - started
     trials = sorted((t for t in study.trials if t.state.name == "COMPLETE"), key=lambda t: t.number)
     feasible = table[table["latency_p50_ms"] <= budget.limit]

@@ -161,10 +161,28 @@ def test_exact_proxy_matches_what_the_evaluator_records(digits_task):
             model = create_model(config, num_classes=digits_task.num_classes, in_chans=digits_task.in_chans)
             assert exact_proxy("params", digits_task)(config) == count_params(model), (name, config)
             assert exact_proxy("flops", digits_task)(config) == count_flops(model, digits_task.input_shape), (name, config)
-    assert exact_proxy("synflow", digits_task) is None
+    assert exact_proxy("nwot", digits_task) is None  # needs data: only inside a trial
     import torch
 
     assert torch.nn.init.kaiming_normal_(torch.zeros(4, 4)).abs().sum() > 0  # initialisation is restored afterwards
+
+
+def test_exact_synflow_is_the_number_the_evaluator_records(digits_task):
+    """The sampler scores SynFlow outside trials; it must be the same number a trial records for that candidate."""
+    import torch
+
+    from kdsearch.proxies import ProxyContext
+    from kdsearch.search import CandidateEvaluator, ExactScore, exact_proxy
+
+    images, labels = digits_task.sample_batch(8)
+    ctx = ProxyContext(teacher=None, images=images, labels=labels, num_classes=10, input_shape=digits_task.input_shape)
+    exact = exact_proxy("synflow", digits_task, ctx, "cpu", seed=3)
+    assert isinstance(exact, ExactScore) and exact.per_round < 4096  # a forward pass each: fewer per round
+    evaluator = CandidateEvaluator(digits_task, ctx, ["synflow"], torch.device("cpu"), {"max_time_s": 0.05}, seed=3)
+    configs = load_space("resnet_cifar").sample(3, seed=1)
+    recorded = [evaluator(c)["synflow"] for c in configs]
+    assert [exact(c) for c in configs] == recorded and len(set(recorded)) == 3
+    assert exact_proxy("synflow", digits_task, ctx, "cpu", seed=4)(configs[0]) != recorded[0]  # the seed matters
 
 
 def test_evaluator_measures_again_near_the_limit_and_before_a_new_best(monkeypatch, digits_task):

@@ -14,7 +14,15 @@ from kdsearch.cost import Budget
 from kdsearch.exceptions import SearchError
 from kdsearch.registry import Registry
 from kdsearch.search.constrained import ConstrainedSampler
-from kdsearch.search.evaluate import CHEAP_PROXIES, CandidateEvaluator, exact_proxy, measure_candidate, reference_models
+from kdsearch.search.evaluate import (
+    CHEAP_PROXIES,
+    EXACT_PER_ROUND,
+    CandidateEvaluator,
+    ExactScore,
+    exact_proxy,
+    measure_candidate,
+    reference_models,
+)
 from kdsearch.spaces import SearchSpace, candidate_id
 
 _NATIVE_CONSTRAINTS = hasattr(optuna.trial.Trial, "set_constraint")
@@ -22,10 +30,11 @@ _NATIVE_CONSTRAINTS = hasattr(optuna.trial.Trial, "set_constraint")
 _LEGACY = {} if _NATIVE_CONSTRAINTS else {"constraints_func": lambda t: constraints(t)}
 
 # name → builder(seed, space, budget, score) of an Optuna sampler; 'auto' is resolved by make_sampler.
-# ``score`` is the ranking proxy when it is cheap to compute exactly (no data, no forward pass), else None.
+# ``score`` is the ranking proxy's exact value when the search can afford it (an ExactScore), else None.
 Builder = Callable[[int, SearchSpace, Budget, Callable[[dict], float] | None], optuna.samplers.BaseSampler]
 SAMPLERS: Registry[Builder] = Registry("sampler", SearchError)
-SAMPLERS.add("constrained", lambda seed, space, budget, score: ConstrainedSampler(space, budget, seed=seed, score=score))
+SAMPLERS.add("constrained", lambda seed, space, budget, score: ConstrainedSampler(
+    space, budget, seed=seed, score=score, exact_limit=getattr(score, "per_round", 4096)))
 SAMPLERS.add("brute", lambda seed, space, budget, score: optuna.samplers.BruteForceSampler(seed=seed))
 SAMPLERS.add("random", lambda seed, space, budget, score: optuna.samplers.RandomSampler(seed=seed))
 SAMPLERS.add("nsga2", lambda seed, space, budget, score: optuna.samplers.NSGAIISampler(seed=seed, **_LEGACY))
@@ -108,8 +117,8 @@ def run_search(
 ) -> optuna.Study:
     """Run (or resume) the study until it holds ``n_trials`` finished trials.
 
-    ``cheap_score(config)``, when the objective can be computed exactly without data (parameters, FLOPs),
-    lets the constrained sampler rank its most promising candidates on exact values.
+    ``cheap_score(config)``, when the objective can be computed exactly outside a trial (parameters, FLOPs,
+    SynFlow: see ``exact_proxy``), lets the constrained sampler rank its most promising candidates on exact values.
     ``evaluate(config) -> metrics`` must return JSON-able numbers including ``objective`` and the
     budget's metric. Repeated configs are served from earlier trials of the same study.
     """
@@ -171,7 +180,7 @@ def scored_candidates(study: optuna.Study) -> dict[str, dict]:
 
 
 __all__ = [
-    "CHEAP_PROXIES", "SAMPLERS", "CandidateEvaluator", "ConstrainedSampler", "check_sampler", "constraints", "exact_proxy",
+    "CHEAP_PROXIES", "EXACT_PER_ROUND", "SAMPLERS", "CandidateEvaluator", "ExactScore", "ConstrainedSampler", "check_sampler", "constraints", "exact_proxy",
     "make_sampler", "make_storage", "measure_candidate", "open_study", "reference_models", "resolve_sampler", "run_search",
     "sampler_names", "scored_candidates",
 ]
