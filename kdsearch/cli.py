@@ -27,6 +27,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from kdsearch._version import __version__
 
@@ -85,7 +95,11 @@ def _find_parser(f: argparse.ArgumentParser, names: dict) -> None:
     f.add_argument("--sampler", default="auto", choices=names["samplers"], help="Optuna sampler; auto = exhaustive when the space has at most --trials candidates, else constrained")
     f.add_argument("--trials", type=_positive_int, default=100, help="candidates to score")
     f.add_argument("--timeout", type=float, help="stop scoring after this many seconds")
-    f.add_argument("--top-k", type=_positive_int, default=3, help="best candidates to distil")
+    f.add_argument("--top-k", type=_positive_int, default=3, help="best candidates (by the proxy) within the budget to distil")
+    f.add_argument("--front", type=_non_negative_int, default=4,
+                   help="latency bands between the fastest candidate and the budget; the best of each is distilled too (0: off)")
+    f.add_argument("--controls", type=_non_negative_int, default=1,
+                   help="candidates within the budget drawn at random and distilled, to check the proxy's picks against (0: off)")
     f.add_argument("--epochs", type=_positive_int, default=10, help="distillation epochs per student")
     f.add_argument("--batch-size", type=_positive_int, default=64, help="training batch size of the distilled students")
     f.add_argument("--loss", default="kd", help=f"distillation loss: {names['losses']} (ce = no KD)")
@@ -175,7 +189,7 @@ def _find(args) -> int:
         teacher=args.teacher, budget=args.budget, data=args.data, data_root=args.data_root, input_size=args.input_size,
         train_samples=args.train_samples, val_samples=args.val_samples, space=args.space, out=args.out,
         teacher_weights=args.teacher_weights, pretrained=args.pretrained, teacher_epochs=args.teacher_epochs,
-        trials=args.trials, timeout=args.timeout, top_k=args.top_k, proxy=args.proxy, sampler=args.sampler,
+        trials=args.trials, timeout=args.timeout, top_k=args.top_k, front=args.front, controls=args.controls, proxy=args.proxy, sampler=args.sampler,
         device=args.device, latency_batch_size=args.latency_batch_size, threads=args.threads, epochs=args.epochs,
         batch_size=args.batch_size, loss=args.loss, loss_options=_loss_options(args.loss_opt), storage=args.storage,
         seed=args.seed, quiet=args.quiet,

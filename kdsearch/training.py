@@ -17,6 +17,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -95,6 +96,7 @@ class TrainResult:
     seconds: float
     history: list[dict] = field(default_factory=list)
     world_size: int = 1
+    teacher_source: str = "none"  # "live", "shared outputs <key>" (kdsearch.teacher.outputs) or "none" (no teacher)
 
 
 @torch.no_grad()
@@ -126,7 +128,7 @@ def lr_at(step: int, total: int, warmup: int, base: float, schedule: str = "cosi
     return base * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def _amp_dtype(recipe: Recipe, device: torch.device) -> torch.dtype | None:
+def amp_dtype_for(recipe: Recipe, device: torch.device) -> torch.dtype | None:
     if device.type != "cuda" or recipe.amp == "none":
         return None
     if recipe.amp == "fp16":
@@ -199,8 +201,14 @@ def _write_metrics(path: Path, history: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+def epoch_seed(recipe: Recipe, epoch: int) -> int:
+    """The seed of an epoch's order and augmentation: a function of the recipe's seed and the epoch alone, so every
+    student of a run sees the same views (and the teacher's logits for them can be shared: kdsearch.teacher.outputs)."""
+    return recipe.seed * 1000 + epoch
+
+
 @torch.no_grad()
-def _fold_batchnorm(teacher: nn.Module, probe: torch.Tensor) -> nn.Module:
+def fold_batchnorm(teacher: nn.Module, probe: torch.Tensor) -> nn.Module:
     """Conv+BN folding (torch.fx) for an eval-mode teacher; the original when tracing fails or outputs differ."""
     from torch.fx.experimental.optimization import fuse
 
@@ -251,6 +259,7 @@ class _Session:
     scaler: torch.amp.GradScaler
     teacher: nn.Module | None
     teacher_logits: torch.Tensor | None
+    teacher_outputs: Any  # kdsearch.teacher.TeacherOutputs (or anything with .lookup(epoch, device)), or None
     device: torch.device
     amp_dtype: torch.dtype | None
     memory_format: torch.memory_format
@@ -275,12 +284,16 @@ def fit(
     metrics_csv: str | Path | None = None,
     progress: bool = False,
     desc: str = "training",
+    teacher_outputs: Any = None,
 ) -> TrainResult:
-    """Train ``model`` in place with ``loss`` (default: cross-entropy); resumes from ``checkpoint``."""
+    """Train ``model`` in place with ``loss`` (default: cross-entropy); resumes from ``checkpoint``.
+
+    ``teacher_outputs`` (``kdsearch.teacher.teacher_outputs``): the teacher's logits for every epoch's views,
+    computed once; a loss that needs only the teacher's logits reads them instead of running the teacher."""
     from tqdm.auto import tqdm
 
     checkpoint = Path(checkpoint) if checkpoint else None
-    run = _prepare(model, task, recipe, loss, teacher, torch.device(device), checkpoint)
+    run = _prepare(model, task, recipe, loss, teacher, torch.device(device), checkpoint, teacher_outputs)
     began = time.perf_counter()
     bar = tqdm(total=run.total_steps, initial=run.start_epoch * run.steps_per_epoch, desc=desc,
                disable=None if progress and run.rank == 0 else True, leave=False)
@@ -305,11 +318,15 @@ def fit(
     if run.world > 1:
         _check_ranks_agree(model, run.device)
     accuracy = run.history[-1]["val_accuracy"] if run.history else evaluate(model, task, device=run.device)
+    source = "none" if run.teacher is None else "live"
+    if run.teacher_outputs is not None:
+        source = f"shared outputs {getattr(run.teacher_outputs, 'key', '')}".strip()
     return TrainResult(accuracy=accuracy, epochs=recipe.epochs, seconds=time.perf_counter() - began, history=run.history,
-                       world_size=run.world)
+                       world_size=run.world, teacher_source=source)
 
 
-def _prepare(model, task: Task, recipe: Recipe, loss, teacher, device: torch.device, checkpoint: Path | None) -> _Session:
+def _prepare(model, task: Task, recipe: Recipe, loss, teacher, device: torch.device, checkpoint: Path | None,
+             teacher_outputs: Any = None) -> _Session:
     """Device, memory format, the loss's adapters, optimiser, resume state, DDP/compile wrapping, teacher shortcuts."""
     rank, world = distributed_context()
     if device.type == "cuda" and world > 1:
@@ -319,7 +336,7 @@ def _prepare(model, task: Task, recipe: Recipe, loss, teacher, device: torch.dev
     uses_teacher = getattr(loss, "uses_teacher", False)
     if uses_teacher and teacher is None:
         raise RecipeError(f"The loss {getattr(loss, 'name', loss)!r} distils from a teacher; pass one, or use the 'ce' loss.")
-    amp_dtype = _amp_dtype(recipe, device)
+    amp_dtype = amp_dtype_for(recipe, device)
     # channels_last: cuDNN's fast path on GPU; on CPU oneDNN gained 1.25x in a bare loop (not measurable in fit yet)
     memory_format = torch.channels_last if recipe.channels_last in ("on", "auto") else torch.contiguous_format
     model.to(device=device, memory_format=memory_format)
@@ -341,7 +358,7 @@ def _prepare(model, task: Task, recipe: Recipe, loss, teacher, device: torch.dev
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     run = _Session(
         model=model, loss=loss, step_module=step_module, optimizer=optimizer, scaler=scaler, teacher=teacher,
-        teacher_logits=None, device=device, amp_dtype=amp_dtype, memory_format=memory_format, rank=rank, world=world,
+        teacher_logits=None, teacher_outputs=None, device=device, amp_dtype=amp_dtype, memory_format=memory_format, rank=rank, world=world,
         steps_per_epoch=steps_per_epoch, total_steps=total_steps,
         warmup_steps=int(min(recipe.warmup_epochs, recipe.epochs / 5) * steps_per_epoch),
     )
@@ -353,8 +370,10 @@ def _prepare(model, task: Task, recipe: Recipe, loss, teacher, device: torch.dev
         run.step_module = torch.compile(run.step_module)
     logits_only = uses_teacher and not getattr(loss, "uses_features", False)
     if logits_only:  # a frozen teacher whose features are not needed runs with BatchNorm folded into its convolutions
-        run.teacher = _fold_batchnorm(teacher, probe_x).to(memory_format=memory_format)
-    if logits_only and not recipe.augment:  # un-augmented images: the teacher's logits never change, compute them once
+        run.teacher = fold_batchnorm(teacher, probe_x).to(memory_format=memory_format)
+    if logits_only and teacher_outputs is not None:
+        run.teacher_outputs = teacher_outputs
+    elif logits_only and not recipe.augment:  # un-augmented images: the teacher's logits never change, compute them once
         run.teacher_logits = _cache_teacher_logits(run.teacher, task, device, amp_dtype)
     return run
 
@@ -372,17 +391,18 @@ def _train_epoch(run: _Session, task: Task, recipe: Recipe, epoch: int, bar) -> 
     nonfinite = torch.zeros((), dtype=torch.bool, device=run.device)
     step = epoch * run.steps_per_epoch
     batches = task.batches(
-        "train", recipe.batch_size, shuffle=True, augment=recipe.augment, seed=recipe.seed * 1000 + epoch,
+        "train", recipe.batch_size, shuffle=True, augment=recipe.augment, seed=epoch_seed(recipe, epoch),
         device=run.device, drop_last=True, rank=run.rank, world_size=run.world, with_index=True,
     )
+    lookup = run.teacher_outputs.lookup(epoch, run.device) if run.teacher_outputs is not None else None
     for x, y, idx in batches:
         x = x.contiguous(memory_format=run.memory_format)
         lr = lr_at(step, run.total_steps, run.warmup_steps, recipe.lr, recipe.schedule)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
-            if run.teacher_logits is not None:
-                t_logits = run.teacher_logits[idx.to(run.teacher_logits.device)]
+            if lookup is not None or run.teacher_logits is not None:
+                t_logits = lookup(idx) if lookup is not None else run.teacher_logits[idx.to(run.teacher_logits.device)]
                 teacher_taps = Taps(t_logits, t_logits, t_logits, False)
             elif uses_teacher:
                 with torch.no_grad():

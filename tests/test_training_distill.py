@@ -35,22 +35,15 @@ def test_no_kd_baseline_needs_no_teacher(digits_task):
     assert result.accuracy > 0.3
 
 
-def test_teacher_logits_are_cached_without_augmentation(digits_task, trained_teacher, monkeypatch):
-    import kdsearch.training as training
-
-    calls = {"n": 0}
-    original = training._cache_teacher_logits
-
-    def counting(*args, **kwargs):
-        calls["n"] += 1
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(training, "_cache_teacher_logits", counting)
+def test_teacher_logits_are_computed_once_per_view(digits_task, trained_teacher, tmp_path):
+    """Un-augmented images: one table of teacher logits serves every epoch; augmented: one per epoch (the views
+    change), each computed once and then shared (kdsearch.teacher.outputs)."""
     student = create_model(CFG, num_classes=10, in_chans=1)
-    distill(student, trained_teacher, digits_task, Recipe(epochs=2, augment=False), "kd")
-    assert calls["n"] == 1  # once per dataset, not per epoch
-    distill(student, trained_teacher, digits_task, Recipe(epochs=1, augment=True), "kd")
-    assert calls["n"] == 1  # augmented images: computed online
+    result = distill(student, trained_teacher, digits_task, Recipe(epochs=2, augment=False), "kd", outputs_root=tmp_path)
+    assert result.teacher_source.startswith("shared outputs")
+    assert sorted(p.name for p in tmp_path.rglob("*.npy")) == ["plain.npy"]
+    distill(student, trained_teacher, digits_task, Recipe(epochs=2, augment=True), "kd", outputs_root=tmp_path)
+    assert sorted(p.name for p in tmp_path.rglob("*.npy")) == ["epoch0000.npy", "epoch0001.npy", "plain.npy"]
 
 
 def test_interrupted_training_resumes_exactly(digits_task, tmp_path, monkeypatch):

@@ -15,7 +15,8 @@ import torch.nn as nn
 
 from kdsearch.data import Task
 from kdsearch.distill.losses import LOSSES, DistillLoss, create_loss, list_losses, register_loss
-from kdsearch.training import Recipe, TrainResult, fit
+from kdsearch.teacher.outputs import teacher_outputs
+from kdsearch.training import Recipe, TrainResult, distributed_context, fit
 
 
 def distill(
@@ -31,12 +32,24 @@ def distill(
     metrics_csv: str | Path | None = None,
     progress: bool = False,
     desc: str = "distilling",
+    share_teacher_outputs: bool = True,
+    outputs_root: str | Path | None = None,
 ) -> TrainResult:
+    """Distil ``teacher`` into ``student`` (in place) with ``loss``.
+
+    ``share_teacher_outputs``: a loss that needs only the teacher's logits (kd, dkd, taid, ...) reads them from the
+    shared cache (``kdsearch.teacher.teacher_outputs``: computed once for this teacher, data, seed and augmentation,
+    then reused by every student); a loss that needs the teacher's features runs it live. ``result.teacher_source``
+    says which."""
     recipe = recipe or Recipe()
     loss_obj = create_loss(loss, **(loss_options or {})) if isinstance(loss, str) else loss
+    outputs = None
+    if share_teacher_outputs and teacher is not None and loss_obj.uses_teacher and not loss_obj.uses_features:
+        _, world = distributed_context()
+        outputs = teacher_outputs(teacher, task, recipe, torch.device(device), world_size=world, root=outputs_root)
     return fit(
         student, task, recipe, loss=loss_obj, teacher=teacher if loss_obj.uses_teacher else None, device=device,
-        checkpoint=checkpoint, metrics_csv=metrics_csv, progress=progress, desc=desc,
+        checkpoint=checkpoint, metrics_csv=metrics_csv, progress=progress, desc=desc, teacher_outputs=outputs,
     )
 
 

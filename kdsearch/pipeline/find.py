@@ -17,6 +17,7 @@ import torch
 
 from kdsearch._util import seed_everything, stderr_logger
 from kdsearch.data import Task, load_task
+from kdsearch.distill import create_loss
 from kdsearch.exceptions import BudgetError, RunFolderError, TrainingDiverged
 from kdsearch.pipeline.student import distill_student
 from kdsearch.proxies import ProxyContext, ensemble_components
@@ -79,7 +80,7 @@ def run_find(settings: RunSettings) -> FindResult:
     resumed = folder.write_start(settings, task, teacher)
     log(f"run folder: {folder.path}{' (resuming)' if resumed else ''}")
     rows = _search(settings, task, teacher, folder, log)
-    finalists = _remeasure_finalists(settings, task, rows, folder, log)
+    finalists = _choose_finalists(settings, task, rows, folder, log)
     _distil_finalists(settings, task, teacher, finalists, folder, log)
     table = candidates_table(rows, finalists, folder, settings)
     folder.write_candidates(table)
@@ -150,32 +151,83 @@ def _search(settings: RunSettings, task: Task, teacher: Teacher, folder: RunFold
     return rows
 
 
-def _remeasure_finalists(settings: RunSettings, task: Task, rows: dict[str, dict], folder: RunFolder, log) -> dict[str, dict]:
-    """Re-measure the best feasible candidates with the finalists' latency settings until top_k still fit."""
-    budget, device = settings.budget, torch.device(settings.device)
+def band_edges(rows: dict[str, dict], settings: RunSettings) -> list[float]:
+    """``front + 1`` edges, evenly spaced on a log scale, from the fastest scored candidate to the budget (by the
+    budget's metric: latency, FLOPs or parameters)."""
+    metric, limit = settings.budget.metric, settings.budget.limit
+    low = min(float(r[metric]) for r in rows.values())
+    if settings.front < 1 or low >= limit:
+        return []
+    return [low * (limit / low) ** (i / settings.front) for i in range(settings.front + 1)]
+
+
+def band_of(value: float, edges: list[float]) -> int | None:
+    """1 = the fastest band, len(edges) - 1 = the one just under the budget; None outside them."""
+    for i in range(1, len(edges)):
+        if value <= edges[i] * (1 + 1e-9):
+            return i if value >= edges[i - 1] * (1 - 1e-9) else None
+    return None
+
+
+def _choose_finalists(settings: RunSettings, task: Task, rows: dict[str, dict], folder: RunFolder, log) -> dict[str, dict]:
+    """The students to distil, each re-measured with the finalists' latency settings and kept only if it still fits:
+    the ``top_k`` best by the ranking proxy, the best of each latency band of the front, and ``controls`` drawn at
+    random among those that fit (seeded). Each finalist records its ``role``; resumes from finalists.json."""
+    budget, proxy = settings.budget, settings.ranking_proxy
     finalists = folder.finalists()
-    accepted = [cid for cid, f in finalists.items() if f["within_budget"]]
-    ranked = sorted((r for r in rows.values() if budget.fits(r)), key=lambda r: r[settings.ranking_proxy], reverse=True)
-    for row in ranked:
-        if len(accepted) >= settings.top_k:
-            break
-        cid = row["candidate_id"]
-        if cid in finalists:
-            continue
-        model = create_model(row["config"], num_classes=task.num_classes, in_chans=task.in_chans)
-        final = {**row, **measure_candidate(model, task, device, settings.latency("final"))}
-        final["within_budget"] = budget.fits(final)
-        finalists[cid] = final
-        if final["within_budget"]:
-            accepted.append(cid)
-        else:
-            log(f"finalist {cid}: {budget.describe(final[budget.metric])} on re-measurement exceeds {budget.text}; taking the next one")
-        folder.write_finalists(finalists)
+    feasible = sorted((r for r in rows.values() if budget.fits(r)), key=lambda r: r[proxy], reverse=True)
+    chooser = _Chooser(settings, task, finalists, folder, log)
+    chooser.take("top", feasible, settings.top_k)
+    edges = band_edges(rows, settings)
+    for band in range(len(edges) - 1, 0, -1):  # from the budget down to the fastest
+        if not any(f["within_budget"] and band_of(f[budget.metric], edges) == band for f in finalists.values()):
+            chooser.take(f"band {band}", [r for r in feasible if band_of(r[budget.metric], edges) == band], 1)
+    if settings.controls:
+        import numpy as np
+
+        order = np.random.default_rng(settings.seed).permutation(len(feasible))
+        chooser.take("control", [feasible[i] for i in order], settings.controls)
+    for final in finalists.values():
+        final["band"] = band_of(final[budget.metric], edges)
+    folder.write_finalists(finalists)
     return finalists
+
+
+class _Chooser:
+    """Re-measures candidates for one role until it holds ``count`` that fit (skipping any already chosen)."""
+
+    def __init__(self, settings: RunSettings, task: Task, finalists: dict, folder: RunFolder, log):
+        self.settings, self.task, self.finalists, self.folder, self.log = settings, task, finalists, folder, log
+
+    def take(self, role: str, ordered: list[dict], count: int) -> None:
+        budget = self.settings.budget
+        accepted = sum(1 for f in self.finalists.values() if f.get("role", "top") == role and f["within_budget"])
+        for row in ordered:
+            if accepted >= count:
+                return
+            cid = row["candidate_id"]
+            if cid in self.finalists:
+                continue
+            model = create_model(row["config"], num_classes=self.task.num_classes, in_chans=self.task.in_chans)
+            final = {**row, **measure_candidate(model, self.task, torch.device(self.settings.device), self.settings.latency("final"))}
+            final["within_budget"], final["role"] = budget.fits(final), role
+            self.finalists[cid] = final
+            if final["within_budget"]:
+                accepted += 1
+            else:
+                self.log(f"finalist {cid} ({role}): {budget.describe(final[budget.metric])} on re-measurement exceeds "
+                         f"{budget.text}; taking the next one")
+            self.folder.write_finalists(self.finalists)
 
 
 def _distil_finalists(settings: RunSettings, task: Task, teacher: Teacher, finalists: dict, folder: RunFolder, log) -> None:
     accepted = [cid for cid, f in finalists.items() if f["within_budget"]]
+    roles = ", ".join(finalists[c].get("role", "top") for c in accepted)
+    if create_loss(settings.loss_name, **settings.loss_options).uses_features:
+        log(f"students: {len(accepted)} ({roles}); the loss {settings.loss_name!r} needs the teacher's features, so each "
+            "student runs the live teacher")
+    else:
+        log(f"students: {len(accepted)} ({roles}); the teacher's logits are computed once and shared by all of them")
     for rank, cid in enumerate(accepted, 1):
         student = folder.student(cid)
         if student.result() is not None:
@@ -185,13 +237,14 @@ def _distil_finalists(settings: RunSettings, task: Task, teacher: Teacher, final
             result = distill_student(
                 finalists[cid]["config"], teacher.model, task, student, settings.recipe(), loss=settings.loss_name,
                 loss_options=settings.loss_options, device=torch.device(settings.device), progress=not settings.quiet,
-                desc=f"distilling {rank}/{len(accepted)} ({cid})", extra={"candidate_id": cid},
+                desc=f"distilling {rank}/{len(accepted)} ({cid})",
+                extra={"candidate_id": cid, "role": finalists[cid].get("role", "top"), "band": finalists[cid].get("band")},
             )
         except TrainingDiverged as exc:
             log(f"student {cid}: {exc} — marked failed")
             student.write_result({"candidate_id": cid, "status": "diverged", "error": str(exc)})
             continue
-        log(f"student {rank}/{len(accepted)} {cid}: val acc {result['val_accuracy']:.4f} at "
+        log(f"student {rank}/{len(accepted)} {cid} ({finalists[cid].get('role', 'top')}): val acc {result['val_accuracy']:.4f} at "
             f"{finalists[cid]['latency_p50_ms']:.3f} ms [{time.perf_counter() - started:.0f} s]")
 
 
@@ -211,6 +264,9 @@ def candidates_table(rows: dict[str, dict], finalists: dict[str, dict], folder: 
             rec[f"proxy_{name}"] = row.get(name)
             rec[f"proxy_{name}_ms"] = row.get(f"{name}_ms")
         rec["finalist"] = final is not None
+        rec["role"] = final.get("role", "top") if final else None
+        rec["band"] = final.get("band") if final else None
+        rec["teacher_source"] = (result or {}).get("teacher_source")
         rec["within_budget"] = settings.budget.fits(rec)
         rec["distilled_accuracy"] = result.get("val_accuracy") if result else None
         rec["status"] = (result or {}).get("status", "finalist" if final else "scored")

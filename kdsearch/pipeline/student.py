@@ -50,7 +50,7 @@ def distill_student(
     record = {
         "status": "distilled", "config": config, "val_accuracy": result.accuracy, "epochs": result.epochs,
         "seconds": result.seconds, "history": result.history, "recipe": recipe.to_dict(), "loss": loss_obj.config(),
-        "world_size": result.world_size, **(extra or {}),
+        "world_size": result.world_size, "teacher_source": result.teacher_source, **(extra or {}),
     }
     rank, _ = distributed_context()
     if rank == 0:

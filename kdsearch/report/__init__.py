@@ -1,8 +1,9 @@
-"""Report: read a run folder (never recompute it), print the Pareto table, write ``report.html``.
+"""Report: read a run folder (never recompute it), print the front and the ranking's self-check, write ``report.html``.
 
-The HTML embeds plotly.js, so it opens offline: Pareto front of distilled accuracy vs latency with
-the budget line and the teacher, proxy score vs latency for every candidate within budget, learning
-curves of the distilled students, and the table.
+The HTML embeds plotly.js, so it opens offline: distilled accuracy vs latency for every student (the proxy's top
+picks, the best of each latency band, the random controls) with the Pareto front, the budget line and the teacher;
+the self-check (picks vs controls, Kendall τ of every recorded proxy vs distilled accuracy); proxy score vs
+latency for every candidate within budget; learning curves; the table.
 """
 
 from __future__ import annotations
@@ -14,13 +15,81 @@ import pandas as pd
 
 from kdsearch.run import RunFolder, RunSettings
 
-TABLE_COLUMNS = ["candidate_id", "trial", "distilled_accuracy", "latency_p50_ms", "latency_p90_ms", "params", "flops", "pareto", "config"]
+TABLE_COLUMNS = ["candidate_id", "role", "band", "distilled_accuracy", "latency_p50_ms", "latency_p90_ms", "params", "flops",
+                 "pareto", "teacher_source", "trial", "config"]
+MIN_TAU_N = 5  # below this many distilled students a rank correlation says nothing
+
+
+def human_count(value) -> str:
+    """2524522 -> '2.52 M', 31234 -> '31.2 k' (parameters and FLOPs are counts, not floats)."""
+    if value is None or pd.isna(value):
+        return ""
+    value = float(value)
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {suffix}"
+    return f"{value:.0f}"
+
+
+@dataclass
+class SelfCheck:
+    """Did the ranking proxy pick well on this data? Its picks vs random controls, and rank correlations."""
+
+    picks_mean: float | None
+    controls_mean: float | None
+    n_picks: int
+    n_controls: int
+    taus: dict[str, tuple[float, float, int]]  # recorded proxy -> (Kendall tau, p-value, n) vs distilled accuracy
+    ranking_proxy: str
+
+    @property
+    def difference(self) -> float | None:
+        return None if self.picks_mean is None or self.controls_mean is None else self.picks_mean - self.controls_mean
+
+    def lines(self) -> list[str]:
+        out = []
+        if self.difference is None:
+            out.append("picks vs controls: no control student distilled (find --controls M) — nothing to compare")
+        else:
+            out.append(f"picks vs controls: mean distilled accuracy {self.picks_mean:.4f} (n={self.n_picks}) vs "
+                       f"{self.controls_mean:.4f} (n={self.n_controls}), difference {self.difference:+.4f}")
+            if self.difference < 0:
+                better = [name for name, (tau, _, _) in self.taus.items()
+                          if name != self.ranking_proxy and tau > self.taus.get(self.ranking_proxy, (-2,))[0]]
+                out.append("  the ranking did WORSE than random controls here"
+                           + (f"; recorded proxies that ranked the students better: {', '.join(better)}" if better else ""))
+        for name, (tau, p, n) in self.taus.items():
+            note = " — too few students to mean anything" if n < MIN_TAU_N else f" (p = {p:.2f})"
+            out.append(f"Kendall τ of {name} vs distilled accuracy: {tau:+.2f} over n={n}{note}")
+        return out
+
+
+def self_check(table: pd.DataFrame, settings: RunSettings) -> SelfCheck:
+    from scipy.stats import kendalltau
+
+    roles = table["role"].fillna("top") if "role" in table else pd.Series("top", index=table.index)
+    picks, controls = table[roles == "top"], table[roles == "control"]
+    taus = {}
+    recorded = [f"proxy_{p}" for p in settings.proxies] + ["params", "flops", "latency_p50_ms"]
+    for column in dict.fromkeys(recorded):
+        if column not in table:
+            continue
+        pairs = table[[column, "distilled_accuracy"]].dropna()
+        if len(pairs) >= 2 and pairs[column].nunique() > 1 and pairs["distilled_accuracy"].nunique() > 1:
+            tau, p = kendalltau(pairs[column], pairs["distilled_accuracy"])
+            taus[column.removeprefix("proxy_")] = (float(tau), float(p), len(pairs))
+    return SelfCheck(
+        picks_mean=float(picks["distilled_accuracy"].mean()) if len(picks) else None,
+        controls_mean=float(controls["distilled_accuracy"].mean()) if len(controls) else None,
+        n_picks=len(picks), n_controls=len(controls), taus=taus, ranking_proxy=settings.ranking_proxy,
+    )
 
 
 @dataclass
 class Report:
     run_dir: Path
-    table: pd.DataFrame  # distilled students within budget, best first, with a 'pareto' column
+    table: pd.DataFrame  # every distilled student, best first, with 'pareto' (over all of them), 'role' and 'band'
+    check: SelfCheck
     candidates: pd.DataFrame  # every candidate within budget
     excluded: int  # candidates over budget, left out of the report
     teacher: dict
@@ -39,14 +108,24 @@ class Report:
         if self.table.empty:
             lines.append("no distilled student yet")
         else:
-            shown = self.table[[c for c in TABLE_COLUMNS if c in self.table]].copy()
-            shown["params"] = (shown["params"] / 1e6).round(3).astype(str) + "M"
-            shown["flops"] = (shown["flops"] / 1e6).round(1).astype(str) + "M"
+            shown = _display(self.table)
             shown["pareto"] = shown["pareto"].map({True: "*", False: ""})
-            lines.append(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-            lines.append("* = on the Pareto front (no other student is both faster and more accurate)")
+            lines.append(shown.drop(columns=["config"]).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+            lines.append("* = on the Pareto front (no other student is both faster and more accurate); role: top = the "
+                         "proxy's picks at the budget, band N = best of latency band N (1 = fastest), control = drawn at random")
+            lines.extend(self.check.lines())
         lines.append(f"report: {self.html_path}")
         return "\n".join(lines)
+
+
+def _display(table: pd.DataFrame) -> pd.DataFrame:
+    shown = table[[c for c in TABLE_COLUMNS if c in table]].copy()
+    for column in ("params", "flops"):
+        if column in shown:
+            shown[column] = shown[column].map(human_count)
+    if "band" in shown:
+        shown["band"] = shown["band"].map(lambda b: "" if pd.isna(b) else str(int(b)))
+    return shown
 
 
 def pareto_mask(latency: pd.Series, accuracy: pd.Series) -> pd.Series:
@@ -58,33 +137,71 @@ def pareto_mask(latency: pd.Series, accuracy: pd.Series) -> pd.Series:
     return pd.Series(mask, index=latency.index)
 
 
+ROLE_STYLE = {"top": ("crimson", "circle"), "band": ("steelblue", "diamond"), "control": ("gray", "x")}
+
+
+def _log_range(values: list[float]) -> list[float]:
+    """A log axis fitted to the data (teacher and budget included), with a small margin."""
+    import math
+
+    values = [v for v in values if v is not None and v > 0 and math.isfinite(v)]
+    low, high = math.log10(min(values)), math.log10(max(values))
+    margin = max(0.05, 0.08 * (high - low))
+    return [low - margin, high + margin]
+
+
+def _front_figure(report: Report):
+    import plotly.graph_objects as go
+
+    settings, teacher, table = report.settings, report.teacher, report.table
+    budget_ms = settings.budget.latency_limit_ms
+    fig = go.Figure()
+    xs, ys = [], []
+    if not table.empty:
+        kinds = table["role"].fillna("top").map(lambda r: r.split()[0])
+        for kind, (color, symbol) in ROLE_STYLE.items():
+            part = table[kinds == kind]
+            if part.empty:
+                continue
+            err = (part["latency_p90_ms"] - part["latency_p50_ms"]).clip(lower=0)
+            label = {"top": "proxy's top picks", "band": "best of a latency band", "control": "random controls"}[kind]
+            fig.add_scatter(
+                x=part["latency_p50_ms"], y=part["distilled_accuracy"], mode="markers", name=label,
+                error_x={"type": "data", "array": err, "symmetric": False},
+                text=part["candidate_id"] + " (" + part["role"].fillna("top") + ")<br>" + part["params"].map(human_count) + " params",
+                marker={"size": 11, "color": color, "symbol": symbol},
+            )
+        front = table[table["pareto"]].sort_values("latency_p50_ms")
+        fig.add_scatter(x=front["latency_p50_ms"], y=front["distilled_accuracy"], mode="lines", name="Pareto front",
+                        line={"dash": "dot", "color": "black"})
+        xs += list(table["latency_p50_ms"]) + list(table["latency_p90_ms"])
+        ys += list(table["distilled_accuracy"])
+    if teacher.get("latency"):
+        fig.add_scatter(x=[teacher["latency"]["p50_ms"]], y=[teacher["val_accuracy"]], mode="markers",
+                        name=f"teacher ({teacher['spec']})", marker={"symbol": "star", "size": 16, "color": "goldenrod"})
+        xs.append(teacher["latency"]["p50_ms"])
+        ys.append(teacher["val_accuracy"])
+    if budget_ms:
+        fig.add_vline(x=budget_ms, line_dash="dash", annotation_text=f"budget {settings.budget.text}")
+        xs.append(budget_ms)
+    layout = {"title": "Distilled accuracy vs latency (p50, bar to p90)", "xaxis_title": "latency p50 (ms)",
+              "yaxis_title": "validation accuracy", "xaxis_type": "log"}
+    if xs:
+        layout["xaxis_range"] = _log_range(xs)
+    if ys:
+        low, high = min(ys), max(ys)
+        pad = max(0.02, 0.08 * (high - low))
+        layout["yaxis_range"] = [max(0.0, low - pad), min(1.0, high + pad)]
+    fig.update_layout(**layout)
+    return fig
+
+
 def _figures(report: Report) -> list[str]:
     import plotly.graph_objects as go
 
-    settings, teacher, table, cands = report.settings, report.teacher, report.table, report.candidates
+    settings, table, cands = report.settings, report.table, report.candidates
     budget_ms = settings.budget.latency_limit_ms
-    figs = []
-
-    fig = go.Figure()
-    if not table.empty:
-        err = (table["latency_p90_ms"] - table["latency_p50_ms"]).clip(lower=0)
-        fig.add_scatter(
-            x=table["latency_p50_ms"], y=table["distilled_accuracy"], mode="markers", name="distilled students",
-            error_x={"type": "data", "array": err, "symmetric": False}, text=table["candidate_id"] + "<br>" + table["config"],
-            marker={"size": 10},
-        )
-        front = table[table["pareto"]].sort_values("latency_p50_ms")
-        fig.add_scatter(x=front["latency_p50_ms"], y=front["distilled_accuracy"], mode="lines", name="Pareto front", line={"dash": "dot"})
-    if teacher.get("latency"):
-        fig.add_scatter(
-            x=[teacher["latency"]["p50_ms"]], y=[teacher["val_accuracy"]], mode="markers", name=f"teacher ({teacher['spec']})",
-            marker={"symbol": "star", "size": 16},
-        )
-    if budget_ms:
-        fig.add_vline(x=budget_ms, line_dash="dash", annotation_text=f"budget {settings.budget.text}")
-    fig.update_layout(title="Distilled accuracy vs latency (p50, bar to p90)", xaxis_title="latency p50 (ms)", yaxis_title="validation accuracy", xaxis_type="log")
-    figs.append(fig)
-
+    figs = [_front_figure(report)]
     proxy = settings.ranking_proxy
     if not cands.empty:
         fig = go.Figure()
@@ -94,40 +211,47 @@ def _figures(report: Report) -> list[str]:
         )
         if budget_ms:
             fig.add_vline(x=budget_ms, line_dash="dash")
-        fig.update_layout(title=f"Proxy '{proxy}' vs latency, every candidate within budget (red: finalists)", xaxis_title="latency p50 (ms)", yaxis_title=proxy)
+        fig.update_layout(title=f"Proxy '{proxy}' vs latency, every candidate within budget (red: distilled)",
+                          xaxis_title="latency p50 (ms)", yaxis_title=proxy)
         figs.append(fig)
-
     curves = go.Figure()
     folder = RunFolder(report.run_dir)
-    for cid in table["candidate_id"] if not table.empty else []:
-        result = folder.student(cid).result()
+    for _, row in table.iterrows():
+        result = folder.student(row["candidate_id"]).result()
         if result:
             history = result.get("history", [])
-            curves.add_scatter(x=[h["epoch"] for h in history], y=[h["val_accuracy"] for h in history], mode="lines+markers", name=cid)
+            curves.add_scatter(x=[h["epoch"] for h in history], y=[h["val_accuracy"] for h in history], mode="lines+markers",
+                               name=f"{row['candidate_id']} ({row.get('role') or 'top'})")
     curves.update_layout(title="Learning curves of the distilled students", xaxis_title="epoch", yaxis_title="validation accuracy")
     figs.append(curves)
     return [f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figs)]
 
 
 def build_report(run_dir: str | Path) -> Report:
-    """Read the run folder, compute the Pareto set of its distilled students, (re)write report.html."""
+    """Read the run folder, compute the Pareto set over every distilled student and the self-check, (re)write report.html."""
     folder = RunFolder.open(run_dir, need_candidates=True)
     settings, candidates, teacher = folder.settings(), folder.candidates(), folder.teacher_record()
     within = candidates[candidates["within_budget"].astype(bool)].copy()
     table = within[within["distilled_accuracy"].notna()].copy()
+    for column in ("role", "band", "teacher_source"):  # run folders written before the front existed
+        if column not in table:
+            table[column] = "top" if column == "role" else None
     table["pareto"] = pareto_mask(table["latency_p50_ms"], table["distilled_accuracy"]) if not table.empty else []
     table = table.sort_values("distilled_accuracy", ascending=False, ignore_index=True)
     report = Report(
-        run_dir=folder.path, table=table, candidates=within, excluded=int(len(candidates) - len(within)),
-        teacher=teacher, settings=settings, html_path=folder.report_html,
+        run_dir=folder.path, table=table, check=self_check(table, settings), candidates=within,
+        excluded=int(len(candidates) - len(within)), teacher=teacher, settings=settings, html_path=folder.report_html,
     )
     folder.write_report(_html(report, folder.data_record()))
     return report
 
 
 def _html(report: Report, data: dict) -> str:
+    import html
+
     table, teacher, settings, run_dir = report.table, report.teacher, report.settings, report.run_dir
-    html_table = table[[c for c in TABLE_COLUMNS if c in table]].to_html(index=False, float_format=lambda v: f"{v:.4f}")
+    html_table = _display(table).to_html(index=False, float_format=lambda v: f"{v:.4f}")
+    check = "".join(f"<li>{html.escape(line.strip())}</li>" for line in report.check.lines())
     body = "\n".join(_figures(report))
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>kdsearch report — {run_dir.name}</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}} td,th{{padding:4px 8px;border:1px solid #ccc;font-size:12px}}</style>
@@ -136,9 +260,10 @@ def _html(report: Report, data: dict) -> str:
 Budget <b>{settings.budget.text}</b> on {settings.device} (batch {settings.latency_batch_size}, {settings.threads} thread(s)).
 Data: {data.get('description', settings.data.data)}. Space: {settings.space.name if settings.space else '?'}.
 Ranking proxy: {', '.join(settings.proxies)}. {len(report.candidates)} candidates within budget; {report.excluded} over budget are left out.</p>
+<h2>Did the ranking work?</h2><ul id="self-check">{check}</ul>
 {body}
-<h2>Distilled students within budget</h2>{html_table}
+<h2>Distilled students</h2>{html_table}
 </body></html>"""
 
 
-__all__ = ["Report", "build_report", "pareto_mask"]
+__all__ = ["Report", "SelfCheck", "build_report", "human_count", "pareto_mask", "self_check"]

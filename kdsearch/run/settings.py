@@ -48,6 +48,8 @@ class RunSettings:
     trials: int = 100
     timeout: float | None = None
     top_k: int = 3
+    front: int = 4  # latency bands below the budget, the best candidate of each distilled too
+    controls: int = 1  # feasible candidates drawn at random and distilled, to check the ranking
     proxies: tuple[str, ...] = ("params",)
     sampler: str = "auto"
     device: str = "cpu"
@@ -67,7 +69,7 @@ class RunSettings:
         input_size: int | None = None, train_samples: int | None = None, val_samples: int | None = None,
         space: str | None = None, out: str | Path | None = None, teacher_weights: str | None = None, pretrained: bool = True,
         teacher_epochs: int | None = None, trials: int = 100, timeout: float | None = None, top_k: int = 3,
-        proxy: str = "default", sampler: str = "auto", device: str = "auto", latency_batch_size: int = 1, threads: int = 1,
+        front: int = 4, controls: int = 1, proxy: str = "default", sampler: str = "auto", device: str = "auto", latency_batch_size: int = 1, threads: int = 1,
         epochs: int = 10, batch_size: int = 64, loss: str = "kd", loss_options: dict | None = None, storage: str | None = None,
         seed: int = 0, quiet: bool = False,
     ) -> RunSettings:
@@ -79,6 +81,9 @@ class RunSettings:
                             ("latency_batch_size", latency_batch_size), ("threads", threads), ("teacher_epochs", teacher_epochs)):
             if value is not None and value < 1:
                 raise KdsearchError(f"--{name.replace('_', '-')} must be at least 1 (got {value}).")
+        for name, value in (("front", front), ("controls", controls)):
+            if value < 0:
+                raise KdsearchError(f"--{name} must be 0 or more (got {value}).")
         loss_config = create_loss(loss, **(loss_options or {})).config()
         torch_device = resolve_device(device)
         space_obj = load_space(space) if space else None
@@ -87,7 +92,7 @@ class RunSettings:
         return cls(
             teacher=teacher, budget=parsed_budget, space=space_obj, out=run_dir, teacher_weights=teacher_weights,
             teacher_weights_sha=sha, pretrained=pretrained, teacher_epochs=teacher_epochs, trials=trials, timeout=timeout,
-            top_k=top_k, proxies=proxies, sampler=sampler, device=str(torch_device), latency_batch_size=latency_batch_size,
+            top_k=top_k, front=front, controls=controls, proxies=proxies, sampler=sampler, device=str(torch_device), latency_batch_size=latency_batch_size,
             threads=threads, epochs=epochs, batch_size=batch_size, loss=loss_config, storage=storage, seed=seed, quiet=quiet,
             data=DataSpec(data=data, data_root=data_root, input_size=input_size, train_samples=train_samples,
                           val_samples=val_samples, seed=seed),
@@ -135,7 +140,7 @@ class RunSettings:
             "space_path": space.path if space else None, "space_record": space_record, "budget": self.budget.text,
             "proxies": list(self.proxies), "sampler": self.sampler, "device": self.device,
             "latency_batch_size": self.latency_batch_size, "threads": self.threads, "seed": self.seed, "trials": self.trials,
-            "timeout": self.timeout, "top_k": self.top_k, "epochs": self.epochs, "batch_size": self.batch_size,
+            "timeout": self.timeout, "top_k": self.top_k, "front": self.front, "controls": self.controls, "epochs": self.epochs, "batch_size": self.batch_size,
             "storage": self.storage, "loss": dict(self.loss), "recipe": self.recipe().to_dict(),
         }
 
@@ -148,7 +153,8 @@ class RunSettings:
             teacher=config["teacher"], budget=parse_budget(config["budget"]), data=DataSpec(**config["data"]), space=space,
             out=Path(out), teacher_weights=config.get("teacher_weights"), teacher_weights_sha=config.get("teacher_weights_sha"),
             pretrained=config.get("pretrained", True), teacher_epochs=config.get("teacher_epochs"), trials=config["trials"],
-            timeout=config.get("timeout"), top_k=config["top_k"], proxies=tuple(config["proxies"]), sampler=config["sampler"],
+            timeout=config.get("timeout"), top_k=config["top_k"], front=config.get("front", 0),
+            controls=config.get("controls", 0), proxies=tuple(config["proxies"]), sampler=config["sampler"],
             device=config["device"], latency_batch_size=config["latency_batch_size"], threads=config["threads"],
             epochs=config["epochs"], batch_size=config["batch_size"], loss=dict(config["loss"]), storage=config["storage"],
             seed=config["seed"],
