@@ -178,11 +178,19 @@ def test_export_a_trial_that_was_not_distilled(digits_run, capsys):
 
 
 def test_rerun_resumes_without_redoing_work(digits_run, capsys):
+    import os
+
+    sources = {json.loads(p.read_text())["teacher_source"] for p in (digits_run / "students").glob("*/result.json")}
+    assert len(sources) == 1  # every student of the run read the same shared outputs
+    outputs = Path(os.environ["KDSEARCH_CACHE_DIR"]) / "teacher_outputs" / sources.pop().split()[-1]
+    cached = {p: p.stat().st_mtime_ns for p in outputs.rglob("*.npy")}
+    assert len(cached) == 8  # the run's 8 epochs of teacher logits, computed once for all its students
     before = {p: p.stat().st_mtime_ns for p in (digits_run / "students").glob("*/model.safetensors")}
     code, out, _ = run_cli(capsys, *find_args(digits_run, "--trials", 12))
     assert code == 0
     after = {p: p.stat().st_mtime_ns for p in (digits_run / "students").glob("*/model.safetensors")}
     assert all(after[p] == t for p, t in before.items())  # finished students are kept, not retrained
+    assert {p: p.stat().st_mtime_ns for p in outputs.rglob("*.npy")} == cached  # new students read the same cache
     import optuna
 
     study = optuna.load_study(study_name="kdsearch", storage=f"sqlite:///{digits_run / 'study.db'}")

@@ -87,3 +87,19 @@ def test_top_k_storage_keeps_the_top_classes_and_the_rest_of_the_mass(tmp_path):
     assert torch.allclose(q.gather(1, top), p.gather(1, top), atol=2e-3)  # fp16 values
     assert torch.allclose(q.sum(1), torch.ones(6), atol=1e-5)
     assert torch.equal(_rebuild(stored["values"], stored["indices"], stored["lse"], 1000).argmax(1), logits.argmax(1))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("amp", ["none", "bf16"])
+def test_cached_and_live_teacher_agree_on_cuda(digits_task, teacher, tmp_path, amp):
+    """On the GPU the cache is filled in large batches (bf16 under AMP) and read from device memory."""
+    recipe = Recipe(epochs=1, batch_size=64, lr=0.05, amp=amp)
+    losses = {}
+    for shared in (False, True):
+        torch.manual_seed(0)
+        student = create_model(STUDENT_CFG, num_classes=10, in_chans=1)
+        result = distill(student, teacher, digits_task, recipe, "kd", device="cuda", share_teacher_outputs=shared,
+                         outputs_root=tmp_path)
+        losses[shared] = result.history[0]["loss"]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-3 if amp == "none" else 2e-2)
