@@ -180,15 +180,18 @@ def _choose_finalists(settings: RunSettings, task: Task, rows: dict[str, dict], 
     chooser.take("top", feasible, settings.top_k)
     edges = band_edges(rows, settings)
     for band in range(len(edges) - 1, 0, -1):  # from the budget down to the fastest
-        if not any(f["within_budget"] and band_of(f[budget.metric], edges) == band for f in finalists.values()):
+        covered = any(f["within_budget"] and (f.get("role") == f"band {band}" or band_of(f[budget.metric], edges) == band)
+                      for f in finalists.values())
+        if not covered:
             chooser.take(f"band {band}", [r for r in feasible if band_of(r[budget.metric], edges) == band], 1)
     if settings.controls:
         import numpy as np
 
         order = np.random.default_rng(settings.seed).permutation(len(feasible))
         chooser.take("control", [feasible[i] for i in order], settings.controls)
-    for final in finalists.values():
-        final["band"] = band_of(final[budget.metric], edges)
+    for final in finalists.values():  # a band's pick stays in the band it was chosen for (by its search reading)
+        role = final.get("role", "top")
+        final["band"] = int(role.split()[1]) if role.startswith("band ") else band_of(final[budget.metric], edges)
     folder.write_finalists(finalists)
     return finalists
 
