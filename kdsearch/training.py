@@ -99,15 +99,18 @@ class TrainResult:
     teacher_source: str = "none"  # "live", "shared outputs <key>" (kdsearch.teacher.outputs) or "none" (no teacher)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(model: nn.Module, task: Task, *, device: torch.device | str = "cpu", batch_size: int = 256) -> float:
-    """Top-1 accuracy on the task's validation split."""
+    """Top-1 accuracy on the task's validation split (inputs in the model's memory format; one read-back at the end)."""
     model.eval()
-    correct = total = 0
+    channels_last = any(p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
+                        for p in model.parameters())
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    correct, total = torch.zeros((), dtype=torch.long, device=device), 0
     for x, y in task.batches("val", batch_size, device=device):
-        correct += int((as_logits(model(x)).argmax(1) == y).sum())
+        correct += (as_logits(model(x.contiguous(memory_format=fmt))).argmax(1) == y).sum()
         total += len(y)
-    return correct / max(total, 1)
+    return int(correct) / max(total, 1)
 
 
 def _optimizer(params: list[nn.Parameter], recipe: Recipe) -> torch.optim.Optimizer:
@@ -369,11 +372,12 @@ def _prepare(model, task: Task, recipe: Recipe, loss, teacher, device: torch.dev
     if recipe.compile:
         run.step_module = torch.compile(run.step_module)
     logits_only = uses_teacher and not getattr(loss, "uses_features", False)
+    if logits_only and teacher_outputs is not None:  # the teacher never runs during the steps: nothing to fold
+        run.teacher_outputs = teacher_outputs
+        return run
     if logits_only:  # a frozen teacher whose features are not needed runs with BatchNorm folded into its convolutions
         run.teacher = fold_batchnorm(teacher, probe_x).to(memory_format=memory_format)
-    if logits_only and teacher_outputs is not None:
-        run.teacher_outputs = teacher_outputs
-    elif logits_only and not recipe.augment:  # un-augmented images: the teacher's logits never change, compute them once
+    if logits_only and not recipe.augment:  # un-augmented images: the teacher's logits never change, compute them once
         run.teacher_logits = _cache_teacher_logits(run.teacher, task, device, amp_dtype)
     return run
 
