@@ -17,30 +17,35 @@ EXAMPLES = """examples:
 """
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
-    return value
+def _whole_number(minimum: int):
+    """argparse type: an int of at least ``minimum``, with a one-line message otherwise."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a number of at least {minimum}, got {value}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
-    return value
+_positive_int, _non_negative_int = _whole_number(1), _whole_number(0)
+
+
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line and exit 2 (argparse would print the whole usage block first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"kdsearch: error: {message}; see '{self.prog} --help'.\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from kdsearch._version import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="kdsearch", description="Find the best student network to distil from a teacher under a latency budget.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -49,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     names = _names()
     _find_parser(sub.add_parser("find", help="search, rank and distil students; writes a run folder",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter), names)
-    sub.add_parser("report", help="print the Pareto table of a run and (re)write its HTML report").add_argument("run_dir")
+    sub.add_parser("report", help="print a run's front and self-check and (re)write its HTML report").add_argument("run_dir")
     _export_parser(sub.add_parser("export", help="write a distilled student as safetensors, TorchScript or ONNX"), names)
     _distill_parser(sub.add_parser("distill", help="distil one student from a teacher (the trainer find uses)",
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter), names)
@@ -218,7 +223,10 @@ def _export(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # a usage error (its one line is printed already), --help or --version
+        return exc.code if isinstance(exc.code, int) else 2
     handlers = {"find": _find, "report": _report, "export": _export, "distill": _distill}
     try:
         code = handlers[args.command](args)
