@@ -49,7 +49,8 @@ class SelfCheck:
     def lines(self) -> list[str]:
         out = []
         if self.difference is None:
-            out.append("picks vs controls: no control student distilled (find --controls M) — nothing to compare")
+            out.append("picks vs controls: no control student distilled (--controls 0, or no candidate within budget was "
+                       "left once the picks and the front were chosen: more --trials) — nothing to compare")
         else:
             out.append(f"picks vs controls: mean distilled accuracy {self.picks_mean:.4f} (n={self.n_picks}) vs "
                        f"{self.controls_mean:.4f} (n={self.n_controls}), difference {self.difference:+.4f}")
