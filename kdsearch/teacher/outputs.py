@@ -31,7 +31,9 @@ from kdsearch.training import Recipe, amp_dtype_for, epoch_seed, fold_batchnorm
 
 FULL_LOGITS_MAX_CLASSES = 128
 TOP_K = 32
-FILL_BATCH = 512
+# Batch of the fill: large on a GPU; on this 2-core CPU 64-128 ran 1.4x faster than 256-512 (cache-sized
+# activations), channels_last included: 5,000 CIFAR images x 2 epochs of a ResNet-56 in 14 s vs 29-38 s before.
+FILL_BATCH = {"cuda": 512, "cpu": 128}
 FORMAT_VERSION = 1
 
 
@@ -86,16 +88,19 @@ class TeacherOutputs:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         amp_dtype = amp_dtype_for(recipe, device)
-        teacher = teacher.to(device).eval()
-        teacher = fold_batchnorm(teacher, task.sample_batch(min(8, len(task.train_labels)))[0].to(device))
+        # the trainer's memory format: channels_last made the live teacher 1.3x faster than this fill on the CPU
+        fmt = torch.channels_last if recipe.channels_last in ("on", "auto") else torch.contiguous_format
+        teacher = teacher.to(device=device, memory_format=fmt).eval()
+        probe = task.sample_batch(min(8, len(task.train_labels)))[0].to(device).contiguous(memory_format=fmt)
+        teacher = fold_batchnorm(teacher, probe)
         for epoch in missing:
             logits = torch.full((len(task.train_labels), self.num_classes), float("nan"))
             for rank in range(world_size):  # under DDP each rank has its own share and its own draws
-                for x, _, idx in task.batches("train", FILL_BATCH, shuffle=True, augment=self.augment,
+                for x, _, idx in task.batches("train", FILL_BATCH.get(device.type, 128), shuffle=True, augment=self.augment,
                                               seed=epoch_seed(recipe, epoch), device=device, rank=rank,
                                               world_size=world_size, with_index=True):
                     with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                        logits[idx.cpu()] = as_logits(teacher(x)).float().cpu()
+                        logits[idx.cpu()] = as_logits(teacher(x.contiguous(memory_format=fmt))).float().cpu()
             self._write(epoch, logits)
             self.filled_now += 1
 
