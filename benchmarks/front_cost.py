@@ -13,6 +13,7 @@ the difference is the fp16 rounding of the stored logits, plus float noise). Rec
 
     .venv/bin/python benchmarks/front_cost.py                 # the issue's setting: 15 epochs (~45 min on 2 cores)
     .venv/bin/python benchmarks/front_cost.py --epochs 5      # what README reports (~15 min)
+    .venv/bin/python benchmarks/front_cost.py --epochs 5 --seed-reference 1   # seed noise of the live half (~9 min)
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=500, help="training JPEGs per class (the teacher's data)")
     parser.add_argument("--teacher-epochs", type=int, default=30)
     parser.add_argument("--out", type=Path, default=RESULTS / "front_cost.json")
+    parser.add_argument("--seed-reference", type=int, metavar="SEED",
+                        help="instead: the live half again with another seed, against the committed live half (how far "
+                             "two seeds of the same student differ: the noise the live-vs-shared differences compare to)")
     args = parser.parse_args()
     os.environ.setdefault("KDSEARCH_CACHE_DIR", str(WORK / "cache"))
 
@@ -88,6 +92,8 @@ def main() -> None:
     teacher = load_teacher("search_e2e:resnet56", task, epochs=args.teacher_epochs, measure=False, progress=True).model.eval()
     recipe = Recipe(epochs=args.epochs, batch_size=64, lr=0.1, weight_decay=5e-4)
     load_before = os.getloadavg()
+    if args.seed_reference is not None:
+        return seed_reference(args, teacher, task, recipe)
     print(f"{len(STUDENTS)} students, {len(task.train_labels)} images, {args.epochs} epochs, {torch.get_num_threads()} threads")
     live = run_half(False, teacher, task, recipe, WORK / "front_cost_outputs")
     shared = run_half(True, teacher, task, recipe, WORK / "front_cost_outputs")
@@ -106,6 +112,25 @@ def main() -> None:
     print(f"live {live['seconds']:.0f} s, shared {shared['seconds']:.0f} s (fill {shared['fill_seconds']:.0f} s): "
           f"{result['speedup_vs_live_teacher']:.2f}x; accuracy differs by at most {max(diffs):.4f}")
     atomic_write_json(args.out, result)
+
+
+def seed_reference(args, teacher, task, recipe) -> None:
+    """Live students with another seed vs the committed live half: the seed-to-seed spread of the same student."""
+    import json
+    from dataclasses import replace
+
+    from kdsearch._util import atomic_write_json
+
+    committed = json.loads(args.out.read_text())
+    other = run_half(False, teacher, task, replace(recipe, seed=args.seed_reference), WORK / "front_cost_outputs")
+    diffs = [abs(a["accuracy_live"] - b["accuracy"]) for a, b in zip(committed["per_student"], other["students"])]
+    result = {"seed": args.seed_reference, "against": str(args.out.name), "epochs": args.epochs,
+              "max_accuracy_difference": max(diffs), "mean_accuracy_difference": sum(diffs) / len(diffs),
+              "per_student": [{"params": a["params"], "accuracy_seed0": a["accuracy_live"], "accuracy_other_seed": b["accuracy"]}
+                              for a, b in zip(committed["per_student"], other["students"])]}
+    print(f"seed {args.seed_reference} vs the committed live half: accuracy differs by {result['mean_accuracy_difference']:.4f} "
+          f"on average, {max(diffs):.4f} at most")
+    atomic_write_json(args.out.with_name("front_cost_seed_reference.json"), result)
 
 
 if __name__ == "__main__":
