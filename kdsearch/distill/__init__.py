@@ -44,7 +44,7 @@ def distill(
     recipe = recipe or Recipe()
     loss_obj = create_loss(loss, **(loss_options or {})) if isinstance(loss, str) else loss
     outputs = None
-    if share_teacher_outputs and teacher is not None and loss_obj.uses_teacher and not loss_obj.uses_features:
+    if share_teacher_outputs and teacher is not None and loss_obj.logits_only:
         _, world = distributed_context()
         outputs = teacher_outputs(teacher, task, recipe, torch.device(device), world_size=world, root=outputs_root)
     return fit(

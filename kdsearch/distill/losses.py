@@ -78,6 +78,11 @@ class DistillLoss(nn.Module, abc.ABC):
     uses_teacher = True
     uses_features = False  # needs pre-pool / pre-logit taps of the teacher, not only logits
 
+    @property
+    def logits_only(self) -> bool:
+        """Needs the teacher's logits and nothing else: they can be computed once and shared (kdsearch.teacher.outputs)."""
+        return self.uses_teacher and not self.uses_features
+
     @dataclass
     class Params:
         pass

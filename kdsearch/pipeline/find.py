@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -185,8 +186,6 @@ def _choose_finalists(settings: RunSettings, task: Task, rows: dict[str, dict], 
         if not covered:
             chooser.take(f"band {band}", [r for r in feasible if band_of(r[budget.metric], edges) == band], 1)
     if settings.controls:
-        import numpy as np
-
         order = np.random.default_rng(settings.seed).permutation(len(feasible))
         chooser.take("control", [feasible[i] for i in order], settings.controls)
     for final in finalists.values():  # a band's pick stays in the band it was chosen for (by its search reading)
@@ -226,7 +225,7 @@ class _Chooser:
 def _distil_finalists(settings: RunSettings, task: Task, teacher: Teacher, finalists: dict, folder: RunFolder, log) -> None:
     accepted = [cid for cid, f in finalists.items() if f["within_budget"]]
     roles = ", ".join(finalists[c].get("role", "top") for c in accepted)
-    if create_loss(settings.loss_name, **settings.loss_options).uses_features:
+    if not create_loss(settings.loss_name, **settings.loss_options).logits_only:
         log(f"students: {len(accepted)} ({roles}); the loss {settings.loss_name!r} needs the teacher's features, so each "
             "student runs the live teacher")
     else:

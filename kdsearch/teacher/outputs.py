@@ -27,7 +27,7 @@ import torch.nn as nn
 from kdsearch._util import atomic_path, cache_dir, stable_hash
 from kdsearch.data import Task
 from kdsearch.taps import as_logits
-from kdsearch.training import Recipe, amp_dtype_for, epoch_seed, fold_batchnorm
+from kdsearch.training import Recipe, amp_dtype_for, epoch_seed, fold_batchnorm, memory_format_for
 
 FULL_LOGITS_MAX_CLASSES = 128
 TOP_K = 32
@@ -52,6 +52,8 @@ class TeacherOutputs:
     def __init__(self, folder: Path, epochs: int, augment: bool, num_classes: int):
         self.folder, self.epochs, self.augment, self.num_classes = folder, epochs, augment, num_classes
         self.filled_now = 0  # epochs this process computed (the rest were read from an earlier run)
+        self._table_key: tuple[Path, str] | None = None
+        self._table: torch.Tensor | None = None
 
     @property
     def key(self) -> str:
@@ -69,11 +71,14 @@ class TeacherOutputs:
 
         An epoch that fits in 1 GiB as float32 goes to the device whole, once (a lookup is then device indexing,
         no host copy per step); a larger one stays memory-mapped and only each batch's rows are read."""
-        stored = np.load(self._file(epoch if self.augment else 0), mmap_mode="r")
-        if len(stored) * self.num_classes * 4 <= 2**30:
-            table = self._rows(stored, slice(None)).to(device)
-            return lambda idx: table[idx.to(table.device)]
-        return lambda idx: self._rows(stored, idx.cpu().numpy()).to(device, non_blocking=True)
+        path = self._file(epoch if self.augment else 0)
+        stored = np.load(path, mmap_mode="r")
+        if len(stored) * self.num_classes * 4 > 2**30:
+            return lambda idx: self._rows(stored, idx.cpu().numpy()).to(device, non_blocking=True)
+        if self._table_key != (path, str(device)):  # one table held: un-augmented views reuse it every epoch
+            self._table_key, self._table = (path, str(device)), self._rows(stored, slice(None)).to(device)
+        table = self._table
+        return lambda idx: table[idx.to(table.device)]
 
     def _rows(self, stored: np.ndarray, rows) -> torch.Tensor:
         picked = stored[rows]
@@ -88,8 +93,7 @@ class TeacherOutputs:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         amp_dtype = amp_dtype_for(recipe, device)
-        # the trainer's memory format: channels_last made the live teacher 1.3x faster than this fill on the CPU
-        fmt = torch.channels_last if recipe.channels_last in ("on", "auto") else torch.contiguous_format
+        fmt = memory_format_for(recipe)  # the trainer's: channels_last made the live teacher 1.3x faster than the fill
         teacher = teacher.to(device=device, memory_format=fmt).eval()
         probe = task.sample_batch(min(8, len(task.train_labels)))[0].to(device).contiguous(memory_format=fmt)
         teacher = fold_batchnorm(teacher, probe)
