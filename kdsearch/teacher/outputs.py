@@ -4,7 +4,8 @@ Augmentation is a deterministic stream: the crop offsets and flips of epoch ``e`
 seed and ``e`` alone (``kdsearch.training.epoch_seed``), the same for any student, batch size or device. So the
 frozen teacher's logits for each epoch's views can be computed once, stored, and looked up by image index:
 every finalist of a run, and any later run with the same teacher, data, seed and augmentation, reads them
-instead of running the teacher at every step (a ResNet-56-sized teacher is ~65 % of a ResNet-20 KD step).
+instead of running the teacher at every step (a ResNet-56-sized teacher, BN folded and in channels_last,
+is about a third of a ResNet-20 KD step on the 2-core CPU: benchmarks/front_cost.py).
 
 Stored compactly under the cache directory, keyed by content hash: fp16 logits, one ``.npy`` per epoch
 (memory-mapped, so a data set larger than RAM works); above ``FULL_LOGITS_MAX_CLASSES`` classes only the top-K
