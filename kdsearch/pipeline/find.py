@@ -137,6 +137,7 @@ def _search(settings: RunSettings, task: Task, teacher: Teacher, folder: RunFold
         space, evaluate, budget=budget, objective=settings.ranking_proxy, storage=folder.storage_url(settings),
         study_name=STUDY_NAME, n_trials=settings.trials, timeout=settings.timeout, seed=settings.seed,
         sampler=settings.sampler, progress=not settings.quiet, cheap_score=exact_proxy(settings.ranking_proxy, task, ctx, settings.device, settings.seed),
+        top_k=settings.top_k,
     )
     rows = scored_candidates(study)
     if not rows:

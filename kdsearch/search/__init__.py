@@ -29,16 +29,17 @@ _NATIVE_CONSTRAINTS = hasattr(optuna.trial.Trial, "set_constraint")
 # Optuna ≥ 5 reads constraints that the trial sets itself; older releases need constraints_func.
 _LEGACY = {} if _NATIVE_CONSTRAINTS else {"constraints_func": lambda t: constraints(t)}
 
-# name → builder(seed, space, budget, score) of an Optuna sampler; 'auto' is resolved by make_sampler.
-# ``score`` is the ranking proxy's exact value when the search can afford it (an ExactScore), else None.
-Builder = Callable[[int, SearchSpace, Budget, Callable[[dict], float] | None], optuna.samplers.BaseSampler]
+# name → builder(seed, space, budget, score, top_k) of an Optuna sampler; 'auto' is resolved by make_sampler.
+# ``score`` is the ranking proxy's exact value when the search can afford it (an ExactScore), else None;
+# ``top_k`` how many of the best feasible candidates the run will use (find distils its top-k).
+Builder = Callable[[int, SearchSpace, Budget, Callable[[dict], float] | None, int], optuna.samplers.BaseSampler]
 SAMPLERS: Registry[Builder] = Registry("sampler", SearchError)
-SAMPLERS.add("constrained", lambda seed, space, budget, score: ConstrainedSampler(
-    space, budget, seed=seed, score=score, exact_limit=getattr(score, "per_round", 4096)))
-SAMPLERS.add("brute", lambda seed, space, budget, score: optuna.samplers.BruteForceSampler(seed=seed))
-SAMPLERS.add("random", lambda seed, space, budget, score: optuna.samplers.RandomSampler(seed=seed))
-SAMPLERS.add("nsga2", lambda seed, space, budget, score: optuna.samplers.NSGAIISampler(seed=seed, **_LEGACY))
-SAMPLERS.add("tpe", lambda seed, space, budget, score: optuna.samplers.TPESampler(
+SAMPLERS.add("constrained", lambda seed, space, budget, score, top_k: ConstrainedSampler(
+    space, budget, seed=seed, score=score, exact_limit=getattr(score, "per_round", 4096), top_k=top_k))
+SAMPLERS.add("brute", lambda seed, space, budget, score, top_k: optuna.samplers.BruteForceSampler(seed=seed))
+SAMPLERS.add("random", lambda seed, space, budget, score, top_k: optuna.samplers.RandomSampler(seed=seed))
+SAMPLERS.add("nsga2", lambda seed, space, budget, score, top_k: optuna.samplers.NSGAIISampler(seed=seed, **_LEGACY))
+SAMPLERS.add("tpe", lambda seed, space, budget, score, top_k: optuna.samplers.TPESampler(
     seed=seed, multivariate=True, n_startup_trials=10, **_LEGACY))
 
 
@@ -60,8 +61,8 @@ def resolve_sampler(name: str, space: SearchSpace, n_trials: int) -> str:
 
 
 def make_sampler(name: str, space: SearchSpace, n_trials: int, seed: int, budget: Budget,
-                 score: Callable[[dict], float] | None = None) -> optuna.samplers.BaseSampler:
-    return SAMPLERS.get(resolve_sampler(name, space, n_trials))(seed, space, budget, score)
+                 score: Callable[[dict], float] | None = None, top_k: int = 1) -> optuna.samplers.BaseSampler:
+    return SAMPLERS.get(resolve_sampler(name, space, n_trials))(seed, space, budget, score, top_k)
 
 
 def constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
@@ -114,21 +115,23 @@ def run_search(
     sampler: str = "auto",
     progress: bool = False,
     cheap_score: Callable[[dict], float] | None = None,
+    top_k: int = 1,
 ) -> optuna.Study:
     """Run (or resume) the study until it holds ``n_trials`` finished trials.
 
     ``cheap_score(config)``, when the objective can be computed exactly outside a trial (parameters, FLOPs,
     SynFlow: see ``exact_proxy``), lets the constrained sampler rank its most promising candidates on exact values.
-    ``evaluate(config) -> metrics`` must return JSON-able numbers including ``objective`` and the
+    ``top_k``: how many of the best feasible candidates the caller will use; the constrained sampler confirms that
+    many, not only the best. ``evaluate(config) -> metrics`` must return JSON-able numbers including ``objective`` and the
     budget's metric. Repeated configs are served from earlier trials of the same study.
     """
-    study = open_study(storage, study_name, make_sampler(sampler, space, n_trials, seed, budget, cheap_score))
+    study = open_study(storage, study_name, make_sampler(sampler, space, n_trials, seed, budget, cheap_score, top_k))
     trials = study.get_trials(deepcopy=False)  # one read of the study serves both counts below
     done = sum(1 for t in trials if t.state.is_finished())
     if done:
         # A resumed study needs fresh randomness: reseeded with `seed`, the sampler would propose the
         # configs of the first session again (all duplicates under the random sampler and TPE's startup).
-        study.sampler = make_sampler(sampler, space, n_trials, seed + done, budget, cheap_score)
+        study.sampler = make_sampler(sampler, space, n_trials, seed + done, budget, cheap_score, top_k)
     known = {
         t.user_attrs["candidate_id"]: t.user_attrs
         for t in trials

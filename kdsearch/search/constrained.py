@@ -16,7 +16,8 @@ decide the answer separately, from the study's own trials:
   exactly — a model cannot tell 0.1 % apart, and at the optimum that is the difference that matters —
   and the budget's metric is predicted by a ridge regression or randomized trees on the encoding plus
   the log proxy, whichever predicts the trials better out of sample, that error being the spread; each
-  batch takes the largest gain the model is sure enough fits, the largest expected gain, and the
+  batch takes the largest gain the model is sure enough fits (over the ``top_k``-th best that fits: the
+  caller distils its top-k, so the runners-up are confirmed too), the largest expected gain, and the
   improvement most likely to fit;
 * over every candidate of the space when it has at most ``pool_size`` of them, otherwise over a seeded
   sample of that size plus all one-key mutations of the best feasible candidates found so far (a local
@@ -44,8 +45,9 @@ from kdsearch.spaces import SearchSpace
 
 class ConstrainedSampler(optuna.samplers.BaseSampler):
     def __init__(self, space: SearchSpace, budget: Budget, *, seed: int = 0, n_startup: int = 20, batch: int = 4,
-                 pool_size: int = 20_000, trees: int = 24, score: Callable[[dict], float] | None = None, exact_limit: int = 4096):
-        self.space, self.budget, self.seed = space, budget, seed
+                 pool_size: int = 20_000, trees: int = 24, score: Callable[[dict], float] | None = None, exact_limit: int = 4096,
+                 top_k: int = 1):
+        self.space, self.budget, self.seed, self.top_k = space, budget, seed, max(1, top_k)
         self.score, self.exact_limit, self.exact = score, exact_limit, {}  # exact proxy values by candidate index
         self.n_startup, self.batch, self.pool_size, self.trees = n_startup, batch, pool_size, trees
         self.keys = list(space.choices)
@@ -154,13 +156,17 @@ class ConstrainedSampler(optuna.samplers.BaseSampler):
         y = np.log(np.maximum(metric, 1e-12))
         mu, sigma = self._calibrated_model(x, y, x_pool)
         p_fit = norm.cdf((math.log(self.budget.limit) - mu) / sigma)
-        feasible = metric <= self.budget.limit
-        best = objective[feasible].max() if feasible.any() else -np.inf
+        feasible = np.sort(objective[metric <= self.budget.limit])[::-1]
+        best = feasible[0] if len(feasible) else -np.inf
         gain = np.maximum(values - best, 0.0) if np.isfinite(best) else values - values.min() + 1e-9
+        # the caller uses the top-k: "sure" also counts a gain over the k-th best that fits, so that once nothing
+        # probably-fitting beats the best, the trials confirm the runners-up instead of idling
+        kth = feasible[self.top_k - 1] if len(feasible) >= self.top_k else -np.inf
+        gain_k = np.maximum(values - kth, 0.0) if np.isfinite(kth) else gain
         # the batch takes turns: the largest gain the model is sure enough fits; the largest expected gain; the
         # improvement most likely to fit (on a plateau of tied proxy values only the budget tells candidates apart,
         # and expected gain alone keeps chasing far larger, unlikely ones)
-        sure = np.where(p_fit >= 0.5, gain, 0.0)
+        sure = np.where(p_fit >= 0.5, gain_k, 0.0)
         expected = gain * p_fit
         probable = np.where(gain > 0, p_fit, 0.0)
         picks: list[int] = []
