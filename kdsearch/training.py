@@ -113,7 +113,7 @@ def evaluate(model: nn.Module, task: Task, *, device: torch.device | str = "cpu"
     return int(correct) / max(total, 1)
 
 
-def _optimizer(params: list[nn.Parameter], recipe: Recipe) -> torch.optim.Optimizer:
+def make_optimizer(params: list[nn.Parameter], recipe: Recipe) -> torch.optim.Optimizer:
     decay = [p for p in params if p.requires_grad and p.ndim > 1]
     no_decay = [p for p in params if p.requires_grad and p.ndim <= 1]  # no weight decay on BN and biases
     groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -350,7 +350,7 @@ def _prepare(model, task: Task, recipe: Recipe, loss, teacher, device: torch.dev
         loss.set_class_means(teacher_class_means(teacher, task, device, amp_dtype))
     loss.to(device)
     step_module: nn.Module = _StudentStep(model, loss)
-    optimizer = _optimizer(list(step_module.parameters()), recipe)
+    optimizer = make_optimizer(list(step_module.parameters()), recipe)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     run = _Session(
         model=model, loss=loss, step_module=step_module, optimizer=optimizer, scaler=scaler, teacher=teacher,

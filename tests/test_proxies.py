@@ -107,7 +107,15 @@ class _DictNet(_TupleNet):
 
 
 def test_every_registered_proxy_is_listed():
-    assert set(ZOO) | {"params", "flops", "diswot", "diswot_semantic", "diswot_relation"} == set(list_proxies())
+    assert set(ZOO) | {"params", "flops", "diswot", "diswot_semantic", "diswot_relation", "supernet", "supernet_kd"} == set(list_proxies())
+
+
+def test_supernet_proxies_without_a_trained_supernet_say_how_to_get_one(ctx):
+    from kdsearch.exceptions import ProxyError
+
+    model = create_model(_cfg(1, 8), num_classes=10, in_chans=1)
+    with pytest.raises(ProxyError, match="--proxy supernet"):
+        score(["supernet"], model, ctx, {"config": _cfg(1, 8), "latency_p50_ms": 1.0})
 
 
 @pytest.mark.parametrize("name", ZOO)

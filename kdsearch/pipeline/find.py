@@ -27,6 +27,7 @@ from kdsearch.report import Report, build_report
 from kdsearch.run import STUDY_NAME, RunFolder, RunSettings
 from kdsearch.search import CandidateEvaluator, exact_proxy, measure_candidate, reference_models, run_search, scored_candidates
 from kdsearch.spaces import SearchSpace, create_model, default_space_path, load_space
+from kdsearch.supernet import SupernetRanker, prepare_supernets
 from kdsearch.teacher import Teacher, load_teacher
 from kdsearch.teacher.teacher import teacher_summary
 
@@ -80,9 +81,10 @@ def run_find(settings: RunSettings) -> FindResult:
     # The run folder is written only once the inputs, teacher included, are known to be good.
     resumed = folder.write_start(settings, task, teacher)
     log(f"run folder: {folder.path}{' (resuming)' if resumed else ''}")
-    rows = _search(settings, task, teacher, folder, log)
+    ranker = _supernets(settings, task, teacher, folder, log)
+    rows = _search(settings, task, teacher, folder, log, ranker)
     finalists = _choose_finalists(settings, task, rows, folder, log)
-    _distil_finalists(settings, task, teacher, finalists, folder, log)
+    _distil_finalists(settings, task, teacher, finalists, folder, log, ranker)
     table = candidates_table(rows, finalists, folder, settings)
     folder.write_candidates(table)
     return FindResult(run_dir=folder.path, candidates=table, teacher=teacher.record(), budget=settings.budget.text,
@@ -109,12 +111,34 @@ def _load_teacher(settings: RunSettings, task: Task, log) -> Teacher:
     return teacher
 
 
-def _proxy_context(settings: RunSettings, task: Task, teacher: Teacher, space: SearchSpace, log) -> ProxyContext:
+def _supernets(settings: RunSettings, task: Task, teacher: Teacher, folder: RunFolder, log) -> SupernetRanker | None:
+    """With a supernet proxy: the latency bands and a supernet per band that holds candidates within the budget,
+    distilled from the teacher (or reused from the cache), recorded in the run folder."""
+    if settings.supernet is None:
+        return None
+    started = time.perf_counter()
+    ranker = prepare_supernets(
+        settings.space, task, teacher.model, bands=settings.supernet["subspaces"], limit_ms=settings.budget.latency_limit_ms,
+        recipe=settings.supernet_recipe(), device=torch.device(settings.device), latency=settings.latency("search"),
+        seed=settings.seed, progress=not settings.quiet, log=log,
+    )
+    folder.write_supernets(
+        {**ranker.bands.to_dict(), "trained": sorted(ranker.supernets), "cache": str(ranker.folder), "recipe": settings.supernet_recipe().to_dict(),
+         "holdout_images": len(ranker.task.val_labels)},
+        ranker.histories, {b: ranker.folder / f"band{b}" / "weights.safetensors" for b in ranker.supernets},
+    )
+    log(f"supernet: {len(ranker.supernets)} of {ranker.bands.count} band(s) ready [{time.perf_counter() - started:.0f} s]")
+    return ranker
+
+
+def _proxy_context(settings: RunSettings, task: Task, teacher: Teacher, space: SearchSpace, log,
+                   ranker: SupernetRanker | None = None) -> ProxyContext:
     device = torch.device(settings.device)
     images, labels = task.sample_batch(64, seed=settings.seed)
     ctx = ProxyContext(
         teacher=teacher, images=images.to(device), labels=labels.to(device), num_classes=task.num_classes,
         input_shape=task.input_shape, reference_models=lambda: reference_models(space, task, device, REFERENCE_SIZE, settings.seed),
+        supernet=ranker,
     )
     components = ensemble_components(list(settings.proxies))
     if components:
@@ -126,10 +150,11 @@ def _proxy_context(settings: RunSettings, task: Task, teacher: Teacher, space: S
     return ctx
 
 
-def _search(settings: RunSettings, task: Task, teacher: Teacher, folder: RunFolder, log) -> dict[str, dict]:
+def _search(settings: RunSettings, task: Task, teacher: Teacher, folder: RunFolder, log,
+            ranker: SupernetRanker | None = None) -> dict[str, dict]:
     """Score candidates in the study until it holds ``trials`` trials; the scored candidates by id."""
     space, budget = settings.space, settings.budget
-    ctx = _proxy_context(settings, task, teacher, space, log)
+    ctx = _proxy_context(settings, task, teacher, space, log, ranker)
     evaluate = CandidateEvaluator(task, ctx, list(settings.proxies), torch.device(settings.device), settings.latency("search"),
                                   seed=settings.seed, budget=budget, recheck=settings.latency("final"))
     started = time.perf_counter()
@@ -223,7 +248,9 @@ class _Chooser:
             self.folder.write_finalists(self.finalists)
 
 
-def _distil_finalists(settings: RunSettings, task: Task, teacher: Teacher, finalists: dict, folder: RunFolder, log) -> None:
+def _distil_finalists(settings: RunSettings, task: Task, teacher: Teacher, finalists: dict, folder: RunFolder, log,
+                      ranker: SupernetRanker | None = None) -> None:
+    warm = ranker is not None and settings.supernet.get("warm_start")
     accepted = [cid for cid, f in finalists.items() if f["within_budget"]]
     roles = ", ".join(finalists[c].get("role", "top") for c in accepted)
     if not create_loss(settings.loss_name, **settings.loss_options).logits_only:
@@ -241,7 +268,9 @@ def _distil_finalists(settings: RunSettings, task: Task, teacher: Teacher, final
                 finalists[cid]["config"], teacher.model, task, student, settings.recipe(), loss=settings.loss_name,
                 loss_options=settings.loss_options, device=torch.device(settings.device), progress=not settings.quiet,
                 desc=f"distilling {rank}/{len(accepted)} ({cid})",
-                extra={"candidate_id": cid, "role": finalists[cid].get("role", "top"), "band": finalists[cid].get("band")},
+                extra={"candidate_id": cid, "role": finalists[cid].get("role", "top"), "band": finalists[cid].get("band"),
+                       "warm_start": bool(warm)},
+                initial=ranker.subnet(finalists[cid]["config"], finalists[cid]["latency_p50_ms"]) if warm else None,
             )
         except TrainingDiverged as exc:
             log(f"student {cid}: {exc} — marked failed")

@@ -35,8 +35,11 @@ def distill_student(
     progress: bool = False,
     desc: str = "distilling",
     extra: dict | None = None,
+    initial: nn.Module | None = None,
 ) -> dict:
-    """Distil the candidate ``config`` into ``out``; resumes from its checkpoint; returns its result record."""
+    """Distil the candidate ``config`` into ``out``; resumes from its checkpoint; returns its result record.
+    ``initial``: a module of the same architecture whose weights the student starts from (a warm start, e.g. the
+    subnet's inherited weights); a resumed checkpoint takes precedence."""
     folder = out if isinstance(out, StudentFolder) else StudentFolder(out)
     done = folder.result()
     if done is not None:
@@ -44,6 +47,8 @@ def distill_student(
     folder.path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(recipe.seed)
     student = create_model(config, num_classes=task.num_classes, in_chans=task.in_chans)
+    if initial is not None:
+        student.load_state_dict({k: v.detach().cpu() for k, v in initial.state_dict().items()})
     loss_obj = create_loss(loss, **(loss_options or {}))
     result = distill(student, teacher, task, recipe, loss_obj, device=device, checkpoint=folder.checkpoint,
                      metrics_csv=folder.metrics_csv, progress=progress, desc=desc)

@@ -29,6 +29,9 @@ class ProxyContext:
     # Ensembles rank a candidate within a reference population of its space: a callable returning
     # freshly built (seeded) models, scored once per component proxy and cached.
     reference_models: Callable[[], list[nn.Module]] | None = None
+    # A trained supernet ranker (kdsearch.supernet.SupernetRanker: ``evaluate(config, latency_ms) -> dict``) for the
+    # ``supernet`` proxies; duck-typed so that proxies need not import the supernet stage.
+    supernet: object | None = None
 
     def memo(self, model: nn.Module, key: str, compute: Callable[[], object]):
         """``compute()`` once per (model, key) until the next ``clear_memo``."""

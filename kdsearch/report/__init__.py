@@ -96,6 +96,7 @@ class Report:
     teacher: dict
     settings: RunSettings
     html_path: Path
+    supernets: dict | None = None  # RunFolder.supernets(): the bands and training curves, when the run ranked with them
 
     def to_text(self) -> str:
         t, s = self.teacher, self.settings
@@ -115,6 +116,7 @@ class Report:
             lines.append("* = on the Pareto front (no other student is both faster and more accurate); role: top = the "
                          "proxy's picks at the budget, band N = best of latency band N (1 = fastest), control = drawn at random")
             lines.extend(self.check.lines())
+        lines.extend(supernet_lines(self.supernets))
         lines.append(f"report: {self.html_path}")
         return "\n".join(lines)
 
@@ -225,7 +227,35 @@ def _figures(report: Report) -> list[str]:
                                name=f"{row['candidate_id']} ({row.get('role') or 'top'})")
     curves.update_layout(title="Learning curves of the distilled students", xaxis_title="epoch", yaxis_title="validation accuracy")
     figs.append(curves)
+    if report.supernets:
+        figs.append(_supernet_figure(report.supernets))
     return [f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figs)]
+
+
+def _supernet_figure(supernets: dict):
+    """Each trained band's supernet: the hold-out accuracy of its largest and smallest subnet per epoch."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for band, history in sorted(supernets["histories"].items()):
+        for end, dash in (("largest", "solid"), ("smallest", "dot")):
+            fig.add_scatter(x=[h["epoch"] for h in history], y=[h.get(f"holdout_accuracy_{end}") for h in history],
+                            mode="lines+markers", line={"dash": dash}, name=f"band {band + 1}, {end} subnet")
+    edges = supernets["bands"].get("edges_ms", [])
+    fig.update_layout(title=f"Supernets: hold-out accuracy with inherited weights (band edges {', '.join(f'{e:.2f}' for e in edges) or 'none'} ms)",
+                      xaxis_title="epoch", yaxis_title="hold-out accuracy (training images)")
+    return fig
+
+
+def supernet_lines(supernets: dict | None) -> list[str]:
+    if not supernets:
+        return []
+    lines = []
+    for band, history in sorted(supernets["histories"].items()):
+        last = history[-1] if history else {}
+        lines.append(f"supernet band {band + 1}: {len(history)} epochs, hold-out accuracy largest "
+                     f"{last.get('holdout_accuracy_largest', float('nan')):.3f} / smallest {last.get('holdout_accuracy_smallest', float('nan')):.3f}")
+    return lines
 
 
 def build_report(run_dir: str | Path) -> Report:
@@ -242,6 +272,7 @@ def build_report(run_dir: str | Path) -> Report:
     report = Report(
         run_dir=folder.path, table=table, check=self_check(table, settings), candidates=within,
         excluded=int(len(candidates) - len(within)), teacher=teacher, settings=settings, html_path=folder.report_html,
+        supernets=folder.supernets(),
     )
     folder.write_report(_html(report, folder.data_record()))
     return report

@@ -10,6 +10,8 @@ A run folder is the single source of truth of a run::
     candidates.csv              one row per scored candidate
     report.html                 the report
     students/<candidate id>/    one StudentFolder per distilled student
+    supernet/                   with --proxy supernet: bands.json (latency bands, cache key) and per trained band
+                                band<N>/history.json + weights.safetensors (linked from the cache when it can be)
     export/                     the default export folder
 
 A student folder (also what ``kdsearch distill --out`` and ``kdsearch export`` write)::
@@ -210,6 +212,32 @@ class RunFolder:
         buf = io.StringIO()
         table.to_csv(buf, index=False)
         atomic_write_text(self._candidates, buf.getvalue())
+
+    def write_supernets(self, record: dict, histories: dict[int, list[dict]], weights: dict[int, Path]) -> None:
+        """The supernets the run ranked with: their bands and cache key, and each trained band's curve and weights."""
+        import os
+        import shutil
+
+        for band, history in histories.items():
+            folder = self.path / "supernet" / f"band{band}"
+            atomic_write_json(folder / "history.json", history)
+            target = folder / "weights.safetensors"
+            if weights.get(band) and not target.exists():
+                with atomic_path(target) as tmp:
+                    tmp.unlink()
+                    try:
+                        os.link(weights[band], tmp)  # the cache's file, no second copy of the weights
+                    except OSError:
+                        shutil.copyfile(weights[band], tmp)
+        atomic_write_json(self.path / "supernet" / "bands.json", record)
+
+    def supernets(self) -> dict | None:
+        """{"bands": bands.json, "histories": {band: [per-epoch records]}} or None when the run used no supernet."""
+        bands = self.path / "supernet" / "bands.json"
+        if not bands.exists():
+            return None
+        histories = {int(p.parent.name[4:]): json.loads(p.read_text()) for p in sorted(self.path.glob("supernet/band*/history.json"))}
+        return {"bands": json.loads(bands.read_text()), "histories": histories}
 
     def write_report(self, html: str) -> None:
         atomic_write_text(self.report_html, html)

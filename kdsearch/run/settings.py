@@ -17,7 +17,7 @@ from kdsearch.cost import Budget, parse_budget
 from kdsearch.data import DataSpec
 from kdsearch.distill import create_loss
 from kdsearch.exceptions import KdsearchError
-from kdsearch.proxies import parse_proxies
+from kdsearch.proxies import needs_supernet, parse_proxies
 from kdsearch.search import check_sampler
 from kdsearch.spaces import SearchSpace, load_space
 from kdsearch.training import Recipe
@@ -30,7 +30,7 @@ LATENCY_FINAL = {"max_time_s": 3.0, "rel_precision": 0.01, "min_repeats": 50, "m
 STUDENT_RECIPE = {"optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4}
 IDENTITY_KEYS = (
     "teacher", "teacher_weights_sha", "data", "space", "space_sha", "budget", "proxies", "device", "latency_batch_size",
-    "threads", "seed", "loss",
+    "threads", "seed", "loss", "supernet",
 )
 
 
@@ -59,6 +59,8 @@ class RunSettings:
     batch_size: int = 64
     loss: dict = field(default_factory=lambda: {"name": "kd"})  # name + every setting, typed
     storage: str | None = None  # None: SQLite in the run folder (RunFolder.storage_url)
+    # With a supernet proxy: {"subspaces": K, "epochs": E, "warm_start": bool}; None otherwise
+    supernet: dict | None = None
     seed: int = 0
     quiet: bool = False
 
@@ -71,29 +73,38 @@ class RunSettings:
         teacher_epochs: int | None = None, trials: int = 100, timeout: float | None = None, top_k: int = 3,
         front: int = 4, controls: int = 1, proxy: str = "default", sampler: str = "auto", device: str = "auto", latency_batch_size: int = 1, threads: int = 1,
         epochs: int = 10, batch_size: int = 64, loss: str = "kd", loss_options: dict | None = None, storage: str | None = None,
-        seed: int = 0, quiet: bool = False,
+        subspaces: int = 3, supernet_epochs: int = 5, warm_start: bool = False, seed: int = 0, quiet: bool = False,
     ) -> RunSettings:
         """Validate every input before any work: a mistake costs the user one line, not a half-made run."""
         parsed_budget = parse_budget(budget)
         proxies = tuple(parse_proxies(proxy))
         sampler = check_sampler(sampler)
         for name, value in (("trials", trials), ("top_k", top_k), ("epochs", epochs), ("batch_size", batch_size),
-                            ("latency_batch_size", latency_batch_size), ("threads", threads), ("teacher_epochs", teacher_epochs)):
+                            ("latency_batch_size", latency_batch_size), ("threads", threads), ("teacher_epochs", teacher_epochs),
+                            ("subspaces", subspaces), ("supernet_epochs", supernet_epochs)):
             if value is not None and value < 1:
                 raise KdsearchError(f"--{name.replace('_', '-')} must be at least 1 (got {value}).")
         for name, value in (("front", front), ("controls", controls)):
             if value < 0:
                 raise KdsearchError(f"--{name} must be 0 or more (got {value}).")
+        supernet = {"subspaces": subspaces, "epochs": supernet_epochs, "warm_start": warm_start} if needs_supernet(list(proxies)) else None
+        if warm_start and supernet is None:
+            raise KdsearchError("--warm-start starts each student from its subnet's inherited weights; it needs a supernet "
+                                "proxy (--proxy supernet).")
         loss_config = create_loss(loss, **(loss_options or {})).config()
         torch_device = resolve_device(device)
         space_obj = load_space(space) if space else None
+        if supernet is not None and space_obj is not None:
+            from kdsearch.supernet import SHARING
+
+            SHARING.get(space_obj.family)  # a space without a weight-sharing rule fails now, not after the teacher
         run_dir = Path(out) if out else Path("runs") / f"{Path(str(teacher)).stem}-{parsed_budget.text}-{datetime.now():%Y%m%d-%H%M%S}"
         sha = file_sha256(teacher_weights) if teacher_weights and Path(teacher_weights).is_file() else None
         return cls(
             teacher=teacher, budget=parsed_budget, space=space_obj, out=run_dir, teacher_weights=teacher_weights,
             teacher_weights_sha=sha, pretrained=pretrained, teacher_epochs=teacher_epochs, trials=trials, timeout=timeout,
             top_k=top_k, front=front, controls=controls, proxies=proxies, sampler=sampler, device=str(torch_device), latency_batch_size=latency_batch_size,
-            threads=threads, epochs=epochs, batch_size=batch_size, loss=loss_config, storage=storage, seed=seed, quiet=quiet,
+            threads=threads, epochs=epochs, batch_size=batch_size, loss=loss_config, storage=storage, supernet=supernet, seed=seed, quiet=quiet,
             data=DataSpec(data=data, data_root=data_root, input_size=input_size, train_samples=train_samples,
                           val_samples=val_samples, seed=seed),
         )
@@ -118,6 +129,10 @@ class RunSettings:
         """The distillation recipe every student of the run is trained with."""
         return Recipe(epochs=self.epochs, batch_size=self.batch_size, seed=self.seed, **STUDENT_RECIPE)
 
+    def supernet_recipe(self) -> Recipe:
+        """The supernets' recipe: the students' (batch size, SGD, seed) for ``supernet["epochs"]`` epochs."""
+        return Recipe(epochs=self.supernet["epochs"], batch_size=self.batch_size, seed=self.seed, **STUDENT_RECIPE)
+
     def latency(self, stage: str) -> dict[str, Any]:
         """measure_latency settings for 'search' (screening) or 'final' (finalists, teacher)."""
         stats = LATENCY_SEARCH if stage == "search" else LATENCY_FINAL
@@ -141,7 +156,7 @@ class RunSettings:
             "proxies": list(self.proxies), "sampler": self.sampler, "device": self.device,
             "latency_batch_size": self.latency_batch_size, "threads": self.threads, "seed": self.seed, "trials": self.trials,
             "timeout": self.timeout, "top_k": self.top_k, "front": self.front, "controls": self.controls, "epochs": self.epochs, "batch_size": self.batch_size,
-            "storage": self.storage, "loss": dict(self.loss), "recipe": self.recipe().to_dict(),
+            "storage": self.storage, "loss": dict(self.loss), "recipe": self.recipe().to_dict(), "supernet": self.supernet,
         }
 
     @classmethod
@@ -157,7 +172,7 @@ class RunSettings:
             controls=config.get("controls", 0), proxies=tuple(config["proxies"]), sampler=config["sampler"],
             device=config["device"], latency_batch_size=config["latency_batch_size"], threads=config["threads"],
             epochs=config["epochs"], batch_size=config["batch_size"], loss=dict(config["loss"]), storage=config["storage"],
-            seed=config["seed"],
+            supernet=config.get("supernet"), seed=config["seed"],
         )
 
 

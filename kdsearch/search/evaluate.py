@@ -113,7 +113,7 @@ class CandidateEvaluator:
         model = create_model(config, num_classes=self.task.num_classes, in_chans=self.task.in_chans).to(self.device)
         metrics: dict[str, Any] = {"params": count_params(model), "flops": count_flops(model, self.task.input_shape)}
         metrics.update(measure_candidate(model, self.task, self.device, self.latency))
-        metrics.update(score(self.proxies, model, self.ctx, metrics))
+        metrics.update(score(self.proxies, model, self.ctx, {**metrics, "config": config}))
         if self._needs_recheck(metrics):
             first = metrics["latency_p50_ms"]
             metrics.update(measure_candidate(model, self.task, self.device, self.recheck))

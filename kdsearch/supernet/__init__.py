@@ -1,0 +1,176 @@
+"""Weight-shared supernets that rank candidates with the teacher's knowledge (AutoDistil-style subspaces).
+
+    ranker = prepare_supernets(space, task, teacher_model, bands=3, limit_ms=2.0, recipe=Recipe(epochs=5))
+    ranker.evaluate(config, latency_ms)   # {"accuracy": ..., "kd_loss": ..., "band": ...}
+
+The space is cut into K bands by latency measured on the device (``bands``); each band that holds candidates
+within the limit gets a supernet (``weights``), distilled from the teacher with the sandwich rule (``train``) on
+the training images minus a seeded hold-out slice; a candidate is scored by its subnet with inherited weights,
+BatchNorm recalibrated, on that slice — never on the user's validation set. Everything is cached by content
+hash (teacher, data, space, bands, recipe), so a second ``find`` with the same inputs trains nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from kdsearch._util import atomic_write_json, cache_dir, stable_hash
+from kdsearch.data import Task
+from kdsearch.data.task import balanced_indices
+from kdsearch.spaces import SearchSpace
+from kdsearch.supernet.bands import BandPool, LatencyBands, measure_bands
+from kdsearch.supernet.train import SandwichRule, calibration_batches, kd_loss, train_band
+from kdsearch.supernet.weights import SHARING, Supernet, recalibrate
+from kdsearch.taps import as_logits
+from kdsearch.teacher.outputs import teacher_outputs, weights_sha
+from kdsearch.training import Recipe
+
+FORMAT_VERSION = 1
+# The supernet's own recipe unless the caller gives one: short (it is trained once per band) and the same SGD
+# as find's students.
+DEFAULT_RECIPE = {"epochs": 5, "batch_size": 64, "optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4}
+
+
+def carve_holdout(task: Task, fraction: float = 0.1, max_size: int = 500, seed: int = 0) -> Task:
+    """The task with a seeded, class-balanced slice of its *training* images as its validation split (the supernet
+    is scored there; the user's validation set stays unseen by the ranking)."""
+    size = max(task.num_classes, min(max_size, int(len(task.train_labels) * fraction)))
+    held = balanced_indices(task.train_labels.numpy(), size, seed)
+    keep = torch.ones(len(task.train_labels), dtype=torch.bool)
+    keep[held] = False
+    return dataclasses.replace(
+        task, train_images=task.train_images[keep], train_labels=task.train_labels[keep],
+        val_images=task.train_images[held], val_labels=task.train_labels[held], _device_copies={},
+        description=f"{task.description}; supernet hold-out: {size} training images",
+    )
+
+
+@dataclass
+class SupernetRanker:
+    """Scores candidates with inherited weights: accuracy and KD loss to the teacher on the hold-out slice."""
+
+    bands: LatencyBands
+    supernets: dict[int, Supernet]  # trained bands only
+    task: Task  # training images minus the hold-out slice (its validation split)
+    teacher_logits: torch.Tensor  # the teacher's logits on the hold-out slice
+    device: torch.device
+    temperature: float = 4.0
+    histories: dict[int, list[dict]] = field(default_factory=dict)
+    folder: Path | None = None
+    _calibration: list[torch.Tensor] | None = None
+
+    def band_for(self, latency_ms: float) -> int:
+        """The candidate's band; a candidate beyond every trained band is scored by the nearest one."""
+        band = self.bands.band_of(latency_ms)
+        return min(self.supernets, key=lambda b: (abs(b - band), b))
+
+    @torch.no_grad()
+    def evaluate(self, config: dict, latency_ms: float) -> dict[str, Any]:
+        band = self.band_for(latency_ms)
+        if self._calibration is None:
+            self._calibration = calibration_batches(self.task, self.device)
+        model = recalibrate(self.supernets[band].extract(config), self._calibration)
+        logits = torch.cat([as_logits(model(x)) for x, _ in self.task.batches("val", 256, device=self.device)])
+        labels = self.task.val_labels.to(self.device)
+        return {"accuracy": float((logits.argmax(1) == labels).float().mean()),
+                "kd_loss": float(kd_loss(logits, self.teacher_logits, self.temperature)), "band": band}
+
+    def subnet(self, config: dict, latency_ms: float) -> nn.Module:
+        """The candidate with inherited weights, BatchNorm recalibrated (a warm start for its distillation)."""
+        if self._calibration is None:
+            self._calibration = calibration_batches(self.task, self.device)
+        return recalibrate(self.supernets[self.band_for(latency_ms)].extract(config), self._calibration)
+
+
+def prepare_supernets(
+    space: SearchSpace, task: Task, teacher: nn.Module, *, bands: int = 3, limit_ms: float | None = None,
+    recipe: Recipe | None = None, rule: SandwichRule | None = None, device: torch.device | str = "cpu",
+    latency: dict[str, Any] | None = None, root: str | Path | None = None, seed: int = 0, progress: bool = False,
+    log=None,
+) -> SupernetRanker:
+    """Measure the bands, train (or load) a supernet for each band that holds candidates within ``limit_ms``."""
+    SHARING.get(space.family)  # a clear error before anything is timed or trained
+    device, log = torch.device(device), log or (lambda message: None)
+    recipe = recipe or Recipe(**DEFAULT_RECIPE, seed=seed)
+    rule = rule or SandwichRule()
+    latency = latency or {"max_time_s": 0.5, "rel_precision": 0.03, "min_repeats": 10, "warmup_s": 0.02}
+    root = Path(root or cache_dir() / "supernets")
+    measured = _cached_bands(space, task, bands, device, latency, seed, root, log)
+    holdout_task = carve_holdout(task, seed=seed)
+    key = stable_hash({"teacher": weights_sha(teacher), "data": holdout_task.fingerprint, "bands": measured.edges,
+                       "space": space.record(), "recipe": recipe.to_dict(), "rule": rule.to_dict(),
+                       "version": FORMAT_VERSION}, length=16)
+    folder = root / _bands_key(space, task, bands, device, latency, seed) / key
+    trained = measured.bands_below(limit_ms)
+    pool = BandPool(space, measured, seed=seed)
+    trained = [b for b in trained if len(pool.members[b])]
+    outputs = teacher_outputs(teacher, holdout_task, recipe, device)  # shared with every band (and cached)
+    supernets, histories = {}, {}
+    for band in trained:
+        supernets[band], histories[band] = _band_supernet(space, holdout_task, pool, band, outputs, recipe, rule,
+                                                          folder / f"band{band}", device, progress, log)
+    return SupernetRanker(measured, supernets, holdout_task, _teacher_logits(teacher, holdout_task, device), device,
+                          rule.temperature, histories, folder)
+
+
+def _bands_key(space: SearchSpace, task: Task, bands: int, device: torch.device, latency: dict, seed: int) -> str:
+    from kdsearch.cost.latency import _device_name
+
+    return stable_hash({"space": space.record(), "input": list(task.input_shape), "device": _device_name(device),
+                        "latency": latency, "bands": bands, "seed": seed}, length=16)
+
+
+def _cached_bands(space, task, bands, device, latency, seed, root: Path, log) -> LatencyBands:
+    """Band edges are measured once per (space, device, settings) and reused: retimed, they would move a little and
+    every supernet keyed on them would be trained again."""
+    import json
+
+    path = root / _bands_key(space, task, bands, device, latency, seed) / "bands.json"
+    if path.exists():
+        measured = LatencyBands.from_dict(json.loads(path.read_text()))
+        log(f"supernet: {measured.count} latency band(s) reused from {path.parent.name} "
+            f"(edges {', '.join(f'{e:.2f}' for e in measured.edges) or 'none'} ms)")
+        return measured
+    measured = measure_bands(space, task, bands, device=device, latency=latency, seed=seed, log=log)
+    atomic_write_json(path, measured.to_dict())
+    return measured
+
+
+def _band_supernet(space, task, pool, band, outputs, recipe, rule, folder: Path, device, progress, log):
+    import json
+
+    from safetensors.torch import load_file
+
+    supernet = Supernet(space, task.num_classes, task.in_chans).to(device)
+    weights = folder / "weights.safetensors"
+    if weights.exists():
+        supernet.shared.load_state_dict(load_file(str(weights), device=str(device)))
+        history = json.loads((folder / "history.json").read_text())
+        log(f"supernet band {band + 1}: reused ({len(history)} epochs, cache {folder.parent.name})")
+        return supernet.eval(), history
+    started = time.perf_counter()
+    history = train_band(supernet, pool, band, task, outputs, recipe, rule, folder=folder, device=device, progress=progress)
+    last = history[-1]
+    log(f"supernet band {band + 1}: {len(pool.members[band])} candidates of the pool, {recipe.epochs} epochs, "
+        f"hold-out accuracy largest {last['holdout_accuracy_largest']:.3f} / smallest {last['holdout_accuracy_smallest']:.3f} "
+        f"[{time.perf_counter() - started:.0f} s]")
+    return supernet.eval(), history
+
+
+@torch.no_grad()
+def _teacher_logits(teacher: nn.Module, task: Task, device: torch.device) -> torch.Tensor:
+    teacher = teacher.to(device).eval()
+    return torch.cat([as_logits(teacher(x)).float() for x, _ in task.batches("val", 256, device=device)])
+
+
+__all__ = [
+    "DEFAULT_RECIPE", "SHARING", "BandPool", "LatencyBands", "SandwichRule", "Supernet", "SupernetRanker", "carve_holdout",
+    "kd_loss", "measure_bands", "prepare_supernets", "recalibrate",
+]

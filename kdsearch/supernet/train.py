@@ -1,0 +1,141 @@
+"""Training one band's supernet: knowledge distillation from the user's teacher with the sandwich rule.
+
+Each step runs the band's slowest and fastest members and two random ones on the same batch and accumulates
+their gradients (BigNAS / AttentiveNAS / AutoDistil); every subnet learns from the teacher's logits for that
+epoch's views, read from the shared teacher outputs (``kdsearch.teacher.outputs``: computed once, also used by
+the run's students), or — with in-place distillation — the smaller ones from the largest subnet's.
+The subnets of a step are drawn from a generator seeded by (seed, band, epoch), so a resumed run and every
+data-parallel rank draw the same ones. One checkpoint per epoch, written atomically; a killed run resumes at
+the first unfinished epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from kdsearch._util import atomic_path, atomic_write_json
+from kdsearch.data import Task
+from kdsearch.supernet.bands import BandPool
+from kdsearch.supernet.weights import Supernet, recalibrate
+from kdsearch.teacher.outputs import TeacherOutputs
+from kdsearch.training import Recipe, amp_dtype_for, epoch_seed, lr_at, make_optimizer
+
+
+@dataclass(frozen=True)
+class SandwichRule:
+    """What one supernet step does: the subnets it runs and what they learn from."""
+
+    random_subnets: int = 2
+    temperature: float = 4.0
+    kd_weight: float = 0.9  # the rest is cross-entropy on the labels
+    inplace: bool = False  # smaller subnets learn from the largest subnet's logits instead of the teacher's
+
+    def to_dict(self) -> dict:
+        return {"random_subnets": self.random_subnets, "temperature": self.temperature, "kd_weight": self.kd_weight,
+                "inplace": self.inplace}
+
+
+def kd_loss(logits: torch.Tensor, target_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton's KL(teacher || student) at temperature T, scaled by T² (per sample, averaged)."""
+    t = temperature
+    return F.kl_div(F.log_softmax(logits.float() / t, 1), F.log_softmax(target_logits.float() / t, 1),
+                    log_target=True, reduction="batchmean") * t * t
+
+
+def train_band(supernet: Supernet, pool: BandPool, band: int, task: Task, outputs: TeacherOutputs, recipe: Recipe,
+               rule: SandwichRule, *, folder: Path, device: torch.device, progress: bool = False) -> list[dict]:
+    """Train (or resume) one band's supernet on ``task``'s training split; returns its per-epoch history, in which the
+    band's largest and smallest subnets are scored on ``task``'s validation split (for find: a slice carved out of the
+    training images). ``folder`` holds the per-epoch training state, the history and, when done, ``weights.safetensors``."""
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    folder.mkdir(parents=True, exist_ok=True)
+    supernet.to(device).train()
+    optimizer = make_optimizer(list(supernet.parameters()), recipe)
+    history, start = _resume(supernet, optimizer, folder / "training_state.pt", device)
+    steps = math.ceil(len(task.train_labels) / recipe.batch_size)
+    amp_dtype = amp_dtype_for(recipe, device)
+    bar = tqdm(total=recipe.epochs * steps, initial=start * steps, desc=f"supernet band {band + 1}", leave=False,
+               disable=None if progress else True)
+    for epoch in range(start, recipe.epochs):
+        bar.set_description(f"supernet band {band + 1}, epoch {epoch + 1}/{recipe.epochs}")
+        started, losses = time.perf_counter(), []
+        lookup = outputs.lookup(epoch, device)
+        draws = torch.Generator().manual_seed(epoch_seed(recipe, epoch) * 1009 + band)
+        for step, (x, y, idx) in enumerate(task.batches("train", recipe.batch_size, shuffle=True, augment=recipe.augment,
+                                                        seed=epoch_seed(recipe, epoch), device=device, with_index=True)):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(epoch * steps + step, recipe.epochs * steps, int(recipe.warmup_epochs * steps),
+                                    recipe.lr, recipe.schedule)
+            losses.append(_sandwich_step(supernet, pool.sandwich(band, draws, rule.random_subnets), x, y, lookup(idx),
+                                         rule, optimizer, device, amp_dtype))
+            bar.update(1)
+        record = {"epoch": epoch + 1, "loss": sum(losses) / max(1, len(losses)), "seconds": time.perf_counter() - started}
+        record.update(_extremes_accuracy(supernet, pool, band, task, device))  # the supernet's learning curve
+        supernet.train()
+        history.append(record)
+        _checkpoint(supernet, optimizer, history, folder / "training_state.pt")
+    bar.close()
+    with atomic_path(folder / "weights.safetensors") as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in supernet.shared.state_dict().items()}, str(tmp))
+    atomic_write_json(folder / "history.json", history)
+    (folder / "training_state.pt").unlink(missing_ok=True)
+    return history
+
+
+def _sandwich_step(supernet: Supernet, configs: list[dict], x, y, teacher_logits, rule: SandwichRule, optimizer,
+                   device: torch.device, amp_dtype) -> float:
+    optimizer.zero_grad(set_to_none=True)
+    total, largest = 0.0, None
+    for i, config in enumerate(configs):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = supernet(config, x)
+        target = largest if (rule.inplace and largest is not None) else teacher_logits
+        loss = rule.kd_weight * kd_loss(logits, target, rule.temperature) + (1 - rule.kd_weight) * F.cross_entropy(logits.float(), y)
+        loss.backward()  # gradients accumulate over the sandwich
+        if i == 0:
+            largest = logits.detach()
+        total += float(loss.detach())
+    optimizer.step()
+    return total / max(1, len(configs))
+
+
+def _extremes_accuracy(supernet: Supernet, pool: BandPool, band: int, task: Task, device) -> dict:
+    from kdsearch.training import evaluate
+
+    largest, smallest = pool.sandwich(band, torch.Generator().manual_seed(0), random_count=0)
+    out = {}
+    for name, config in (("largest", largest), ("smallest", smallest)):
+        model = recalibrate(supernet.extract(config), calibration_batches(task, device))
+        out[f"holdout_accuracy_{name}"] = evaluate(model, task, device=device)
+    return out
+
+
+def calibration_batches(task: Task, device, images: int = 256, batch_size: int = 64) -> list[torch.Tensor]:
+    """A fixed, seeded set of un-augmented training images for BatchNorm recalibration."""
+    x, _ = task.sample_batch(min(images, len(task.train_labels)), seed=1)
+    return [x[i:i + batch_size].to(device) for i in range(0, len(x), batch_size)]
+
+
+def _checkpoint(supernet: Supernet, optimizer, history: list[dict], path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"model": supernet.shared.state_dict(), "optimizer": optimizer.state_dict(), "history": history}, tmp)
+
+
+def _resume(supernet: Supernet, optimizer, path: Path, device) -> tuple[list[dict], int]:
+    if not path.exists():
+        return [], 0
+    state = torch.load(path, map_location=device, weights_only=True)
+    supernet.shared.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return list(state["history"]), len(state["history"])
+
+
+__all__ = ["SandwichRule", "calibration_batches", "kd_loss", "train_band"]

@@ -1,0 +1,175 @@
+"""Weight sharing: one set of weights from which every candidate of a space is cut, as OFA / BigNAS do.
+
+A family's supernet is an ordinary module holding the largest weights of every choice; a candidate's
+module is the plain family module (the one ``create_model`` builds) whose every tensor is a cut of a
+supernet tensor: the first ``n`` channels (width, expansion), the first ``d`` blocks of a stage (depth),
+the centre ``k × k`` of a kernel (OFA's kernel rule), or the weights of the op an edge chose (NAS-Bench-201).
+So a subnet is trained by running its own module on views of the supernet's parameters
+(``torch.func.functional_call``: gradients flow into the shared weights), and extracted with inherited
+weights as a plain module — latency, proxies, distillation and export then see nothing unusual.
+
+Per family, a :class:`SharingRule` says which config is the supernet's skeleton and how a subnet's tensor
+names map to the supernet's (for most families the identity: the subnet's names are a subset).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from kdsearch.exceptions import SpaceError
+from kdsearch.registry import Registry
+from kdsearch.spaces import SearchSpace, create_model
+from kdsearch.spaces.families import NB201_EDGES, NB201_OPS, _nb201_op
+
+
+@dataclass(frozen=True)
+class SharingRule:
+    """How a family shares weights: the supernet module for a space, and each subnet tensor's source name."""
+
+    build: Callable[[SearchSpace, int, int], nn.Module]  # (space, num_classes, in_chans) -> supernet module
+    source_name: Callable[[str, dict], str]  # (subnet tensor name, config) -> supernet tensor name
+
+
+SHARING: Registry[SharingRule] = Registry(
+    "weight-sharing family", SpaceError, hint=" A supernet needs a space of one of those families; choose one, or another --proxy.")
+
+
+def largest_config(space: SearchSpace) -> dict[str, Any]:
+    """Every numeric key at its largest choice (depth, width, kernel, expansion): the skeleton of the supernet."""
+    values = {}
+    for key, choices in space.choices.items():
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in choices):
+            raise SpaceError(f"Space {space.name!r}: key {key!r} has non-numeric choices, which a nested supernet cannot "
+                             f"share; use a family with a rule for them (nasbench201).")
+        values[key] = max(choices)
+    return space.config(values)
+
+
+def _nested(space: SearchSpace, num_classes: int, in_chans: int) -> nn.Module:
+    return create_model(largest_config(space), num_classes=num_classes, in_chans=in_chans)
+
+
+def _same_name(name: str, config: dict) -> str:
+    return name
+
+
+SHARING.add("resnet_cifar", SharingRule(_nested, _same_name))
+SHARING.add("mobilenetv3", SharingRule(_nested, _same_name))
+
+
+def _nb201_supernet(space: SearchSpace, num_classes: int, in_chans: int) -> nn.Module:
+    """The NAS-Bench-201 skeleton with every op on every edge (each op keeps its own weights, as in the benchmark's
+    weight-sharing baselines)."""
+    ops = {edge: "nor_conv_3x3" for edge in NB201_EDGES}
+    model = create_model(space.config(ops) if set(space.choices) <= set(NB201_EDGES) else {**ops, "family": "nasbench201"},
+                         num_classes=num_classes, in_chans=in_chans)
+    for cell in model.cells:
+        if hasattr(cell, "edges"):
+            channels = cell.edges[NB201_EDGES[0]][1].in_channels
+            cell.edges = nn.ModuleDict({edge: nn.ModuleDict({op: _nb201_op(op, channels) for op in NB201_OPS})
+                                        for edge in NB201_EDGES})
+    return model
+
+
+def _nb201_source(name: str, config: dict) -> str:
+    parts = name.split(".")
+    if "edges" in parts:  # cells.<i>.edges.<edge>.<rest> → cells.<i>.edges.<edge>.<op>.<rest>
+        at = parts.index("edges") + 1
+        parts.insert(at + 1, config[parts[at]])
+    return ".".join(parts)
+
+
+SHARING.add("nasbench201", SharingRule(_nb201_supernet, _nb201_source))
+
+
+def cut(source: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """A view of ``source`` with ``shape``: leading channels, and the centre of a convolution's kernel."""
+    if tuple(source.shape) == tuple(shape):
+        return source
+    if source.dim() != len(shape) or any(s < t for s, t in zip(source.shape, shape)):
+        raise SpaceError(f"A subnet tensor of shape {tuple(shape)} cannot be cut from a supernet tensor of shape "
+                         f"{tuple(source.shape)}; the space's choices exceed its supernet.")
+    index = []
+    for dim, (s, t) in enumerate(zip(source.shape, shape)):
+        start = (s - t) // 2 if (source.dim() == 4 and dim >= 2) else 0  # OFA: a smaller kernel is the centre
+        index.append(slice(start, start + t))
+    return source[tuple(index)]
+
+
+class Supernet(nn.Module):
+    """The shared weights of one space, and the subnets cut from them.
+
+    ``subnet(config)`` is the candidate's plain module (built once per config, weights not initialised) and
+    ``views(config)`` the dictionary of its parameters as views of the supernet's: ``forward(config, x)`` runs
+    the candidate on them, so a backward pass trains the shared weights. ``extract(config)`` returns an
+    independent plain module with copies of the inherited weights."""
+
+    def __init__(self, space: SearchSpace, num_classes: int, in_chans: int):
+        super().__init__()
+        self.space, self.num_classes, self.in_chans = space, num_classes, in_chans
+        self.rule = SHARING.get(space.family)
+        self.shared = self.rule.build(space, num_classes, in_chans)
+        self._skeletons: dict[str, nn.Module] = {}
+
+    def _skeleton(self, config: dict) -> nn.Module:
+        from kdsearch.spaces import candidate_id
+
+        key = candidate_id(config)
+        if key not in self._skeletons:
+            if len(self._skeletons) >= 256:  # a few hundred small modules; the oldest go first
+                self._skeletons.pop(next(iter(self._skeletons)))
+            with torch.device("meta"):  # the skeleton's own parameters are never used: no memory, no init
+                module = create_model(config, num_classes=self.num_classes, in_chans=self.in_chans)
+            self._skeletons[key] = module
+        return self._skeletons[key]
+
+    def views(self, config: dict) -> dict[str, torch.Tensor]:
+        """The subnet's parameters and buffers as cuts of the supernet's (BN statistics included)."""
+        shared = dict(self.shared.named_parameters())
+        shared.update(self.shared.named_buffers())
+        out = {}
+        for name, tensor in [*self._skeleton(config).named_parameters(), *self._skeleton(config).named_buffers()]:
+            source = self.rule.source_name(name, config)
+            if source not in shared:
+                raise SpaceError(f"Subnet tensor {name!r} has no source {source!r} in the {self.space.family} supernet.")
+            out[name] = cut(shared[source], tensor.shape)
+        return out
+
+    def forward(self, config: dict, x: torch.Tensor) -> torch.Tensor:
+        """The subnet's logits on the shared weights. In training mode BatchNorm normalises with the batch's own
+        statistics; the shared running statistics it updates mean nothing across subnets (``recalibrate`` sets
+        a subnet's before it is scored)."""
+        skeleton = self._skeleton(config).train(self.training)
+        return torch.func.functional_call(skeleton, self.views(config), (x,))
+
+    def extract(self, config: dict) -> nn.Module:
+        """The candidate as a plain family module holding copies of its inherited weights."""
+        model = create_model(config, num_classes=self.num_classes, in_chans=self.in_chans)
+        with torch.no_grad():
+            model.load_state_dict({k: v.detach().clone() for k, v in self.views(config).items()})
+        return model.to(next(self.shared.parameters()).device)
+
+
+def recalibrate(model: nn.Module, batches) -> nn.Module:
+    """BatchNorm statistics re-estimated for this subnet (AttentiveNAS's ``set_running_statistics``): reset, then a
+    cumulative average over ``batches`` in training mode without gradients; the model is returned in eval mode."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: every batch counts equally
+    model.train()
+    with torch.no_grad():
+        for x in batches:
+            model(x)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    return model.eval()
+
+
+__all__ = ["SHARING", "SharingRule", "Supernet", "cut", "largest_config", "recalibrate"]
