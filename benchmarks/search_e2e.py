@@ -17,6 +17,8 @@ its pick distil better than ResNet-20?
 
     .venv/bin/python benchmarks/search_e2e.py                  # ~40 min on 2 cores -> results/search_e2e_<budget>ms.json
     .venv/bin/python benchmarks/search_e2e.py --budget-ms 2.37  # a given budget (ResNet-20 and the teacher are reused)
+    .venv/bin/python benchmarks/search_e2e.py --budget-ms 2.37 --proxy supernet   # rank with the supernets instead
+        # (-> results/search_e2e_2.37ms_supernet.json; its pick is also distilled warm-started from inherited weights)
 
 Resumable: the run folder, the teacher and every student live in benchmarks/.data/search_e2e/.
 """
@@ -112,6 +114,40 @@ def distil(config: dict, name: str, seed: int, teacher, task, recipe) -> float:
     return float(record["val_accuracy"])
 
 
+def warm_started(run, settings, pick: dict, teacher, task, recipe, seeds) -> dict:
+    """The pick distilled again from its subnet's inherited weights (BN recalibrated), same recipe and seeds."""
+    from kdsearch.pipeline.student import distill_student
+    from kdsearch.supernet import prepare_supernets
+
+    ranker = prepare_supernets(settings.space, task, teacher, bands=settings.supernet["subspaces"],
+                               limit_ms=settings.budget.latency_limit_ms, recipe=settings.supernet_recipe(),
+                               latency=settings.latency("search"), seed=settings.seed)  # cached: trains nothing
+    out = {}
+    for seed in seeds:
+        record = distill_student(pick["config"], teacher, task, WORK / "students" / f"pick-{pick['candidate_id']}-warm-seed{seed}",
+                                 replace(recipe, seed=seed), loss="kd", progress=True, desc=f"warm pick seed {seed}",
+                                 initial=ranker.subnet(pick["config"], pick["latency_p50_ms"]))
+        out[seed] = {"final": float(record["val_accuracy"]), "per_epoch": [h["val_accuracy"] for h in record["history"]]}
+    return out
+
+
+def supernet_cost(run, pick: dict) -> dict:
+    """Supernet wall time against distilling the pick for the same number of epochs (the issue's cost ratio), and
+    the supernet proxy's scoring time per candidate."""
+    import pandas as pd
+
+    record = run.supernets()
+    seconds = sum(h["seconds"] for history in record["histories"].values() for h in history)
+    epochs = max(len(h) for h in record["histories"].values())
+    student = run.student(pick["candidate_id"]).result()
+    per_epoch = student["seconds"] / student["epochs"]
+    scoring = pd.read_csv(run.path / "candidates.csv")["proxy_supernet_ms"]
+    return {"bands": record["bands"], "trained_bands": record["bands"].get("trained"), "seconds": seconds,
+            "epochs": epochs, "student_seconds_per_epoch": per_epoch, "cost_ratio": seconds / (per_epoch * epochs),
+            "scoring_ms_median": float(scoring.median()), "scoring_ms_p90": float(scoring.quantile(0.9)),
+            "curves": record["histories"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--per-class", type=int, default=500)
@@ -121,6 +157,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--teacher-only", action="store_true", help="train and cache the teacher, then stop")
     parser.add_argument("--budget-ms", type=float, help="the budget in ms instead of ResNet-20's latency measured now")
+    parser.add_argument("--proxy", default="params", help="find's ranking proxy (params, or supernet)")
+    parser.add_argument("--supernet-epochs", type=int, default=5)
+    parser.add_argument("--subspaces", type=int, default=3)
     args = parser.parse_args()
     os.environ.setdefault("KDSEARCH_CACHE_DIR", str(WORK / "cache"))
     WORK.mkdir(parents=True, exist_ok=True)
@@ -139,16 +178,19 @@ def main() -> None:
         print(f"teacher: val accuracy {teacher.accuracy:.4f} ({teacher.source})")
         return
     budget = {"budget_ms": args.budget_ms, "source": "--budget-ms"} if args.budget_ms else resnet20_budget()
-    tag = f"{budget['budget_ms']}ms"
+    tag = f"{budget['budget_ms']}ms" + ("" if args.proxy == "params" else f"_{args.proxy}")
     print(f"budget: {budget['budget_ms']} ms ({budget.get('readings_ms', budget.get('source'))})", flush=True)
+    supernet = {"subspaces": args.subspaces, "supernet_epochs": args.supernet_epochs} if args.proxy == "supernet" else {}
+    # front and controls off: this benchmark distils only the pick (the front has its own, front_cost.py)
     result = find(teacher="search_e2e:resnet56", budget=f"{budget['budget_ms']}ms", data=str(folder), space="resnet_cifar",
-                  proxy="params", trials=args.trials, top_k=1, teacher_epochs=args.teacher_epochs, epochs=args.epochs,
-                  batch_size=64, threads=1, seed=args.seeds[0], out=WORK / f"run-{tag}")
+                  proxy=args.proxy, trials=args.trials, top_k=1, front=0, controls=0, teacher_epochs=args.teacher_epochs,
+                  epochs=args.epochs, batch_size=64, threads=1, seed=args.seeds[0], out=WORK / f"run-{tag}", **supernet)
     find_seconds = time.perf_counter() - started
     run = RunFolder.open(result.run_dir)
     settings = run.settings()
     finalists = run.finalists()
-    pick = max((f for f in finalists.values() if f["within_budget"]), key=lambda f: f["params"])
+    pick = max((f for f in finalists.values() if f["within_budget"] and f.get("role", "top") == "top"),
+               key=lambda f: f[settings.ranking_proxy])
     truth = exhaustive(budget["budget_ms"], pick)
 
     from kdsearch.data import load_task
@@ -162,23 +204,26 @@ def main() -> None:
         accuracy["pick"][seed] = float(found["val_accuracy"]) if found else distil(
             pick["config"], f"pick-{pick['candidate_id']}", seed, teacher.model, task, recipe)
         accuracy["resnet20"][seed] = distil(RESNET20, "resnet20", seed, teacher.model, task, recipe)
+    if args.proxy == "supernet":
+        accuracy["pick_warm_start"] = warm_started(run, settings, pick, teacher.model, task, recipe, args.seeds)
     studied = len(result.candidates)
     latency_now = side_by_side({"resnet20": RESNET20, "pick": pick["config"], "optimum": truth["optimum"]["config"]})
     record = {
         "budget": budget, "train_images": len(task.train_labels), "val_images": len(task.val_labels),
         "teacher": {"config": TEACHER, "val_accuracy": teacher.accuracy, "epochs": settings.teacher_epochs},
-        "find": {"trials": args.trials, "candidates_scored": studied, "pick": {k: pick[k] for k in
-                 ("candidate_id", "config", "params", "flops", "latency_p50_ms", "latency_iqr_ms")},
+        "find": {"trials": args.trials, "proxy": args.proxy, "candidates_scored": studied, "pick": {k: pick.get(k) for k in
+                 ("candidate_id", "config", "params", "flops", "latency_p50_ms", "latency_iqr_ms", args.proxy)},
                  "finalists_remeasured": len(finalists), "finalists_over_budget": sum(not f["within_budget"] for f in finalists.values()),
                  "seconds_to_pick_and_distil_seed0": find_seconds},
         "exhaustive": truth,
         "latency_side_by_side": latency_now,
         "recipe": recipe.to_dict(), "loss": "kd",
         "distilled_accuracy": accuracy,
-        "mean_accuracy": {k: statistics.mean(v.values()) for k, v in accuracy.items()},
+        "mean_accuracy": {k: statistics.mean(a["final"] if isinstance(a, dict) else a for a in v.values()) for k, v in accuracy.items()},
         "resnet20_params": int(sum(p.numel() for p in create_model(RESNET20, num_classes=10).parameters())),
         "seconds": time.perf_counter() - started, "python": platform.python_version(), "torch": torch.__version__,
         "threads_training": torch.get_num_threads(),
+        **({"supernet": supernet_cost(run, pick)} if args.proxy == "supernet" else {}),
     }
     atomic_write_json(RESULTS / f"search_e2e_{tag}.json", record)
     print(json.dumps({k: record[k] for k in ("budget", "exhaustive", "latency_side_by_side", "mean_accuracy", "distilled_accuracy")},

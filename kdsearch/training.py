@@ -131,9 +131,21 @@ def lr_at(step: int, total: int, warmup: int, base: float, schedule: str = "cosi
     return base * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def memory_format_for(recipe: Recipe) -> torch.memory_format:
-    """channels_last unless the recipe turns it off: cuDNN's fast path on GPU; 1.3x for the teacher on this CPU."""
-    return torch.channels_last if recipe.channels_last in ("on", "auto") else torch.contiguous_format
+# torch 2.14.1's oneDNN crashes the process (segfault, "double free or corruption") in the backward pass of a
+# strided 1x1 convolution in channels_last once its input is 48 px or more (found 2026-11-26: resnet_cifar's
+# projection shortcut at 64 px; 32 and 40 px run fine; with oneDNN off it runs). timm ResNets downsample the same way.
+CPU_CHANNELS_LAST_MAX_PX = 40
+
+
+def memory_format_for(recipe: Recipe, device: torch.device | str | None = None, input_size: int | None = None) -> torch.memory_format:
+    """channels_last unless the recipe turns it off: cuDNN's fast path on GPU, 1.3x on this CPU at 32 px. 'auto' on a
+    CPU keeps it only for inputs up to ``CPU_CHANNELS_LAST_MAX_PX`` (above, oneDNN's training path crashes)."""
+    if recipe.channels_last == "off":
+        return torch.contiguous_format
+    if (recipe.channels_last == "auto" and device is not None and torch.device(device).type == "cpu"
+            and input_size is not None and input_size > CPU_CHANNELS_LAST_MAX_PX):
+        return torch.contiguous_format
+    return torch.channels_last
 
 
 def amp_dtype_for(recipe: Recipe, device: torch.device) -> torch.dtype | None:
@@ -334,7 +346,7 @@ def _prepare(model, task: Task, recipe: Recipe, loss, teacher, device: torch.dev
     if uses_teacher and teacher is None:
         raise RecipeError(f"The loss {getattr(loss, 'name', loss)!r} distils from a teacher; pass one, or use the 'ce' loss.")
     amp_dtype = amp_dtype_for(recipe, device)
-    memory_format = memory_format_for(recipe)
+    memory_format = memory_format_for(recipe, device, max(task.input_shape[1:]))
     model.to(device=device, memory_format=memory_format)
     if teacher is not None:
         teacher.to(device=device, memory_format=memory_format).eval()

@@ -211,3 +211,58 @@ def test_supernet_options_that_cannot_work_are_one_line_and_exit_2(tiny_space, t
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and len(err.splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "bad").exists()
+
+
+TINY_SPACES = {
+    "nasbench201": """family: nasbench201
+choices:
+  edge_1_0: [none, skip_connect, nor_conv_3x3]
+  edge_2_0: [skip_connect, nor_conv_1x1]
+  edge_2_1: [none, nor_conv_3x3]
+  edge_3_0: [skip_connect, avg_pool_3x3]
+  edge_3_1: [none, nor_conv_1x1]
+  edge_3_2: [none, skip_connect, nor_conv_3x3]
+fixed:
+  channels: 8
+  cells_per_stage: 1
+""",
+    "mobilenetv3": """family: mobilenetv3
+resolution: [65, 100000]
+choices:
+  width_mult: [0.5]
+  depth1: [2, 3]
+  depth2: [2]
+  depth3: [2]
+  depth4: [2]
+  depth5: [2, 3]
+  kernel1: [3, 5]
+  kernel2: [3]
+  kernel3: [3]
+  kernel4: [3]
+  kernel5: [3, 7]
+  expand1: [3, 4]
+  expand2: [3]
+  expand3: [3]
+  expand4: [3]
+  expand5: [3, 6]
+""",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family, data", [("nasbench201", "cifar"), ("mobilenetv3", "fashion")])
+def test_find_with_the_supernet_on_real_image_data_for_each_family(family, data, tmp_path, capsys, request):
+    import pandas as pd
+
+    from kdsearch.cli import main
+
+    space = tmp_path / f"tiny_{family}.yaml"
+    space.write_text(TINY_SPACES[family])
+    source = ([str(request.getfixturevalue("cifar_folder")), "--val-samples", "100"] if data == "cifar"
+              else ["fashion-mnist", "--data-root", str(request.getfixturevalue("fashion_available")), "--train-samples", "400",
+                    "--input-size", "72"])
+    args = _find(tmp_path / "run", space, "--data", *source, "--budget", "10Mparams", "--trials", "6")
+    assert main(args) == 0, capsys.readouterr().err
+    df = pd.read_csv(tmp_path / "run" / "candidates.csv")
+    assert df["proxy_supernet"].between(0, 1).all() and df["distilled_accuracy"].notna().any()
+    assert (tmp_path / "run" / "supernet" / "bands.json").exists()

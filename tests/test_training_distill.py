@@ -146,3 +146,32 @@ def test_cuda_amp_channels_last(digits_task, trained_teacher, amp):
     result = distill(student, trained_teacher, digits_task, Recipe(epochs=2, lr=0.1, amp=amp), "kd", device="cuda")
     assert result.accuracy > 0.3
     assert student.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_cpu_channels_last_is_kept_only_where_onednn_trains_safely():
+    from kdsearch.training import CPU_CHANNELS_LAST_MAX_PX, Recipe, memory_format_for
+
+    auto = Recipe()
+    assert memory_format_for(auto, "cpu", 32) == torch.channels_last  # 1.3x faster here, and safe
+    assert memory_format_for(auto, "cpu", CPU_CHANNELS_LAST_MAX_PX + 8) == torch.contiguous_format
+    assert memory_format_for(auto, "cuda", 224) == torch.channels_last
+    assert memory_format_for(Recipe(channels_last="off"), "cpu", 32) == torch.contiguous_format
+
+
+def test_training_at_64_px_on_the_cpu_does_not_crash(cifar_folder):
+    """torch 2.14.1's oneDNN crashed the process (segfault / double free) training resnet_cifar in channels_last at
+    64 px: a strided 1x1 convolution's backward. Run in a child process, so that a crash fails this test only."""
+    import subprocess
+    import sys
+
+    code = f"""
+import torch
+from kdsearch.data import load_task
+from kdsearch.spaces import create_model
+from kdsearch.training import Recipe, fit
+task = load_task({str(cifar_folder)!r}, input_size=64)
+model = create_model({{"family": "resnet_cifar", "depth1": 1, "depth2": 1, "depth3": 1, "width1": 8, "width2": 16, "width3": 32}}, num_classes=10)
+fit(model, task, Recipe(epochs=2, batch_size=64))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]

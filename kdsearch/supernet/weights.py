@@ -149,9 +149,13 @@ class Supernet(nn.Module):
 
     def extract(self, config: dict) -> nn.Module:
         """The candidate as a plain family module holding copies of its inherited weights."""
-        model = create_model(config, num_classes=self.num_classes, in_chans=self.in_chans)
-        with torch.no_grad():
-            model.load_state_dict({k: v.detach().clone() for k, v in self.views(config).items()})
+        inherited = {k: v.detach().clone() for k, v in self.views(config).items()}
+        with torch.device("meta"):  # no random init of weights that are replaced at once (most of a build's time)
+            model = create_model(config, num_classes=self.num_classes, in_chans=self.in_chans)
+        model.load_state_dict(inherited, assign=True)
+        if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):  # a tensor outside the state dict
+            model = create_model(config, num_classes=self.num_classes, in_chans=self.in_chans)
+            model.load_state_dict(inherited)
         return model.to(next(self.shared.parameters()).device)
 
 
