@@ -30,7 +30,7 @@ from kdsearch.supernet.train import SandwichRule, calibration_batches, kd_loss, 
 from kdsearch.supernet.weights import SHARING, Supernet, recalibrate
 from kdsearch.taps import as_logits
 from kdsearch.teacher.outputs import teacher_outputs, weights_sha
-from kdsearch.training import Recipe
+from kdsearch.training import Recipe, memory_format_for
 
 FORMAT_VERSION = 1
 # The supernet's own recipe unless the caller gives one: short (it is trained once per band) and the same SGD
@@ -64,6 +64,9 @@ class SupernetRanker:
     temperature: float = 4.0
     histories: dict[int, list[dict]] = field(default_factory=dict)
     folder: Path | None = None
+    # scoring: hold-out batch size and memory format ("auto" = the trainer's rule); benchmarks/supernet_scoring.py
+    eval_batch_size: int = 128
+    channels_last: str = "auto"
     _calibration: list[torch.Tensor] | None = None
 
     def band_for(self, latency_ms: float) -> int:
@@ -74,19 +77,24 @@ class SupernetRanker:
     @torch.no_grad()
     def evaluate(self, config: dict, latency_ms: float) -> dict[str, Any]:
         band = self.band_for(latency_ms)
-        if self._calibration is None:
-            self._calibration = calibration_batches(self.task, self.device)
-        model = recalibrate(self.supernets[band].extract(config), self._calibration)
-        logits = torch.cat([as_logits(model(x)) for x, _ in self.task.batches("val", 256, device=self.device)])
+        model = self.subnet(config, latency_ms)
+        fmt = self._format()
+        logits = torch.cat([as_logits(model(x.contiguous(memory_format=fmt)))
+                            for x, _ in self.task.batches("val", self.eval_batch_size, device=self.device)])
         labels = self.task.val_labels.to(self.device)
         return {"accuracy": float((logits.argmax(1) == labels).float().mean()),
                 "kd_loss": float(kd_loss(logits, self.teacher_logits, self.temperature)), "band": band}
 
     def subnet(self, config: dict, latency_ms: float) -> nn.Module:
         """The candidate with inherited weights, BatchNorm recalibrated (a warm start for its distillation)."""
+        fmt = self._format()
         if self._calibration is None:
-            self._calibration = calibration_batches(self.task, self.device)
-        return recalibrate(self.supernets[self.band_for(latency_ms)].extract(config), self._calibration)
+            self._calibration = [x.contiguous(memory_format=fmt) for x in calibration_batches(self.task, self.device)]
+        model = self.supernets[self.band_for(latency_ms)].extract(config).to(memory_format=fmt)
+        return recalibrate(model, self._calibration)
+
+    def _format(self) -> torch.memory_format:
+        return memory_format_for(Recipe(channels_last=self.channels_last), self.device, max(self.task.input_shape[1:]))
 
 
 def prepare_supernets(

@@ -1,0 +1,73 @@
+"""How fast does the ``supernet`` proxy score a candidate? (issue target: ≤ 0.5 s, ≥ 2 candidates/s on 2 CPU cores)
+
+Uses the supernet that ``search_e2e.py --budget-ms 2.37 --proxy supernet`` trained (its run folder and cache in
+benchmarks/.data/search_e2e/; run that first) and the candidates its search scored within the trained band.
+Interleaved, per candidate: the current scorer (hold-out batches of 128 in channels_last on a CPU at 32 px) and the
+anchor (the first version: batches of 256, default layout); extraction + BatchNorm recalibration (256 images) +
+500 hold-out images each time. Writes benchmarks/results/supernet_scoring.json.
+
+    .venv/bin/python benchmarks/supernet_scoring.py          # ~1 min, nothing else running
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "benchmarks" / ".data" / "search_e2e"
+RUN = WORK / "run-2.37ms_supernet"
+
+
+def main(candidates: int = 30) -> None:
+    os.environ.setdefault("KDSEARCH_CACHE_DIR", str(WORK / "cache"))
+    import pandas as pd
+
+    from kdsearch._util import atomic_write_json
+    from kdsearch.data import load_task
+    from kdsearch.run import RunFolder
+    from kdsearch.supernet import prepare_supernets
+    from kdsearch.teacher import load_teacher
+
+    run = RunFolder.open(RUN, need_candidates=True)
+    settings = run.settings()
+    task = load_task(settings.data)
+    teacher = load_teacher(settings.teacher, task, epochs=settings.teacher_epochs, measure=False, log=lambda *_: None)
+    ranker = prepare_supernets(settings.space, task, teacher.model, bands=settings.supernet["subspaces"],
+                               limit_ms=settings.budget.latency_limit_ms, recipe=settings.supernet_recipe(),
+                               latency=settings.latency("search"), seed=settings.seed)  # cached: trains nothing
+    table = run.candidates()
+    rows = table[table["latency_p50_ms"] <= ranker.bands.span(max(ranker.supernets))[1]].head(candidates)
+    torch.set_num_threads(2)
+    variants = {"current": (128, "auto"), "anchor": (256, "off")}
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    agree = []
+    for _, row in rows.iterrows():
+        config, latency = json.loads(row["config"]), float(row["latency_p50_ms"])
+        scores = {}
+        for name, (batch, layout) in variants.items():
+            ranker.eval_batch_size, ranker.channels_last, ranker._calibration = batch, layout, None
+            started = time.perf_counter()
+            scores[name] = ranker.evaluate(config, latency)
+            seconds[name].append(time.perf_counter() - started)
+        agree.append(abs(scores["current"]["accuracy"] - scores["anchor"]["accuracy"]))
+    stats = {name: {"median_s": statistics.median(v), "p90_s": sorted(v)[int(0.9 * (len(v) - 1))],
+                    "candidates_per_s": 1 / statistics.median(v)} for name, v in seconds.items()}
+    record = {"candidates": len(rows), "variants": {k: {"eval_batch_size": b, "channels_last": c} for k, (b, c) in variants.items()},
+              "stats": stats, "speedup_vs_anchor": stats["anchor"]["median_s"] / stats["current"]["median_s"],
+              "max_accuracy_difference": max(agree), "holdout_images": len(ranker.task.val_labels),
+              "load1": os.getloadavg()[0], "torch": torch.__version__, "python": platform.python_version(),
+              "mean_params": float(pd.to_numeric(rows["params"]).mean())}
+    atomic_write_json(ROOT / "benchmarks" / "results" / "supernet_scoring.json", record)
+    print(pd.DataFrame(stats).T.to_string(float_format=lambda v: f"{v:.3f}"))
+    print(f"speedup vs anchor {record['speedup_vs_anchor']:.2f}x; max accuracy difference {max(agree):.4f}")
+
+
+if __name__ == "__main__":
+    main()
