@@ -16,9 +16,9 @@ decide the answer separately, from the study's own trials:
   exactly — a model cannot tell 0.1 % apart, and at the optimum that is the difference that matters —
   and the budget's metric is predicted by a ridge regression or randomized trees on the encoding plus
   the log proxy, whichever predicts the trials better out of sample, that error being the spread; each
-  batch takes the largest gain the model is sure enough fits (over the ``top_k``-th best that fits: the
-  caller distils its top-k, so the runners-up are confirmed too), the largest expected gain, and the
-  improvement most likely to fit;
+  batch takes the largest gain the model is sure enough fits, the largest expected gain, and the
+  improvement most likely to fit — the first and last over the ``top_k``-th best that fits (the caller
+  distils its top-k, so the runners-up are confirmed too);
 * over every candidate of the space when it has at most ``pool_size`` of them, otherwise over a seeded
   sample of that size plus all one-key mutations of the best feasible candidates found so far (a local
   search around the incumbents, as OFA's evolution does for its 10¹⁹ networks).
@@ -159,8 +159,9 @@ class ConstrainedSampler(optuna.samplers.BaseSampler):
         feasible = np.sort(objective[metric <= self.budget.limit])[::-1]
         best = feasible[0] if len(feasible) else -np.inf
         gain = np.maximum(values - best, 0.0) if np.isfinite(best) else values - values.min() + 1e-9
-        # the caller uses the top-k: "sure" also counts a gain over the k-th best that fits, so that once nothing
-        # probably-fitting beats the best, the trials confirm the runners-up instead of idling
+        # the caller uses the top-k: "sure" and "probable" count a gain over the k-th best that fits, so that once
+        # nothing probably-fitting beats the best, the trials confirm the runners-up instead of idling (regret
+        # simulation: top-3 share at 200 trials 0.33 -> 1.0 in most resnet_cifar cells; README §6)
         kth = feasible[self.top_k - 1] if len(feasible) >= self.top_k else -np.inf
         gain_k = np.maximum(values - kth, 0.0) if np.isfinite(kth) else gain
         # the batch takes turns: the largest gain the model is sure enough fits; the largest expected gain; the
@@ -168,7 +169,7 @@ class ConstrainedSampler(optuna.samplers.BaseSampler):
         # and expected gain alone keeps chasing far larger, unlikely ones)
         sure = np.where(p_fit >= 0.5, gain_k, 0.0)
         expected = gain * p_fit
-        probable = np.where(gain > 0, p_fit, 0.0)
+        probable = np.where(gain_k > 0, p_fit, 0.0)
         picks: list[int] = []
         turns = (sure, expected, probable, expected)
         for score in itertools.islice(itertools.cycle(turns), self.batch):  # proxy-first rounds stay at `batch`
