@@ -33,6 +33,11 @@ RECIPE_CHOICES = {"optimizer": ("sgd", "adamw"), "schedule": ("cosine", "step"),
             "channels_last": ("auto", "on", "off")}
 
 
+# The distillation recipe of find's students (and its supernets), apart from what the user chooses (epochs, batch
+# size, seed).
+STUDENT_RECIPE = {"optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4}
+
+
 @dataclass
 class Recipe:
     epochs: int = 10
@@ -137,13 +142,14 @@ def lr_at(step: int, total: int, warmup: int, base: float, schedule: str = "cosi
 CPU_CHANNELS_LAST_MAX_PX = 40
 
 
-def memory_format_for(recipe: Recipe, device: torch.device | str | None = None, input_size: int | None = None) -> torch.memory_format:
+def memory_format_for(recipe: Recipe, device: torch.device | str | None = None,
+                      input_shape: tuple[int, ...] | None = None) -> torch.memory_format:
     """channels_last unless the recipe turns it off: cuDNN's fast path on GPU, 1.3x on this CPU at 32 px. 'auto' on a
-    CPU keeps it only for inputs up to ``CPU_CHANNELS_LAST_MAX_PX`` (above, oneDNN's training path crashes)."""
+    CPU keeps it only for inputs (C, H, W) up to ``CPU_CHANNELS_LAST_MAX_PX`` (above, oneDNN's training path crashes)."""
     if recipe.channels_last == "off":
         return torch.contiguous_format
     if (recipe.channels_last == "auto" and device is not None and torch.device(device).type == "cpu"
-            and input_size is not None and input_size > CPU_CHANNELS_LAST_MAX_PX):
+            and input_shape is not None and max(input_shape[1:]) > CPU_CHANNELS_LAST_MAX_PX):
         return torch.contiguous_format
     return torch.channels_last
 
@@ -346,7 +352,7 @@ def _prepare(model, task: Task, recipe: Recipe, loss, teacher, device: torch.dev
     if uses_teacher and teacher is None:
         raise RecipeError(f"The loss {getattr(loss, 'name', loss)!r} distils from a teacher; pass one, or use the 'ce' loss.")
     amp_dtype = amp_dtype_for(recipe, device)
-    memory_format = memory_format_for(recipe, device, max(task.input_shape[1:]))
+    memory_format = memory_format_for(recipe, device, task.input_shape)
     model.to(device=device, memory_format=memory_format)
     if teacher is not None:
         teacher.to(device=device, memory_format=memory_format).eval()

@@ -152,10 +152,10 @@ def test_cpu_channels_last_is_kept_only_where_onednn_trains_safely():
     from kdsearch.training import CPU_CHANNELS_LAST_MAX_PX, Recipe, memory_format_for
 
     auto = Recipe()
-    assert memory_format_for(auto, "cpu", 32) == torch.channels_last  # 1.3x faster here, and safe
-    assert memory_format_for(auto, "cpu", CPU_CHANNELS_LAST_MAX_PX + 8) == torch.contiguous_format
-    assert memory_format_for(auto, "cuda", 224) == torch.channels_last
-    assert memory_format_for(Recipe(channels_last="off"), "cpu", 32) == torch.contiguous_format
+    assert memory_format_for(auto, "cpu", (3, 32, 32)) == torch.channels_last  # 1.3x faster here, and safe
+    assert memory_format_for(auto, "cpu", (1, CPU_CHANNELS_LAST_MAX_PX + 8, CPU_CHANNELS_LAST_MAX_PX + 8)) == torch.contiguous_format
+    assert memory_format_for(auto, "cuda", (3, 224, 224)) == torch.channels_last
+    assert memory_format_for(Recipe(channels_last="off"), "cpu", (3, 32, 32)) == torch.contiguous_format
 
 
 def test_training_at_64_px_on_the_cpu_does_not_crash(cifar_folder):

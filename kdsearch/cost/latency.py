@@ -15,6 +15,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+# The search screens thousands of candidates: a short warm-up (the FLOPs pass has already run the model
+# once) and a 3 % target; every finalist is re-measured with the finalists' settings before it is distilled.
+LATENCY_SEARCH = {"max_time_s": 0.5, "rel_precision": 0.03, "min_repeats": 10, "warmup_s": 0.02}
+LATENCY_FINAL = {"max_time_s": 3.0, "rel_precision": 0.01, "min_repeats": 50, "max_repeats": 2000}
+
 
 @dataclass
 class LatencyStats:

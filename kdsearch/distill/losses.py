@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from kdsearch._util import suggest
 from kdsearch.exceptions import LossError
 from kdsearch.registry import Registry
-from kdsearch.similarity import linear_cka, relation_distance, semantic_gram
+from kdsearch.similarity import kl_div_t, linear_cka, relation_distance, semantic_gram
 from kdsearch.taps import Taps
 
 LOSSES: Registry[type[DistillLoss]] = Registry("loss", LossError)
@@ -100,14 +100,6 @@ class DistillLoss(nn.Module, abc.ABC):
     @abc.abstractmethod
     def forward(self, student: Taps, teacher: Taps | None, labels: torch.Tensor, epoch: int) -> torch.Tensor:
         """The loss of one batch (a scalar)."""
-
-
-def kl_div_t(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T²·KL(softmax(t/T) ‖ softmax(s/T)), batch mean (Hinton et al. 2015)."""
-    t = temperature
-    return F.kl_div(
-        F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1), reduction="batchmean", log_target=True
-    ) * (t * t)
 
 
 @dataclass

@@ -122,11 +122,8 @@ def _supernets(settings: RunSettings, task: Task, teacher: Teacher, folder: RunF
         recipe=settings.supernet_recipe(), device=torch.device(settings.device), latency=settings.latency("search"),
         seed=settings.seed, progress=not settings.quiet, log=log,
     )
-    folder.write_supernets(
-        {**ranker.bands.to_dict(), "trained": sorted(ranker.supernets), "cache": str(ranker.folder), "recipe": settings.supernet_recipe().to_dict(),
-         "holdout_images": len(ranker.task.val_labels)},
-        ranker.histories, {b: ranker.folder / f"band{b}" / "weights.safetensors" for b in ranker.supernets},
-    )
+    folder.write_supernets({**ranker.record(), "recipe": settings.supernet_recipe().to_dict()}, ranker.histories,
+                           ranker.weights_files())
     log(f"supernet: {len(ranker.supernets)} of {ranker.bands.count} band(s) ready [{time.perf_counter() - started:.0f} s]")
     return ranker
 

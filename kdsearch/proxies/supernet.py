@@ -16,11 +16,9 @@ SUPERNET_PROXIES = ("supernet", "supernet_kd")
 
 def needs_supernet(names: list[str]) -> bool:
     """Whether any of the proxies (ensembles included) reads a trained supernet."""
-    from kdsearch.proxies.ensemble import is_ensemble, parse_ensemble
-    from kdsearch.proxies.registry import list_proxies
+    from kdsearch.proxies.registry import ensemble_components
 
-    singles = {c for n in names if is_ensemble(n) for c in parse_ensemble(n, list_proxies()).weights} | set(names)
-    return bool(singles & set(SUPERNET_PROXIES))
+    return bool((set(names) | set(ensemble_components(names))) & set(SUPERNET_PROXIES))
 
 
 def _evaluation(model, ctx: ProxyContext, metrics: dict) -> dict:

@@ -13,21 +13,15 @@ from typing import Any
 
 from kdsearch._util import file_sha256, resolve_device, stable_hash
 from kdsearch._version import __version__
-from kdsearch.cost import Budget, parse_budget
+from kdsearch.cost import LATENCY_FINAL, LATENCY_SEARCH, Budget, parse_budget
 from kdsearch.data import DataSpec
 from kdsearch.distill import create_loss
 from kdsearch.exceptions import KdsearchError
 from kdsearch.proxies import needs_supernet, parse_proxies
 from kdsearch.search import check_sampler
 from kdsearch.spaces import SearchSpace, load_space
-from kdsearch.training import Recipe
+from kdsearch.training import STUDENT_RECIPE, Recipe
 
-# The search screens thousands of candidates: a short warm-up (the FLOPs pass has already run the model
-# once) and a 3 % target; every finalist is re-measured with the finalists' settings before it is distilled.
-LATENCY_SEARCH = {"max_time_s": 0.5, "rel_precision": 0.03, "min_repeats": 10, "warmup_s": 0.02}
-LATENCY_FINAL = {"max_time_s": 3.0, "rel_precision": 0.01, "min_repeats": 50, "max_repeats": 2000}
-# The distillation recipe of find's students, apart from the settings the user chooses (epochs, batch size, seed).
-STUDENT_RECIPE = {"optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4}
 IDENTITY_KEYS = (
     "teacher", "teacher_weights_sha", "data", "space", "space_sha", "budget", "proxies", "device", "latency_batch_size",
     "threads", "seed", "loss", "supernet",

@@ -252,7 +252,16 @@ def cka_matrix(
     return meter.compute(), names_a, names_b
 
 
+def kl_div_t(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T²·KL(softmax(t/T) ‖ softmax(s/T)), batch mean (Hinton et al. 2015): the KD losses' and the supernets' term."""
+    t = temperature
+    return F.kl_div(
+        F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1), reduction="batchmean", log_target=True
+    ) * (t * t)
+
+
 __all__ = [
+    "kl_div_t",
     "MinibatchCKA",
     "SimilarityError",
     "centre_gram",

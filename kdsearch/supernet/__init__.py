@@ -22,20 +22,22 @@ import torch
 import torch.nn as nn
 
 from kdsearch._util import atomic_write_json, cache_dir, stable_hash
+from kdsearch.cost import LATENCY_SEARCH
 from kdsearch.data import Task
 from kdsearch.data.task import balanced_indices
+from kdsearch.similarity import kl_div_t
 from kdsearch.spaces import SearchSpace
 from kdsearch.supernet.bands import BandPool, LatencyBands, measure_bands
-from kdsearch.supernet.train import SandwichRule, calibration_batches, kd_loss, train_band
+from kdsearch.supernet.train import WEIGHTS_FILE, SandwichRule, calibration_batches, train_band
 from kdsearch.supernet.weights import SHARING, Supernet, recalibrate
 from kdsearch.taps import as_logits
 from kdsearch.teacher.outputs import teacher_outputs, weights_sha
-from kdsearch.training import Recipe, memory_format_for
+from kdsearch.training import STUDENT_RECIPE, Recipe, memory_format_for
 
 FORMAT_VERSION = 1
 # The supernet's own recipe unless the caller gives one: short (it is trained once per band) and the same SGD
 # as find's students.
-DEFAULT_RECIPE = {"epochs": 5, "batch_size": 64, "optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4}
+DEFAULT_RECIPE = {"epochs": 5, "batch_size": 64, **STUDENT_RECIPE}
 
 
 def carve_holdout(task: Task, fraction: float = 0.1, max_size: int = 500, seed: int = 0) -> Task:
@@ -83,7 +85,7 @@ class SupernetRanker:
                             for x, _ in self.task.batches("val", self.eval_batch_size, device=self.device)])
         labels = self.task.val_labels.to(self.device)
         return {"accuracy": float((logits.argmax(1) == labels).float().mean()),
-                "kd_loss": float(kd_loss(logits, self.teacher_logits, self.temperature)), "band": band}
+                "kd_loss": float(kl_div_t(logits.float(), self.teacher_logits, self.temperature)), "band": band}
 
     def subnet(self, config: dict, latency_ms: float) -> nn.Module:
         """The candidate with inherited weights, BatchNorm recalibrated (a warm start for its distillation)."""
@@ -94,7 +96,16 @@ class SupernetRanker:
         return recalibrate(model, self._calibration)
 
     def _format(self) -> torch.memory_format:
-        return memory_format_for(Recipe(channels_last=self.channels_last), self.device, max(self.task.input_shape[1:]))
+        return memory_format_for(Recipe(channels_last=self.channels_last), self.device, self.task.input_shape)
+
+    def weights_files(self) -> dict[int, Path]:
+        """Each trained band's cached weights (the run folder links them)."""
+        return {band: self.folder / f"band{band}" / WEIGHTS_FILE for band in self.supernets}
+
+    def record(self) -> dict:
+        """What a run folder keeps of the supernets: the bands, which were trained, the cache, the hold-out size."""
+        return {**self.bands.to_dict(), "trained": sorted(self.supernets), "cache": str(self.folder),
+                "holdout_images": len(self.task.val_labels)}
 
 
 def prepare_supernets(
@@ -108,14 +119,14 @@ def prepare_supernets(
     device, log = torch.device(device), log or (lambda message: None)
     recipe = recipe or Recipe(**DEFAULT_RECIPE, seed=seed)
     rule = rule or SandwichRule()
-    latency = latency or {"max_time_s": 0.5, "rel_precision": 0.03, "min_repeats": 10, "warmup_s": 0.02}
-    root = Path(root or cache_dir() / "supernets")
-    measured = _cached_bands(space, task, bands, device, latency, seed, root, log)
+    latency = latency or LATENCY_SEARCH
+    bands_folder = Path(root or cache_dir() / "supernets") / _bands_key(space, task, bands, device, latency, seed)
+    measured = _cached_bands(space, task, bands, device, latency, seed, bands_folder / "bands.json", log)
     holdout_task = carve_holdout(task, seed=seed)
     key = stable_hash({"teacher": weights_sha(teacher), "data": holdout_task.fingerprint, "bands": measured.edges,
                        "space": space.record(), "recipe": recipe.to_dict(), "rule": rule.to_dict(),
                        "version": FORMAT_VERSION}, length=16)
-    folder = root / _bands_key(space, task, bands, device, latency, seed) / key
+    folder = bands_folder / key
     trained = measured.bands_below(limit_ms)
     pool = BandPool(space, measured, seed=seed)
     trained = [b for b in trained if len(pool.members[b])]
@@ -135,12 +146,11 @@ def _bands_key(space: SearchSpace, task: Task, bands: int, device: torch.device,
                         "latency": latency, "bands": bands, "seed": seed}, length=16)
 
 
-def _cached_bands(space, task, bands, device, latency, seed, root: Path, log) -> LatencyBands:
+def _cached_bands(space, task, bands, device, latency, seed, path: Path, log) -> LatencyBands:
     """Band edges are measured once per (space, device, settings) and reused: retimed, they would move a little and
     every supernet keyed on them would be trained again."""
     import json
 
-    path = root / _bands_key(space, task, bands, device, latency, seed) / "bands.json"
     if path.exists():
         measured = LatencyBands.from_dict(json.loads(path.read_text()))
         log(f"supernet: {measured.count} latency band(s) reused from {path.parent.name} "
@@ -157,7 +167,7 @@ def _band_supernet(space, task, pool, band, outputs, recipe, rule, folder: Path,
     from safetensors.torch import load_file
 
     supernet = Supernet(space, task.num_classes, task.in_chans).to(device)
-    weights = folder / "weights.safetensors"
+    weights = folder / WEIGHTS_FILE
     if weights.exists():
         supernet.shared.load_state_dict(load_file(str(weights), device=str(device)))
         history = json.loads((folder / "history.json").read_text())
@@ -180,5 +190,5 @@ def _teacher_logits(teacher: nn.Module, task: Task, device: torch.device) -> tor
 
 __all__ = [
     "DEFAULT_RECIPE", "SHARING", "BandPool", "LatencyBands", "SandwichRule", "Supernet", "SupernetRanker", "carve_holdout",
-    "kd_loss", "measure_bands", "prepare_supernets", "recalibrate",
+    "measure_bands", "prepare_supernets", "recalibrate",
 ]

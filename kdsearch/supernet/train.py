@@ -21,10 +21,13 @@ import torch.nn.functional as F
 
 from kdsearch._util import atomic_path, atomic_write_json
 from kdsearch.data import Task
+from kdsearch.similarity import kl_div_t
 from kdsearch.supernet.bands import BandPool
 from kdsearch.supernet.weights import Supernet, recalibrate
 from kdsearch.teacher.outputs import TeacherOutputs
 from kdsearch.training import Recipe, amp_dtype_for, epoch_seed, lr_at, make_optimizer
+
+WEIGHTS_FILE = "weights.safetensors"  # a finished band's weights in its cache folder
 
 
 @dataclass(frozen=True)
@@ -39,13 +42,6 @@ class SandwichRule:
     def to_dict(self) -> dict:
         return {"random_subnets": self.random_subnets, "temperature": self.temperature, "kd_weight": self.kd_weight,
                 "inplace": self.inplace}
-
-
-def kd_loss(logits: torch.Tensor, target_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Hinton's KL(teacher || student) at temperature T, scaled by T² (per sample, averaged)."""
-    t = temperature
-    return F.kl_div(F.log_softmax(logits.float() / t, 1), F.log_softmax(target_logits.float() / t, 1),
-                    log_target=True, reduction="batchmean") * t * t
 
 
 def train_band(supernet: Supernet, pool: BandPool, band: int, task: Task, outputs: TeacherOutputs, recipe: Recipe,
@@ -83,7 +79,7 @@ def train_band(supernet: Supernet, pool: BandPool, band: int, task: Task, output
         history.append(record)
         _checkpoint(supernet, optimizer, history, folder / "training_state.pt")
     bar.close()
-    with atomic_path(folder / "weights.safetensors") as tmp:
+    with atomic_path(folder / WEIGHTS_FILE) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in supernet.shared.state_dict().items()}, str(tmp))
     atomic_write_json(folder / "history.json", history)
     (folder / "training_state.pt").unlink(missing_ok=True)
@@ -98,7 +94,7 @@ def _sandwich_step(supernet: Supernet, configs: list[dict], x, y, teacher_logits
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = supernet(config, x)
         target = largest if (rule.inplace and largest is not None) else teacher_logits
-        loss = rule.kd_weight * kd_loss(logits, target, rule.temperature) + (1 - rule.kd_weight) * F.cross_entropy(logits.float(), y)
+        loss = rule.kd_weight * kl_div_t(logits.float(), target.float(), rule.temperature) + (1 - rule.kd_weight) * F.cross_entropy(logits.float(), y)
         loss.backward()  # gradients accumulate over the sandwich
         if i == 0:
             largest = logits.detach()
@@ -138,4 +134,4 @@ def _resume(supernet: Supernet, optimizer, path: Path, device) -> tuple[list[dic
     return list(state["history"]), len(state["history"])
 
 
-__all__ = ["SandwichRule", "calibration_batches", "kd_loss", "train_band"]
+__all__ = ["SandwichRule", "calibration_batches", "train_band"]

@@ -66,8 +66,7 @@ def _nb201_supernet(space: SearchSpace, num_classes: int, in_chans: int) -> nn.M
     """The NAS-Bench-201 skeleton with every op on every edge (each op keeps its own weights, as in the benchmark's
     weight-sharing baselines)."""
     ops = {edge: "nor_conv_3x3" for edge in NB201_EDGES}
-    model = create_model(space.config(ops) if set(space.choices) <= set(NB201_EDGES) else {**ops, "family": "nasbench201"},
-                         num_classes=num_classes, in_chans=in_chans)
+    model = create_model(space.config(ops), num_classes=num_classes, in_chans=in_chans)
     for cell in model.cells:
         if hasattr(cell, "edges"):
             channels = cell.edges[NB201_EDGES[0]][1].in_channels
