@@ -39,3 +39,21 @@ def test_proxy_rank_reuse_rebuilds_a_missing_teacher(cifar_folder, tmp_path, mon
     said.clear()
     again, info2, _ = bench.load_or_train_teacher(1, 40, log=said.append)
     assert said == [] and info2["val_accuracy"] == pytest.approx(info["val_accuracy"])
+
+
+def test_supernet_rank_draws_students_from_the_band_and_compares_rankers_by_bootstrap():
+    """supernet_rank.py's pure parts: students come from the regret table below the band's edge, distinct and
+    seeded; the paired bootstrap says a perfect ranker beats a reversed one, and by how much."""
+    import numpy as np
+
+    bench = _load("supernet_rank")
+    students = bench.sample_students("resnet_cifar", 30, upper_ms=3.0, seed=0)
+    assert len(students) == 30 and len({s["candidate_id"] for s in students}) == 30
+    assert all(s["latency_ms"] <= 3.0 and s["params"] > 0 for s in students)
+    assert students == bench.sample_students("resnet_cifar", 30, upper_ms=3.0, seed=0)
+    truth = np.arange(20.0)
+    noisy = truth + np.random.default_rng(0).normal(0, 3, 20)
+    better = bench.bootstrap_difference(truth, noisy, truth, repeats=300)
+    assert better["p05"] > 0 and better["share_positive"] > 0.95
+    worse = bench.bootstrap_difference(-truth, noisy, truth, repeats=300)
+    assert worse["p95"] < 0 and worse["median"] < -1.0
