@@ -19,8 +19,9 @@ The setting is search_e2e.py's, so its cached teacher, teacher outputs and super
    be expected to agree with the mean much better than one seed agrees with another); the supernets' wall time
    against one median student distilled for the supernets' epochs (the issue's cost ratio).
 
-    .venv/bin/python benchmarks/supernet_rank.py --family resnet_cifar          # ~35 min on 2 cores (students)
-    .venv/bin/python benchmarks/supernet_rank.py --family resnet_cifar --k1     # + the K = 1 supernet (~25 min)
+    .venv/bin/python benchmarks/supernet_rank.py --family resnet_cifar          # ~70 min on 2 cores (60 students)
+    .venv/bin/python benchmarks/supernet_rank.py --family resnet_cifar --supernet-epochs 20   # students reused; ~15 min
+    .venv/bin/python benchmarks/supernet_rank.py --family resnet_cifar --k1     # + the K = 1 supernet (not run yet)
 
 Students are trained two at a time, one thread each, and are resumable (benchmarks/.data/supernet_rank/); the
 result goes to benchmarks/results/supernet_rank_<family>.json. Run it with nothing else on the machine.
