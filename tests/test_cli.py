@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from kdsearch.cli import main
-from kdsearch.pipeline.find import band_of
+from kdsearch.pipeline.find import band_covered, band_of
 
 TEACHER = "tests.test_teacher:tiny_teacher"
 
@@ -331,3 +331,15 @@ def test_distill_a_trial_from_a_run_uses_its_teacher_and_data(digits_run, tmp_pa
     assert result["recipe"]["batch_size"] == 32 and result["recipe"]["epochs"] == 1 and result["loss"]["name"] == "kd"
     code, _, err = run_cli(capsys, "distill", "--from-run", digits_run, "--out", tmp_path / "x", "-q")
     assert code == 2 and "--from-run needs --trial N" in err
+
+
+def test_a_band_pick_that_re_measures_into_a_faster_band_does_not_cover_it():
+    """make demo once lost its fastest band: band 2's pick re-measured at 2.13 ms, inside band 1, and band 1 counted
+    as covered. A band pick stands for its own band only; top picks and controls cover the band they lie in."""
+    edges = [1.33, 2.21, 3.67, 6.09, 10.0]
+    moved = {"a": {"role": "band 2", "within_budget": True, "latency_p50_ms": 2.13}}
+    assert band_covered(moved, 2, edges, "latency_p50_ms") and not band_covered(moved, 1, edges, "latency_p50_ms")
+    top = {"b": {"role": "top", "within_budget": True, "latency_p50_ms": 1.9}}
+    assert band_covered(top, 1, edges, "latency_p50_ms") and not band_covered(top, 2, edges, "latency_p50_ms")
+    over = {"c": {"role": "control", "within_budget": False, "latency_p50_ms": 1.9}}
+    assert not band_covered(over, 1, edges, "latency_p50_ms")

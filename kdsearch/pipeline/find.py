@@ -193,6 +193,17 @@ def band_of(value: float, edges: list[float]) -> int | None:
     return None
 
 
+def band_covered(finalists: dict[str, dict], band: int, edges: list[float], metric: str) -> bool:
+    """Does a fitting finalist already stand for ``band``? Its own band pick, or a top pick or control that lies in
+    it — not another band's pick that re-measured into it (it keeps its band; counting it here too left the demo's
+    front without its fastest band)."""
+    for f in finalists.values():
+        role = f.get("role", "top")
+        if f["within_budget"] and (role == f"band {band}" or (not role.startswith("band ") and band_of(f[metric], edges) == band)):
+            return True
+    return False
+
+
 def _choose_finalists(settings: RunSettings, task: Task, rows: dict[str, dict], folder: RunFolder, log) -> dict[str, dict]:
     """The students to distil, each re-measured with the finalists' latency settings and kept only if it still fits:
     the ``top_k`` best by the ranking proxy, the best of each latency band of the front, and ``controls`` drawn at
@@ -204,9 +215,7 @@ def _choose_finalists(settings: RunSettings, task: Task, rows: dict[str, dict], 
     chooser.take("top", feasible, settings.top_k)
     edges = band_edges(rows, settings)
     for band in range(len(edges) - 1, 0, -1):  # from the budget down to the fastest
-        covered = any(f["within_budget"] and (f.get("role") == f"band {band}" or band_of(f[budget.metric], edges) == band)
-                      for f in finalists.values())
-        if not covered:
+        if not band_covered(finalists, band, edges, budget.metric):
             chooser.take(f"band {band}", [r for r in feasible if band_of(r[budget.metric], edges) == band], 1)
     if settings.controls:
         order = np.random.default_rng(settings.seed).permutation(len(feasible))
