@@ -116,12 +116,10 @@ def distil(config: dict, name: str, seed: int, teacher, task, recipe) -> float:
 
 def warm_started(run, settings, pick: dict, teacher, task, recipe, seeds) -> dict:
     """The pick distilled again from its subnet's inherited weights (BN recalibrated), same recipe and seeds."""
+    from kdsearch.pipeline import run_supernets
     from kdsearch.pipeline.student import distill_student
-    from kdsearch.supernet import prepare_supernets
 
-    ranker = prepare_supernets(settings.space, task, teacher, bands=settings.supernet["subspaces"],
-                               limit_ms=settings.budget.latency_limit_ms, recipe=settings.supernet_recipe(),
-                               latency=settings.latency("search"), seed=settings.seed)  # cached: trains nothing
+    ranker = run_supernets(settings, task, teacher)  # cached by find: trains nothing
     out = {}
     for seed in seeds:
         record = distill_student(pick["config"], teacher, task, WORK / "students" / f"pick-{pick['candidate_id']}-warm-seed{seed}",

@@ -108,28 +108,27 @@ def distil_job(job: tuple) -> dict:
             "seconds": float(record["seconds"])}
 
 
-def supernet_scores(family: str, task, teacher, students: list[dict], subspaces: int, limit_ms: float | None,
-                    epochs: int = SUPERNET_EPOCHS) -> dict:
-    """Train (or load from the cache) the supernets of ``subspaces`` bands and score every student."""
-    from kdsearch.run.settings import LATENCY_SEARCH
+def prepare(family: str, task, teacher, subspaces: int, limit_ms: float | None, epochs: int):
+    """find's supernets of ``subspaces`` latency bands (trained, or read from the cache) for the bands within ``limit_ms``."""
+    from kdsearch.cost import LATENCY_SEARCH
     from kdsearch.spaces import load_space
     from kdsearch.supernet import prepare_supernets
 
     torch.set_num_threads(2)
-    space = load_space(family)
-    started = time.perf_counter()
-    ranker = prepare_supernets(space, task, teacher.model, bands=subspaces, limit_ms=limit_ms,
-                               recipe=student_recipe(epochs, 0), latency={"batch_size": 1, "threads": 1, **LATENCY_SEARCH},
-                               seed=0, progress=True, log=print)
-    prepared = time.perf_counter() - started
+    return prepare_supernets(load_space(family), task, teacher.model, bands=subspaces, limit_ms=limit_ms,
+                             recipe=student_recipe(epochs, 0), latency={"batch_size": 1, "threads": 1, **LATENCY_SEARCH},
+                             seed=0, progress=True, log=print)
+
+
+def score(ranker, students: list[dict]) -> dict:
+    """Every student's hold-out accuracy and KD loss with inherited weights, and what the supernets cost."""
     scores, timings = {}, []
     for s in students:
-        t0 = time.perf_counter()
+        started = time.perf_counter()
         scores[s["candidate_id"]] = ranker.evaluate(s["config"], s["latency_ms"])
-        timings.append(time.perf_counter() - t0)
-    trained_seconds = sum(h["seconds"] for history in ranker.histories.values() for h in history)
-    return {"scores": scores, "bands": ranker.record(), "train_seconds": trained_seconds, "prepare_seconds": prepared,
-            "scoring_s_median": statistics.median(timings) if timings else None, "histories": ranker.histories}
+        timings.append(time.perf_counter() - started)
+    return {"scores": scores, "bands": ranker.record(), "scoring_s_median": statistics.median(timings),
+            "train_seconds": sum(h["seconds"] for history in ranker.histories.values() for h in history)}
 
 
 def kendall(a, b) -> dict:
@@ -167,16 +166,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="students trained at once, one thread each")
     parser.add_argument("--supernet-epochs", type=int, default=SUPERNET_EPOCHS, help="find's --supernet-epochs")
     args = parser.parse_args()
-    os.environ.setdefault("KDSEARCH_CACHE_DIR", str(E2E_CACHE))
     started = time.perf_counter()
     load1 = os.getloadavg()[0]
     task, teacher = setting(args.per_class)
 
-    # the K-band supernets first: their first band's upper edge decides which students are drawn
-    from kdsearch.supernet import prepare_supernets  # noqa: F401  (fail early if the stage is missing)
-
-    first = supernet_scores(args.family, task, teacher, [], args.subspaces, limit_ms=0.0)
-    upper = first["bands"]["edges_ms"][0] if first["bands"]["edges_ms"] else float("inf")
+    # the K-band supernets first, only the first band (limit 0 ms): its upper edge decides which students are drawn
+    ranker = prepare(args.family, task, teacher, args.subspaces, limit_ms=0.0, epochs=args.supernet_epochs)
+    upper = ranker.bands.span(0)[1]
     students = sample_students(args.family, args.students, upper)
     print(f"{len(students)} students of {args.family} at <= {upper:.2f} ms (band 1 of {args.subspaces})", flush=True)
 
@@ -194,9 +190,8 @@ def main() -> None:
             print(f"[{i}/{len(jobs)}] {done['candidate_id']} seed {done['seed']}: {done['accuracy']:.4f} "
                   f"({done['seconds']:.0f} s)", flush=True)
 
-    limit = upper * 0.999  # inside band 1: only the band the students are in is trained
-    k = supernet_scores(args.family, task, teacher, students, args.subspaces, limit_ms=limit, epochs=args.supernet_epochs)
-    k1 = supernet_scores(args.family, task, teacher, students, 1, limit_ms=None, epochs=args.supernet_epochs) if args.k1 else None
+    k = score(ranker, students)
+    k1 = score(prepare(args.family, task, teacher, 1, limit_ms=None, epochs=args.supernet_epochs), students) if args.k1 else None
 
     ids = [s["candidate_id"] for s in students]
     truth = [statistics.mean(accuracy[c].values()) for c in ids]
@@ -212,11 +207,8 @@ def main() -> None:
     seed_tau = kendall([accuracy[c][args.seeds[0]] for c in ids], [accuracy[c][args.seeds[1]] for c in ids]) if len(args.seeds) > 1 else None
     # the issue's cost ratio: the supernets' training against one median student distilled for the same epochs
     per_epoch = statistics.median(student_seconds) / args.epochs
-    cost = {"k": {"train_seconds": k["train_seconds"], "ratio": k["train_seconds"] / (per_epoch * args.supernet_epochs),
-                  "scoring_s_median": k["scoring_s_median"]}}
-    if k1:
-        cost["k1"] = {"train_seconds": k1["train_seconds"], "ratio": k1["train_seconds"] / (per_epoch * args.supernet_epochs),
-                      "scoring_s_median": k1["scoring_s_median"]}
+    cost = {name: {"train_seconds": r["train_seconds"], "ratio": r["train_seconds"] / (per_epoch * args.supernet_epochs),
+                   "scoring_s_median": r["scoring_s_median"]} for name, r in (("k", k), ("k1", k1)) if r}
     record = {
         "family": args.family, "students": len(students), "seeds": args.seeds, "student_epochs": args.epochs,
         "supernet_epochs": args.supernet_epochs, "subspaces": args.subspaces, "band_upper_ms": upper,

@@ -31,17 +31,15 @@ def main(candidates: int = 30) -> None:
 
     from kdsearch._util import atomic_write_json
     from kdsearch.data import load_task
+    from kdsearch.pipeline import run_supernets
     from kdsearch.run import RunFolder
-    from kdsearch.supernet import prepare_supernets
     from kdsearch.teacher import load_teacher
 
     run = RunFolder.open(RUN, need_candidates=True)
     settings = run.settings()
     task = load_task(settings.data)
     teacher = load_teacher(settings.teacher, task, epochs=settings.teacher_epochs, measure=False, log=lambda *_: None)
-    ranker = prepare_supernets(settings.space, task, teacher.model, bands=settings.supernet["subspaces"],
-                               limit_ms=settings.budget.latency_limit_ms, recipe=settings.supernet_recipe(),
-                               latency=settings.latency("search"), seed=settings.seed)  # cached: trains nothing
+    ranker = run_supernets(settings, task, teacher.model)  # cached by find: trains nothing
     table = run.candidates()
     rows = table[table["latency_p50_ms"] <= ranker.bands.span(max(ranker.supernets))[1]].head(candidates)
     torch.set_num_threads(2)

@@ -111,17 +111,23 @@ def _load_teacher(settings: RunSettings, task: Task, log) -> Teacher:
     return teacher
 
 
+def run_supernets(settings: RunSettings, task: Task, teacher: torch.nn.Module, *, progress: bool = False, log=None) -> SupernetRanker:
+    """The run's supernets as its settings define them (bands, budget, recipe, latency settings, seed): trained, or
+    read from the cache when a run with the same settings trained them (as for a warm start after the run)."""
+    return prepare_supernets(
+        settings.space, task, teacher, bands=settings.supernet["subspaces"], limit_ms=settings.budget.latency_limit_ms,
+        recipe=settings.supernet_recipe(), device=torch.device(settings.device), latency=settings.latency("search"),
+        seed=settings.seed, progress=progress, log=log,
+    )
+
+
 def _supernets(settings: RunSettings, task: Task, teacher: Teacher, folder: RunFolder, log) -> SupernetRanker | None:
     """With a supernet proxy: the latency bands and a supernet per band that holds candidates within the budget,
     distilled from the teacher (or reused from the cache), recorded in the run folder."""
     if settings.supernet is None:
         return None
     started = time.perf_counter()
-    ranker = prepare_supernets(
-        settings.space, task, teacher.model, bands=settings.supernet["subspaces"], limit_ms=settings.budget.latency_limit_ms,
-        recipe=settings.supernet_recipe(), device=torch.device(settings.device), latency=settings.latency("search"),
-        seed=settings.seed, progress=not settings.quiet, log=log,
-    )
+    ranker = run_supernets(settings, task, teacher.model, progress=not settings.quiet, log=log)
     folder.write_supernets({**ranker.record(), "recipe": settings.supernet_recipe().to_dict()}, ranker.histories,
                            ranker.weights_files())
     log(f"supernet: {len(ranker.supernets)} of {ranker.bands.count} band(s) ready [{time.perf_counter() - started:.0f} s]")

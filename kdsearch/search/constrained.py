@@ -247,10 +247,11 @@ class ConstrainedSampler(optuna.samplers.BaseSampler):
             obj_values = np.concatenate([objective, np.array([v for _, v in extra])])
         # SynFlow spans 0 to 1e49 on nasbench201: on a linear scale a few outliers are the whole variance and
         # the model ranks nothing else (the search then missed the optimum in 7 of 9 nasbench201 SynFlow runs)
-        obj = _log_scale(obj_values, positive=(obj_values > 0).all())
+        positive = bool((obj_values > 0).all())  # one scale for the model's data and the trials it is compared with
+        obj = _log_scale(obj_values, positive)
         shift, scale = obj.mean(), obj.std() or 1.0
         mu, sigma = self._forest(self._encode(obj_rows), (obj - shift) / scale, x_pool)
-        trial_obj = (_log_scale(objective, positive=(obj_values > 0).all()) - shift) / scale
+        trial_obj = (_log_scale(objective, positive) - shift) / scale
         log_metric = np.log(np.maximum(metric, 1e-12))
         mu_c, sigma_c = self._forest(x, log_metric, x_pool)
         # floors: trees agree exactly on unseen leaves, which is not certainty
@@ -270,9 +271,9 @@ def _log_scale(values: np.ndarray, positive: bool | None = None) -> np.ndarray:
     """log where every value is positive, else a signed log1p: proxies that span orders of magnitude or reach
     zero (SynFlow) stay comparable and finite."""
     values = np.asarray(values, dtype=np.float64)
-    if positive if positive is not None else (values > 0).all():
-        return np.log(values)
-    return np.sign(values) * np.log1p(np.abs(values))
+    if positive is None:
+        positive = bool((values > 0).all())
+    return np.log(values) if positive else np.sign(values) * np.log1p(np.abs(values))
 
 
 __all__ = ["ConstrainedSampler"]
