@@ -21,7 +21,8 @@ The setting is search_e2e.py's, so its cached teacher, teacher outputs and super
 
     .venv/bin/python benchmarks/supernet_rank.py --family resnet_cifar          # ~70 min on 2 cores (60 students)
     .venv/bin/python benchmarks/supernet_rank.py --family resnet_cifar --supernet-epochs 20   # students reused; ~15 min
-    .venv/bin/python benchmarks/supernet_rank.py --family resnet_cifar --k1     # + the K = 1 supernet (not run yet)
+    .venv/bin/python benchmarks/supernet_rank.py --family resnet_cifar --k1     # + the K = 1 supernet
+    .venv/bin/python benchmarks/supernet_rank.py --family resnet_cifar --supernet-epochs 20 --anchors span   # sandwich variants
 
 Students are trained two at a time, one thread each, and are resumable (benchmarks/.data/supernet_rank/); the
 result goes to benchmarks/results/supernet_rank_<family>.json. Run it with nothing else on the machine.
@@ -108,7 +109,15 @@ def distil_job(job: tuple) -> dict:
             "seconds": float(record["seconds"])}
 
 
-def prepare(family: str, task, teacher, subspaces: int, limit_ms: float | None, epochs: int):
+def sandwich_rule(anchors: str):
+    """find's sandwich rule with ``anchors``; without anchors, four random members, so every variant runs four
+    subnets per step (the same compute)."""
+    from kdsearch.supernet import SandwichRule
+
+    return SandwichRule(anchors=anchors, random_subnets=4 if anchors == "uniform" else 2)
+
+
+def prepare(family: str, task, teacher, subspaces: int, limit_ms: float | None, epochs: int, anchors: str = "latency"):
     """find's supernets of ``subspaces`` latency bands (trained, or read from the cache) for the bands within ``limit_ms``."""
     from kdsearch.cost import LATENCY_SEARCH
     from kdsearch.spaces import load_space
@@ -116,8 +125,8 @@ def prepare(family: str, task, teacher, subspaces: int, limit_ms: float | None, 
 
     torch.set_num_threads(2)
     return prepare_supernets(load_space(family), task, teacher.model, bands=subspaces, limit_ms=limit_ms,
-                             recipe=student_recipe(epochs, 0), latency={"batch_size": 1, "threads": 1, **LATENCY_SEARCH},
-                             seed=0, progress=True, log=print)
+                             recipe=student_recipe(epochs, 0), rule=sandwich_rule(anchors),
+                             latency={"batch_size": 1, "threads": 1, **LATENCY_SEARCH}, seed=0, progress=True, log=print)
 
 
 def score(ranker, students: list[dict]) -> dict:
@@ -154,6 +163,17 @@ def bootstrap_difference(a, b, truth, repeats: int = 2000, seed: int = 0) -> dic
     return {"median": float(q[1]), "p05": float(q[0]), "p95": float(q[2]), "share_positive": float(np.mean(np.array(diffs) > 0))}
 
 
+def key_taus(students: list[dict], truth, supernet) -> dict:
+    """Where the supernet's order departs from the truth: τ of each numeric key of the config with the distilled
+    accuracy and with the supernet's score (a key whose two signs differ is a bias of the weight sharing)."""
+    out = {}
+    for key, value in students[0]["config"].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            values = [s["config"][key] for s in students]
+            out[key] = {"truth": kendall(values, truth)["tau"], "supernet": kendall(values, supernet)["tau"]}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--family", default="resnet_cifar", choices=["resnet_cifar", "nasbench201"])
@@ -165,13 +185,15 @@ def main() -> None:
     parser.add_argument("--k1", action="store_true", help="also one supernet over the whole space (K = 1)")
     parser.add_argument("--workers", type=int, default=2, help="students trained at once, one thread each")
     parser.add_argument("--supernet-epochs", type=int, default=SUPERNET_EPOCHS, help="find's --supernet-epochs")
+    parser.add_argument("--anchors", default="latency", choices=["latency", "span", "uniform"],
+                        help="the sandwich's anchors (SandwichRule.anchors); uniform runs 4 random members instead")
     args = parser.parse_args()
     started = time.perf_counter()
     load1 = os.getloadavg()[0]
     task, teacher = setting(args.per_class)
 
     # the K-band supernets first, only the first band (limit 0 ms): its upper edge decides which students are drawn
-    ranker = prepare(args.family, task, teacher, args.subspaces, limit_ms=0.0, epochs=args.supernet_epochs)
+    ranker = prepare(args.family, task, teacher, args.subspaces, limit_ms=0.0, epochs=args.supernet_epochs, anchors=args.anchors)
     upper = ranker.bands.span(0)[1]
     students = sample_students(args.family, args.students, upper)
     print(f"{len(students)} students of {args.family} at <= {upper:.2f} ms (band 1 of {args.subspaces})", flush=True)
@@ -191,7 +213,8 @@ def main() -> None:
                   f"({done['seconds']:.0f} s)", flush=True)
 
     k = score(ranker, students)
-    k1 = score(prepare(args.family, task, teacher, 1, limit_ms=None, epochs=args.supernet_epochs), students) if args.k1 else None
+    k1 = score(prepare(args.family, task, teacher, 1, limit_ms=None, epochs=args.supernet_epochs, anchors=args.anchors),
+               students) if args.k1 else None
 
     ids = [s["candidate_id"] for s in students]
     truth = [statistics.mean(accuracy[c].values()) for c in ids]
@@ -211,12 +234,12 @@ def main() -> None:
                    "scoring_s_median": r["scoring_s_median"]} for name, r in (("k", k), ("k1", k1)) if r}
     record = {
         "family": args.family, "students": len(students), "seeds": args.seeds, "student_epochs": args.epochs,
-        "supernet_epochs": args.supernet_epochs, "subspaces": args.subspaces, "band_upper_ms": upper,
+        "supernet_epochs": args.supernet_epochs, "subspaces": args.subspaces, "anchors": args.anchors, "band_upper_ms": upper,
         "train_images": len(task.train_labels), "test_images": len(task.val_labels), "teacher_accuracy": teacher.accuracy,
         "tau": taus, "tau_supernet": taus["supernet"]["tau"], "tau_params": taus["params"]["tau"],
         "tau_supernet_k1": taus["supernet_k1"]["tau"] if k1 else None,
         "supernet_minus_params": bootstrap_difference(rankers["supernet"], rankers["params"], truth),
-        "seed_tau": seed_tau, "cost": cost, "cost_ratio": cost["k"]["ratio"],
+        "seed_tau": seed_tau, "key_tau": key_taus(students, truth, rankers["supernet"]), "cost": cost, "cost_ratio": cost["k"]["ratio"],
         "student_seconds_median": statistics.median(student_seconds),
         "target": "tau_supernet >= tau_params + 0.10 (resnet_cifar); tau_supernet >= 0.60 (nasbench201)",
         "target_met": (taus["supernet"]["tau"] >= taus["params"]["tau"] + 0.10) if args.family == "resnet_cifar"
@@ -229,7 +252,8 @@ def main() -> None:
     }
     from kdsearch._util import atomic_write_json
 
-    tag = "" if args.supernet_epochs == SUPERNET_EPOCHS else f"_sn{args.supernet_epochs}ep"
+    tag = ("" if args.supernet_epochs == SUPERNET_EPOCHS else f"_sn{args.supernet_epochs}ep") + \
+        ("" if args.anchors == "latency" else f"_{args.anchors}")
     out = RESULTS / f"supernet_rank_{args.family}{tag}.json"
     atomic_write_json(out, record)
     print(f"\n{args.family}: {len(students)} students, {len(args.seeds)} seeds x {args.epochs} epochs; "

@@ -57,3 +57,8 @@ def test_supernet_rank_draws_students_from_the_band_and_compares_rankers_by_boot
     assert better["p05"] > 0 and better["share_positive"] > 0.95
     worse = bench.bootstrap_difference(-truth, noisy, truth, repeats=300)
     assert worse["p95"] < 0 and worse["median"] < -1.0
+    # the per-key diagnosis: a score that rises with depth where the truth falls with it shows opposite signs
+    truth_by_depth = [-s["config"]["depth1"] for s in students]
+    taus = bench.key_taus(students, truth_by_depth, [s["config"]["depth1"] for s in students])
+    assert taus["depth1"]["truth"] == pytest.approx(-1.0) and taus["depth1"]["supernet"] == pytest.approx(1.0)
+    assert set(taus) == {"depth1", "depth2", "depth3", "width1", "width2", "width3"}  # numeric keys only

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from kdsearch.exceptions import SpaceError
 from kdsearch.spaces import create_model, load_space
-from kdsearch.supernet import LatencyBands, Supernet, carve_holdout, prepare_supernets, recalibrate
+from kdsearch.supernet import LatencyBands, SandwichRule, Supernet, carve_holdout, prepare_supernets, recalibrate
 from kdsearch.supernet.bands import BandPool
 from kdsearch.supernet.weights import cut
 from kdsearch.training import Recipe
@@ -105,6 +105,18 @@ def test_bands_cut_the_timed_sample_at_its_quantiles(digits_task):
     largest, smallest, *randoms = pool.sandwich(1, torch.Generator().manual_seed(0))
     predicted = dict(zip(map(json.dumps, pool.configs), pool.predicted_ms))
     assert predicted[json.dumps(largest)] >= predicted[json.dumps(smallest)] and len(randoms) == 2
+    # span anchors: the band's own largest and smallest config, key by key, around every member of the band
+    top, bottom, *randoms = pool.sandwich(1, torch.Generator().manual_seed(0), anchors="span")
+    members = [pool.configs[i] for i in pool.members[1]]
+    for key in space.choices:
+        assert top[key] == max(c[key] for c in members) and bottom[key] == min(c[key] for c in members)
+    assert top != largest or bottom != smallest  # not the latency extremes (the band mixes deep-narrow and wide-shallow)
+    assert len(pool.sandwich(1, torch.Generator().manual_seed(0), 4, anchors="uniform")) == 4
+    with pytest.raises(ValueError, match="anchors"):
+        SandwichRule(anchors="middle")
+    with pytest.raises(ValueError, match="largest subnet"):
+        SandwichRule(anchors="uniform", inplace=True)
+    assert "anchors" not in SandwichRule().to_dict() and SandwichRule(anchors="span").to_dict()["anchors"] == "span"
 
 
 def test_the_hold_out_slice_comes_from_the_training_images(digits_task):

@@ -81,6 +81,15 @@ def measure_bands(space: SearchSpace, task: Task, count: int, *, device: torch.d
     return LatencyBands(edges, rows)
 
 
+ANCHORS = ("latency", "span", "uniform")  # what a sandwich step always runs: BandPool.anchors
+
+
+def check_anchors(kind: str) -> str:
+    if kind not in ANCHORS:
+        raise ValueError(f"Unknown sandwich anchors {kind!r}; use one of {', '.join(ANCHORS)}.")
+    return kind
+
+
 class BandPool:
     """Candidates placed in bands by predicted latency: the sandwich's largest, smallest and random members."""
 
@@ -95,15 +104,29 @@ class BandPool:
         self.predicted_ms = np.exp(model.predict(encode(space, self.configs)))
         self.members = {b: np.flatnonzero([bands.band_of(v) == b for v in self.predicted_ms]) for b in range(bands.count)}
 
-    def sandwich(self, band: int, generator: torch.Generator, random_count: int = 2) -> list[dict]:
-        """The band's slowest and fastest members (by predicted latency) and ``random_count`` random ones."""
+    def sandwich(self, band: int, generator: torch.Generator, random_count: int = 2, anchors: str = "latency") -> list[dict]:
+        """The band's ``anchors`` (see :meth:`anchors`) and ``random_count`` members drawn uniformly."""
         members = self.members[band]
         if len(members) == 0:
             return []
+        picks = [int(members[i]) for i in torch.randint(len(members), (random_count,), generator=generator)]
+        return self.anchors(band, anchors) + [self.configs[i] for i in picks]
+
+    def anchors(self, band: int, kind: str = "latency") -> list[dict]:
+        """The members a sandwich step always runs, largest first: ``latency``, the band's slowest and fastest members
+        by predicted latency; ``span``, the band's own largest and smallest configs, each key at its largest (smallest)
+        value among the members — every weight any member uses is trained each step, as OFA trains its full network
+        (a space with categorical keys has no such config and falls back to ``latency``); ``uniform``, none."""
+        members = self.members[band]
+        if check_anchors(kind) == "uniform" or len(members) == 0:
+            return []
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                      for choices in self.space.choices.values() for v in choices)
+        if kind == "span" and numeric:
+            configs = [self.configs[i] for i in members]
+            return [self.space.config({k: pick(c[k] for c in configs) for k in self.space.choices}) for pick in (max, min)]
         by_latency = members[np.argsort(self.predicted_ms[members], kind="stable")]
-        picks = [int(by_latency[-1]), int(by_latency[0])]
-        picks += [int(members[i]) for i in torch.randint(len(members), (random_count,), generator=generator)]
-        return [self.configs[i] for i in picks]
+        return [self.configs[int(by_latency[-1])], self.configs[int(by_latency[0])]]
 
 
-__all__ = ["BandPool", "LatencyBands", "encode", "measure_bands"]
+__all__ = ["ANCHORS", "BandPool", "LatencyBands", "check_anchors", "encode", "measure_bands"]

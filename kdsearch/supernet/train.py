@@ -1,8 +1,8 @@
 """Training one band's supernet: knowledge distillation from the user's teacher with the sandwich rule.
 
-Each step runs the band's slowest and fastest members and two random ones on the same batch and accumulates
-their gradients (BigNAS / AttentiveNAS / AutoDistil); every subnet learns from the teacher's logits for that
-epoch's views, read from the shared teacher outputs (``kdsearch.teacher.outputs``: computed once, also used by
+Each step runs the band's anchors — by default its slowest and fastest members — and two random ones on the same
+batch and accumulates their gradients (BigNAS / AttentiveNAS / AutoDistil); every subnet learns from the teacher's
+logits for that epoch's views, read from the shared teacher outputs (``kdsearch.teacher.outputs``: computed once, also used by
 the run's students), or — with in-place distillation — the smaller ones from the largest subnet's.
 The subnets of a step are drawn from a generator seeded by (seed, band, epoch), so a resumed run and every
 data-parallel rank draw the same ones. One checkpoint per epoch, written atomically; a killed run resumes at
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from kdsearch._util import atomic_path, atomic_write_json
 from kdsearch.data import Task
 from kdsearch.similarity import kl_div_t
-from kdsearch.supernet.bands import BandPool
+from kdsearch.supernet.bands import BandPool, check_anchors
 from kdsearch.supernet.weights import Supernet, recalibrate
 from kdsearch.teacher.outputs import TeacherOutputs
 from kdsearch.training import Recipe, amp_dtype_for, epoch_seed, lr_at, make_optimizer
@@ -38,10 +38,21 @@ class SandwichRule:
     temperature: float = 4.0
     kd_weight: float = 0.9  # the rest is cross-entropy on the labels
     inplace: bool = False  # smaller subnets learn from the largest subnet's logits instead of the teacher's
+    anchors: str = "latency"  # the members run every step (BandPool.anchors): latency, span or uniform
+
+    def __post_init__(self):
+        check_anchors(self.anchors)
+        if self.inplace and self.anchors == "uniform":
+            raise ValueError("In-place distillation needs a largest subnet to learn from; use anchors 'latency' or 'span'.")
+        if self.anchors == "uniform" and self.random_subnets < 1:
+            raise ValueError("A sandwich without anchors needs at least one random subnet per step.")
 
     def to_dict(self) -> dict:
-        return {"random_subnets": self.random_subnets, "temperature": self.temperature, "kd_weight": self.kd_weight,
-                "inplace": self.inplace}
+        record = {"random_subnets": self.random_subnets, "temperature": self.temperature, "kd_weight": self.kd_weight,
+                  "inplace": self.inplace}
+        if self.anchors != "latency":  # the default stays out of the record so that supernets cached before it stay valid
+            record["anchors"] = self.anchors
+        return record
 
 
 def train_band(supernet: Supernet, pool: BandPool, band: int, task: Task, outputs: TeacherOutputs, recipe: Recipe,
@@ -70,7 +81,7 @@ def train_band(supernet: Supernet, pool: BandPool, band: int, task: Task, output
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(epoch * steps + step, recipe.epochs * steps, int(recipe.warmup_epochs * steps),
                                     recipe.lr, recipe.schedule)
-            losses.append(_sandwich_step(supernet, pool.sandwich(band, draws, rule.random_subnets), x, y, lookup(idx),
+            losses.append(_sandwich_step(supernet, pool.sandwich(band, draws, rule.random_subnets, rule.anchors), x, y, lookup(idx),
                                          rule, optimizer, device, amp_dtype))
             bar.update(1)
         record = {"epoch": epoch + 1, "loss": sum(losses) / max(1, len(losses)), "seconds": time.perf_counter() - started}
@@ -106,7 +117,7 @@ def _sandwich_step(supernet: Supernet, configs: list[dict], x, y, teacher_logits
 def _extremes_accuracy(supernet: Supernet, pool: BandPool, band: int, task: Task, device) -> dict:
     from kdsearch.training import evaluate
 
-    largest, smallest = pool.sandwich(band, torch.Generator().manual_seed(0), random_count=0)
+    largest, smallest = pool.anchors(band, "latency")
     out = {}
     for name, config in (("largest", largest), ("smallest", smallest)):
         model = recalibrate(supernet.extract(config), calibration_batches(task, device))
