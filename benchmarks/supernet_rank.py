@@ -117,13 +117,14 @@ def sandwich_rule(anchors: str):
     return SandwichRule(anchors=anchors, random_subnets=4 if anchors == "uniform" else 2)
 
 
-def prepare(family: str, task, teacher, subspaces: int, limit_ms: float | None, epochs: int, anchors: str = "latency"):
+def prepare(family: str, task, teacher, subspaces: int, limit_ms: float | None, epochs: int, anchors: str = "latency",
+            threads: int = 2):
     """find's supernets of ``subspaces`` latency bands (trained, or read from the cache) for the bands within ``limit_ms``."""
     from kdsearch.cost import LATENCY_SEARCH
     from kdsearch.spaces import load_space
     from kdsearch.supernet import prepare_supernets
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     return prepare_supernets(load_space(family), task, teacher.model, bands=subspaces, limit_ms=limit_ms,
                              recipe=student_recipe(epochs, 0), rule=sandwich_rule(anchors),
                              latency={"batch_size": 1, "threads": 1, **LATENCY_SEARCH}, seed=0, progress=True, log=print)
@@ -185,6 +186,8 @@ def main() -> None:
     parser.add_argument("--k1", action="store_true", help="also one supernet over the whole space (K = 1)")
     parser.add_argument("--workers", type=int, default=2, help="students trained at once, one thread each")
     parser.add_argument("--supernet-epochs", type=int, default=SUPERNET_EPOCHS, help="find's --supernet-epochs")
+    parser.add_argument("--supernet-threads", type=int, default=2,
+                        help="torch threads of the supernet training (1: two variants can run side by side, as students do)")
     parser.add_argument("--anchors", default="latency", choices=["latency", "span", "uniform"],
                         help="the sandwich's anchors (SandwichRule.anchors); uniform runs 4 random members instead")
     args = parser.parse_args()
@@ -193,7 +196,8 @@ def main() -> None:
     task, teacher = setting(args.per_class)
 
     # the K-band supernets first, only the first band (limit 0 ms): its upper edge decides which students are drawn
-    ranker = prepare(args.family, task, teacher, args.subspaces, limit_ms=0.0, epochs=args.supernet_epochs, anchors=args.anchors)
+    ranker = prepare(args.family, task, teacher, args.subspaces, limit_ms=0.0, epochs=args.supernet_epochs, anchors=args.anchors,
+                     threads=args.supernet_threads)
     upper = ranker.bands.span(0)[1]
     students = sample_students(args.family, args.students, upper)
     print(f"{len(students)} students of {args.family} at <= {upper:.2f} ms (band 1 of {args.subspaces})", flush=True)
@@ -213,7 +217,8 @@ def main() -> None:
                   f"({done['seconds']:.0f} s)", flush=True)
 
     k = score(ranker, students)
-    k1 = score(prepare(args.family, task, teacher, 1, limit_ms=None, epochs=args.supernet_epochs, anchors=args.anchors),
+    k1 = score(prepare(args.family, task, teacher, 1, limit_ms=None, epochs=args.supernet_epochs, anchors=args.anchors,
+                     threads=args.supernet_threads),
                students) if args.k1 else None
 
     ids = [s["candidate_id"] for s in students]
@@ -234,7 +239,8 @@ def main() -> None:
                    "scoring_s_median": r["scoring_s_median"]} for name, r in (("k", k), ("k1", k1)) if r}
     record = {
         "family": args.family, "students": len(students), "seeds": args.seeds, "student_epochs": args.epochs,
-        "supernet_epochs": args.supernet_epochs, "subspaces": args.subspaces, "anchors": args.anchors, "band_upper_ms": upper,
+        "supernet_epochs": args.supernet_epochs, "subspaces": args.subspaces, "anchors": args.anchors,
+        "supernet_threads": args.supernet_threads, "band_upper_ms": upper,
         "train_images": len(task.train_labels), "test_images": len(task.val_labels), "teacher_accuracy": teacher.accuracy,
         "tau": taus, "tau_supernet": taus["supernet"]["tau"], "tau_params": taus["params"]["tau"],
         "tau_supernet_k1": taus["supernet_k1"]["tau"] if k1 else None,
