@@ -109,24 +109,16 @@ def distil_job(job: tuple) -> dict:
             "seconds": float(record["seconds"])}
 
 
-def sandwich_rule(anchors: str):
-    """find's sandwich rule with ``anchors``; without anchors, four random members, so every variant runs four
-    subnets per step (the same compute)."""
-    from kdsearch.supernet import SandwichRule
-
-    return SandwichRule(anchors=anchors, random_subnets=4 if anchors == "uniform" else 2)
-
-
 def prepare(family: str, task, teacher, subspaces: int, limit_ms: float | None, epochs: int, anchors: str = "latency",
             threads: int = 2):
     """find's supernets of ``subspaces`` latency bands (trained, or read from the cache) for the bands within ``limit_ms``."""
     from kdsearch.cost import LATENCY_SEARCH
     from kdsearch.spaces import load_space
-    from kdsearch.supernet import prepare_supernets
+    from kdsearch.supernet import SandwichRule, prepare_supernets
 
     torch.set_num_threads(threads)
     return prepare_supernets(load_space(family), task, teacher.model, bands=subspaces, limit_ms=limit_ms,
-                             recipe=student_recipe(epochs, 0), rule=sandwich_rule(anchors),
+                             recipe=student_recipe(epochs, 0), rule=SandwichRule.with_anchors(anchors),
                              latency={"batch_size": 1, "threads": 1, **LATENCY_SEARCH}, seed=0, progress=True, log=print)
 
 

@@ -108,6 +108,9 @@ def _find_parser(f: argparse.ArgumentParser, names: dict) -> None:
     f.add_argument("--subspaces", type=_positive_int, default=3,
                    help="with --proxy supernet: latency bands of the space, one supernet each (only bands holding candidates within the budget are trained)")
     f.add_argument("--supernet-epochs", type=_positive_int, default=5, help="with --proxy supernet: epochs of each band's supernet")
+    f.add_argument("--supernet-anchors", default="latency", choices=["latency", "span", "uniform"],
+                   help="with --proxy supernet: the subnets each training step runs besides 2 random ones: the band's "
+                        "slowest and fastest (latency), its per-key largest and smallest configs (span), or none: 4 random (uniform)")
     f.add_argument("--warm-start", action="store_true", help="with --proxy supernet: start each student from its subnet's inherited weights")
     f.add_argument("--epochs", type=_positive_int, default=10, help="distillation epochs per student")
     f.add_argument("--batch-size", type=_positive_int, default=64, help="training batch size of the distilled students")
@@ -199,7 +202,7 @@ def _find(args) -> int:
         train_samples=args.train_samples, val_samples=args.val_samples, space=args.space, out=args.out,
         teacher_weights=args.teacher_weights, pretrained=args.pretrained, teacher_epochs=args.teacher_epochs,
         trials=args.trials, timeout=args.timeout, top_k=args.top_k, front=args.front, controls=args.controls, subspaces=args.subspaces,
-        supernet_epochs=args.supernet_epochs, warm_start=args.warm_start, proxy=args.proxy, sampler=args.sampler,
+        supernet_epochs=args.supernet_epochs, supernet_anchors=args.supernet_anchors, warm_start=args.warm_start, proxy=args.proxy, sampler=args.sampler,
         device=args.device, latency_batch_size=args.latency_batch_size, threads=args.threads, epochs=args.epochs,
         batch_size=args.batch_size, loss=args.loss, loss_options=_loss_options(args.loss_opt), storage=args.storage,
         seed=args.seed, quiet=args.quiet,

@@ -211,6 +211,29 @@ def test_find_ranks_with_the_supernet_and_warm_starts_from_the_cli(tiny_space, t
     assert pd.read_csv(out / "candidates.csv")["proxy_supernet"].tolist() == df["proxy_supernet"].tolist()
 
 
+def test_the_sandwich_anchors_reach_the_supernets_from_the_cli_and_the_api(tiny_space, monkeypatch):
+    import importlib
+
+    from kdsearch.cli import build_parser
+    from kdsearch.exceptions import KdsearchError
+    from kdsearch.run import RunSettings
+
+    find_module = importlib.import_module("kdsearch.pipeline.find")  # the module: the package exports its find()
+
+    rules = []
+    monkeypatch.setattr(find_module, "prepare_supernets", lambda *a, rule, **k: rules.append(rule))
+    args = build_parser().parse_args(_find("run", tiny_space, "--supernet-anchors", "uniform"))
+    assert args.supernet_anchors == "uniform"
+    for anchors, random_subnets in (("span", 2), ("uniform", 4), ("latency", 2)):
+        settings = RunSettings.create("resnet18", "1ms", proxy="supernet", space=str(tiny_space), supernet_anchors=anchors)
+        find_module.run_supernets(settings, None, None)
+        assert (rules[-1].anchors, rules[-1].random_subnets) == (anchors, random_subnets)
+        # the default stays out of config.yaml, so runs made before the option still resume
+        assert settings.supernet.get("anchors") == (None if anchors == "latency" else anchors)
+    with pytest.raises(KdsearchError, match="--supernet-anchors must be one of"):
+        RunSettings.create("resnet18", "1ms", proxy="supernet", space=str(tiny_space), supernet_anchors="middle")
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--proxy", "params", "--warm-start"], "--warm-start starts each student"),
     (["--space", "timm_zoo"], "weight-sharing family"),

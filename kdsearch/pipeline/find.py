@@ -27,7 +27,7 @@ from kdsearch.report import Report, build_report
 from kdsearch.run import STUDY_NAME, RunFolder, RunSettings
 from kdsearch.search import CandidateEvaluator, exact_proxy, measure_candidate, reference_models, run_search, scored_candidates
 from kdsearch.spaces import SearchSpace, create_model, default_space_path, load_space
-from kdsearch.supernet import SupernetRanker, prepare_supernets
+from kdsearch.supernet import SandwichRule, SupernetRanker, prepare_supernets
 from kdsearch.teacher import Teacher, load_teacher
 from kdsearch.teacher.teacher import teacher_summary
 
@@ -116,8 +116,9 @@ def run_supernets(settings: RunSettings, task: Task, teacher: torch.nn.Module, *
     read from the cache when a run with the same settings trained them (as for a warm start after the run)."""
     return prepare_supernets(
         settings.space, task, teacher, bands=settings.supernet["subspaces"], limit_ms=settings.budget.latency_limit_ms,
-        recipe=settings.supernet_recipe(), device=torch.device(settings.device), latency=settings.latency("search"),
-        seed=settings.seed, progress=progress, log=log,
+        recipe=settings.supernet_recipe(), rule=SandwichRule.with_anchors(settings.supernet.get("anchors", "latency")),
+        device=torch.device(settings.device), latency=settings.latency("search"), seed=settings.seed, progress=progress,
+        log=log,
     )
 
 

@@ -20,6 +20,7 @@ from kdsearch.exceptions import KdsearchError
 from kdsearch.proxies import needs_supernet, parse_proxies
 from kdsearch.search import check_sampler
 from kdsearch.spaces import SearchSpace, load_space
+from kdsearch.supernet.bands import ANCHORS
 from kdsearch.training import STUDENT_RECIPE, Recipe
 
 IDENTITY_KEYS = (
@@ -53,7 +54,7 @@ class RunSettings:
     batch_size: int = 64
     loss: dict = field(default_factory=lambda: {"name": "kd"})  # name + every setting, typed
     storage: str | None = None  # None: SQLite in the run folder (RunFolder.storage_url)
-    # With a supernet proxy: {"subspaces": K, "epochs": E, "warm_start": bool}; None otherwise
+    # With a supernet proxy: {"subspaces": K, "epochs": E, "warm_start": bool[, "anchors": other than "latency"]}
     supernet: dict | None = None
     seed: int = 0
     quiet: bool = False
@@ -67,7 +68,8 @@ class RunSettings:
         teacher_epochs: int | None = None, trials: int = 100, timeout: float | None = None, top_k: int = 3,
         front: int = 4, controls: int = 1, proxy: str = "default", sampler: str = "auto", device: str = "auto", latency_batch_size: int = 1, threads: int = 1,
         epochs: int = 10, batch_size: int = 64, loss: str = "kd", loss_options: dict | None = None, storage: str | None = None,
-        subspaces: int = 3, supernet_epochs: int = 5, warm_start: bool = False, seed: int = 0, quiet: bool = False,
+        subspaces: int = 3, supernet_epochs: int = 5, supernet_anchors: str = "latency", warm_start: bool = False,
+        seed: int = 0, quiet: bool = False,
     ) -> RunSettings:
         """Validate every input before any work: a mistake costs the user one line, not a half-made run."""
         parsed_budget = parse_budget(budget)
@@ -82,6 +84,10 @@ class RunSettings:
             if value < 0:
                 raise KdsearchError(f"--{name} must be 0 or more (got {value}).")
         supernet = {"subspaces": subspaces, "epochs": supernet_epochs, "warm_start": warm_start} if needs_supernet(list(proxies)) else None
+        if supernet_anchors not in ANCHORS:
+            raise KdsearchError(f"--supernet-anchors must be one of {', '.join(ANCHORS)} (got {supernet_anchors!r}).")
+        if supernet is not None and supernet_anchors != "latency":  # absent = the default, so older runs still resume
+            supernet["anchors"] = supernet_anchors
         if warm_start and supernet is None:
             raise KdsearchError("--warm-start starts each student from its subnet's inherited weights; it needs a supernet "
                                 "proxy (--proxy supernet).")

@@ -47,6 +47,12 @@ class SandwichRule:
         if self.anchors == "uniform" and self.random_subnets < 1:
             raise ValueError("A sandwich without anchors needs at least one random subnet per step.")
 
+    @classmethod
+    def with_anchors(cls, anchors: str) -> SandwichRule:
+        """The default rule with ``anchors``; without anchors, four random members, so that every variant runs four
+        subnets per step (the same compute)."""
+        return cls(anchors=anchors, random_subnets=4 if anchors == "uniform" else 2)
+
     def to_dict(self) -> dict:
         record = {"random_subnets": self.random_subnets, "temperature": self.temperature, "kd_weight": self.kd_weight,
                   "inplace": self.inplace}
