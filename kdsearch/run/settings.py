@@ -20,7 +20,6 @@ from kdsearch.exceptions import KdsearchError
 from kdsearch.proxies import needs_supernet, parse_proxies
 from kdsearch.search import check_sampler
 from kdsearch.spaces import SearchSpace, load_space
-from kdsearch.supernet.bands import ANCHORS
 from kdsearch.training import STUDENT_RECIPE, Recipe
 
 IDENTITY_KEYS = (
@@ -84,6 +83,8 @@ class RunSettings:
             if value < 0:
                 raise KdsearchError(f"--{name} must be 0 or more (got {value}).")
         supernet = {"subspaces": subspaces, "epochs": supernet_epochs, "warm_start": warm_start} if needs_supernet(list(proxies)) else None
+        from kdsearch.supernet.bands import ANCHORS  # the supernet stage loads only for runs that use it
+
         if supernet_anchors not in ANCHORS:
             raise KdsearchError(f"--supernet-anchors must be one of {', '.join(ANCHORS)} (got {supernet_anchors!r}).")
         if supernet is not None and supernet_anchors != "latency":  # absent = the default, so older runs still resume

@@ -222,7 +222,7 @@ class ConstrainedSampler(optuna.samplers.BaseSampler):
         columns = []
         for j, key in enumerate(self.keys):
             values = self.space.choices[key]
-            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            if self.space.is_numeric(key):
                 columns.append(np.asarray(values, dtype=np.float64)[rows[:, j]][:, None])
             else:
                 columns.append(np.eye(len(values))[rows[:, j]])

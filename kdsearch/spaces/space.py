@@ -58,6 +58,10 @@ class SearchSpace:
     def size(self) -> int:
         return math.prod(len(v) for v in self.choices.values())
 
+    def is_numeric(self, key: str) -> bool:
+        """Are ``key``'s choices numbers (ordered: depth, width, kernel), not categories (ops, block types)?"""
+        return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in self.choices[key])
+
     def config(self, values: dict[str, Any]) -> dict[str, Any]:
         return {"family": self.family, **self.fixed, **values}
 

@@ -25,7 +25,7 @@ def encode(space: SearchSpace, configs: list[dict]) -> np.ndarray:
     """Numeric keys as numbers, the others one-hot (the features of the latency model)."""
     columns = []
     for key, choices in space.choices.items():
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in choices):
+        if space.is_numeric(key):
             columns.append(np.array([[float(c[key])] for c in configs]))
         else:
             columns.append(np.array([[float(c[key] == v) for v in choices] for c in configs]))
@@ -103,6 +103,7 @@ class BandPool:
         model.fit(encode(space, [r["config"] for r in timed]), np.log([r["latency_ms"] for r in timed]))
         self.predicted_ms = np.exp(model.predict(encode(space, self.configs)))
         self.members = {b: np.flatnonzero([bands.band_of(v) == b for v in self.predicted_ms]) for b in range(bands.count)}
+        self._anchors: dict[tuple[int, str], list[dict]] = {}  # asked for at every training step; fixed per band
 
     def sandwich(self, band: int, generator: torch.Generator, random_count: int = 2, anchors: str = "latency") -> list[dict]:
         """The band's ``anchors`` (see :meth:`anchors`) and ``random_count`` members drawn uniformly."""
@@ -117,12 +118,15 @@ class BandPool:
         by predicted latency; ``span``, the band's own largest and smallest configs, each key at its largest (smallest)
         value among the members — every weight any member uses is trained each step, as OFA trains its full network
         (a space with categorical keys has no such config and falls back to ``latency``); ``uniform``, none."""
+        if (band, kind) not in self._anchors:
+            self._anchors[band, kind] = self._find_anchors(band, check_anchors(kind))
+        return self._anchors[band, kind]
+
+    def _find_anchors(self, band: int, kind: str) -> list[dict]:
         members = self.members[band]
-        if check_anchors(kind) == "uniform" or len(members) == 0:
+        if kind == "uniform" or len(members) == 0:
             return []
-        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                      for choices in self.space.choices.values() for v in choices)
-        if kind == "span" and numeric:
+        if kind == "span" and all(self.space.is_numeric(k) for k in self.space.choices):
             configs = [self.configs[i] for i in members]
             return [self.space.config({k: pick(c[k] for c in configs) for k in self.space.choices}) for pick in (max, min)]
         by_latency = members[np.argsort(self.predicted_ms[members], kind="stable")]

@@ -43,7 +43,7 @@ def largest_config(space: SearchSpace) -> dict[str, Any]:
     """Every numeric key at its largest choice (depth, width, kernel, expansion): the skeleton of the supernet."""
     values = {}
     for key, choices in space.choices.items():
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in choices):
+        if not space.is_numeric(key):
             raise SpaceError(f"Space {space.name!r}: key {key!r} has non-numeric choices, which a nested supernet cannot "
                              f"share; use a family with a rule for them (nasbench201).")
         values[key] = max(choices)
