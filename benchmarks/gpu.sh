@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU measurement the project has, in ONE command that ends within 10 minutes on an H100/H200:
-#   GPU tests (CUDA latency events, AMP + channels_last training, zoo proxies and CKA on CUDA) → gpu_tests.xml
+#   GPU tests (CUDA latency events, AMP + channels_last training, zoo proxies and CKA on CUDA, shared teacher
+#   outputs, supernets trained with bf16/fp16 AMP and scored on CUDA as on the CPU)   → gpu_tests.xml
 #   latency on CUDA: event timing vs a naive host timer, repeatability            → latency_stability_gpu.{csv,json}
 #   trainer img/s fp32 vs bf16 + channels_last, GPU utilisation, vs torchdistill  → trainer_speed_gpu.json
 #   CKA on CUDA vs torch-cka and ckatorch                                          → cka_speed_gpu.json
@@ -38,7 +39,7 @@ step() {  # step NAME SECONDS COMMAND...
   [ "$rc" -eq 0 ] || failed=1
 }
 : > "$RESULTS/gpu_steps.txt"
-step "GPU tests" 150 $PY -m pytest -q -rs -m gpu -p no:cacheprovider tests --junitxml="$RESULTS/gpu_tests.xml"
+step "GPU tests" 240 $PY -m pytest -q -rs -m gpu -p no:cacheprovider tests --junitxml="$RESULTS/gpu_tests.xml"
 step "latency on CUDA" 60 $PY benchmarks/latency_stability.py --device cuda --rounds 20 --out "$RESULTS"
 step "trainer AMP" 200 $PY benchmarks/trainer_speed.py --gpu-only --no-install --epochs 3 --train-per-class 2000 --out "$RESULTS"
 step "CKA on CUDA" 120 $PY benchmarks/cka_speed.py --device cuda --repeats 3 --no-install --out "$RESULTS/cka_speed_gpu.json"

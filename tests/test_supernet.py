@@ -301,3 +301,28 @@ def test_find_with_the_supernet_on_real_image_data_for_each_family(family, data,
     df = pd.read_csv(tmp_path / "run" / "candidates.csv")
     assert df["proxy_supernet"].between(0, 1).all() and df["distilled_accuracy"].notna().any()
     assert (tmp_path / "run" / "supernet" / "bands.json").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_supernets_train_with_amp_and_score_on_cuda_as_on_the_cpu(digits_task, teacher, tiny_space, tmp_path, amp):
+    space = load_space(tiny_space)
+    recipe = Recipe(epochs=2, batch_size=64, lr=0.05, amp=amp)
+    ranker = prepare_supernets(space, digits_task, teacher, bands=1, recipe=recipe, latency=FAST_LATENCY,
+                               device="cuda", root=tmp_path)
+    supernet = ranker.supernets[0]
+    assert all(p.is_cuda for p in supernet.parameters()) and all(torch.isfinite(p).all() for p in supernet.parameters())
+    assert ranker.histories[0][-1]["holdout_accuracy_largest"] > 0.3  # fp16 without loss scaling learnt nothing
+    sample = ranker.bands.sample[0]
+    on_cuda = ranker.evaluate(sample["config"], sample["latency_ms"])
+    # the same inherited weights scored on the CPU: the ranking signal does not depend on where it was computed
+    plain = ranker.subnet(sample["config"], sample["latency_ms"]).float().cpu().eval()
+    x = torch.cat([x for x, _ in ranker.task.batches("val", 256)])
+    with torch.no_grad():
+        cpu_accuracy = float((plain(x).argmax(1) == ranker.task.val_labels).float().mean())
+    assert abs(cpu_accuracy - on_cuda["accuracy"]) <= 0.01
+    # the shared-weight forward on CUDA is the extracted module's forward
+    with torch.no_grad():
+        torch.testing.assert_close(supernet.eval()(sample["config"], x[:32].cuda()), supernet.extract(sample["config"]).eval()(x[:32].cuda()),
+                                   rtol=1e-4, atol=1e-4)

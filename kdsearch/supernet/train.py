@@ -72,9 +72,11 @@ def train_band(supernet: Supernet, pool: BandPool, band: int, task: Task, output
     folder.mkdir(parents=True, exist_ok=True)
     supernet.to(device).train()
     optimizer = make_optimizer(list(supernet.parameters()), recipe)
-    history, start = _resume(supernet, optimizer, folder / "training_state.pt", device)
-    steps = math.ceil(len(task.train_labels) / recipe.batch_size)
     amp_dtype = amp_dtype_for(recipe, device)
+    # fp16 gradients underflow without loss scaling (bf16 has fp32's range and needs none)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    history, start = _resume(supernet, optimizer, scaler, folder / "training_state.pt", device)
+    steps = math.ceil(len(task.train_labels) / recipe.batch_size)
     bar = tqdm(total=recipe.epochs * steps, initial=start * steps, desc=f"supernet band {band + 1}", leave=False,
                disable=None if progress else True)
     for epoch in range(start, recipe.epochs):
@@ -88,13 +90,13 @@ def train_band(supernet: Supernet, pool: BandPool, band: int, task: Task, output
                 group["lr"] = lr_at(epoch * steps + step, recipe.epochs * steps, int(recipe.warmup_epochs * steps),
                                     recipe.lr, recipe.schedule)
             losses.append(_sandwich_step(supernet, pool.sandwich(band, draws, rule.random_subnets, rule.anchors), x, y, lookup(idx),
-                                         rule, optimizer, device, amp_dtype))
+                                         rule, optimizer, scaler, device, amp_dtype))
             bar.update(1)
         record = {"epoch": epoch + 1, "loss": sum(losses) / max(1, len(losses)), "seconds": time.perf_counter() - started}
         record.update(_extremes_accuracy(supernet, pool, band, task, device))  # the supernet's learning curve
         supernet.train()
         history.append(record)
-        _checkpoint(supernet, optimizer, history, folder / "training_state.pt")
+        _checkpoint(supernet, optimizer, scaler, history, folder / "training_state.pt")
     bar.close()
     with atomic_path(folder / WEIGHTS_FILE) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in supernet.shared.state_dict().items()}, str(tmp))
@@ -103,7 +105,7 @@ def train_band(supernet: Supernet, pool: BandPool, band: int, task: Task, output
     return history
 
 
-def _sandwich_step(supernet: Supernet, configs: list[dict], x, y, teacher_logits, rule: SandwichRule, optimizer,
+def _sandwich_step(supernet: Supernet, configs: list[dict], x, y, teacher_logits, rule: SandwichRule, optimizer, scaler,
                    device: torch.device, amp_dtype) -> float:
     optimizer.zero_grad(set_to_none=True)
     total, largest = 0.0, None
@@ -112,11 +114,12 @@ def _sandwich_step(supernet: Supernet, configs: list[dict], x, y, teacher_logits
             logits = supernet(config, x)
         target = largest if (rule.inplace and largest is not None) else teacher_logits
         loss = rule.kd_weight * kl_div_t(logits.float(), target.float(), rule.temperature) + (1 - rule.kd_weight) * F.cross_entropy(logits.float(), y)
-        loss.backward()  # gradients accumulate over the sandwich
+        scaler.scale(loss).backward()  # gradients accumulate over the sandwich
         if i == 0:
             largest = logits.detach()
         total += float(loss.detach())
-    optimizer.step()
+    scaler.step(optimizer)  # skips the step when fp16 gradients overflowed
+    scaler.update()
     return total / max(1, len(configs))
 
 
@@ -137,17 +140,20 @@ def calibration_batches(task: Task, device, images: int = 256, batch_size: int =
     return [x[i:i + batch_size].to(device) for i in range(0, len(x), batch_size)]
 
 
-def _checkpoint(supernet: Supernet, optimizer, history: list[dict], path: Path) -> None:
+def _checkpoint(supernet: Supernet, optimizer, scaler, history: list[dict], path: Path) -> None:
     with atomic_path(path) as tmp:
-        torch.save({"model": supernet.shared.state_dict(), "optimizer": optimizer.state_dict(), "history": history}, tmp)
+        torch.save({"model": supernet.shared.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(), "history": history}, tmp)
 
 
-def _resume(supernet: Supernet, optimizer, path: Path, device) -> tuple[list[dict], int]:
+def _resume(supernet: Supernet, optimizer, scaler, path: Path, device) -> tuple[list[dict], int]:
     if not path.exists():
         return [], 0
     state = torch.load(path, map_location=device, weights_only=True)
     supernet.shared.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
+    if state.get("scaler"):  # checkpoints written before the scaler have none
+        scaler.load_state_dict(state["scaler"])
     return list(state["history"]), len(state["history"])
 
 
