@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import errno
 import hashlib
 import json
 import os
@@ -15,7 +16,7 @@ from typing import Any
 
 import torch
 
-from kdsearch.exceptions import DeviceError
+from kdsearch.exceptions import DeviceError, WriteError
 
 
 def _current_umask() -> int:
@@ -37,6 +38,30 @@ def _temp_beside(path: Path) -> tuple[int, str]:
     return fd, tmp
 
 
+_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
+def _write_failed(exc: BaseException | None) -> bool:
+    """The disk (or a quota, or the file-size limit) is full: an OSError anywhere in the chain (torch.save wraps the
+    file object's error in a RuntimeError), or a Rust/C writer's message that names the errno (safetensors)."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in _FULL:
+            return True
+        if any(f"(os error {code})" in str(exc) for code in _FULL):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _full_error(path: Path, exc: BaseException) -> WriteError:
+    cause = exc
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else "the write failed"
+    return WriteError(f"Could not write {path} ({reason}: the disk, a quota or a file-size limit is full); the previous "
+                      "version of that file is intact — free some space and run the same command again to resume.")
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temp file in the same folder, then rename: readers never see half a file."""
     path = Path(path)
@@ -47,9 +72,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if _write_failed(exc):
+            raise _full_error(path, exc) from None
         raise
 
 
@@ -71,9 +98,45 @@ def atomic_path(path: str | os.PathLike):
         yield Path(tmp)
         os.chmod(tmp, _file_mode())  # again: some writers (safetensors) replace the file they are given
         os.replace(tmp, path)
+    except Exception as exc:
+        if _write_failed(exc):
+            raise _full_error(path, exc) from None
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save, atomically. Through a Python file object, so that a full disk surfaces as its OSError (torch's own
+    file writer reports only "iostream error") and becomes one WriteError."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+
+
+def read_resume_state(path: Path, map_location) -> dict | None:
+    """A training checkpoint to resume from, or None to start over: a file that cannot be read (truncated by a crash,
+    corrupted) or that holds more than tensors and plain values (``weights_only`` refuses pickled code, which is never
+    run) is set aside as ``<name>.rejected`` with a warning, so that a bad file costs the work since the start,
+    never a crash loop."""
+    import pickle
+    import warnings
+    import zipfile
+
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+        if not isinstance(state, dict):
+            raise ValueError(f"it holds a {type(state).__name__}, not a checkpoint")
+        return state
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        with contextlib.suppress(FileNotFoundError):  # another rank set it aside first
+            os.replace(path, path.with_name(path.name + ".rejected"))
+        warnings.warn(f"checkpoint {path} was not loaded ({reason}); it is kept as {path.name}.rejected and this "
+                      "training starts from the beginning", RuntimeWarning, stacklevel=2)
+        return None
 
 
 def stable_hash(obj: Any, length: int = 12) -> str:

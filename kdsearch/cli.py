@@ -50,10 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"kdsearch {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{find,report,export,distill}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{find,worker,report,export,distill}")
     names = _names()
     _find_parser(sub.add_parser("find", help="search, rank and distil students; writes a run folder",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter), names)
+    _worker_parser(sub.add_parser("worker", help="join a run through its storage and take its trials and students"))
     sub.add_parser("report", help="print a run's front and self-check and (re)write its HTML report").add_argument("run_dir")
     _export_parser(sub.add_parser("export", help="write a distilled student as safetensors, TorchScript or ONNX"), names)
     _distill_parser(sub.add_parser("distill", help="distil one student from a teacher (the trainer find uses)",
@@ -119,10 +120,25 @@ def _find_parser(f: argparse.ArgumentParser, names: dict) -> None:
     f.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]: where latency is measured and training runs")
     f.add_argument("--latency-batch-size", type=_positive_int, default=1, help="batch size the latency budget is measured at")
     f.add_argument("--threads", type=_positive_int, default=1, help="CPU threads for latency measurement (pinned and recorded)")
-    f.add_argument("--storage", help="Optuna storage URL (default: sqlite in the run folder)")
+    f.add_argument("--storage", help="Optuna storage URL, e.g. postgresql://user@host/db for workers on several machines "
+                                     "(password from PGPASSWORD or ~/.pgpass; default: SQLite in the run folder)")
+    f.add_argument("--workers", type=_non_negative_int, default=0,
+                   help="local worker processes to start beside find; they take trials and students from the run's storage")
+    f.add_argument("--heartbeat", type=_positive_int, default=10, metavar="SECONDS",
+                   help="workers beat this often; a dead worker's trial or student is retried 3 beats after its last one")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--out", help="run folder (default runs/<teacher>-<budget>-<time>); an existing one is resumed")
     f.add_argument("-q", "--quiet", action="store_true", help="no progress bars or log lines")
+
+
+def _worker_parser(w: argparse.ArgumentParser) -> None:
+    w.add_argument("run_dir", help="the run folder of 'kdsearch find' (shared with this machine); its storage is read from it")
+    w.add_argument("--device", help="auto | cpu | cuda[:N] (default: the run's device)")
+    w.add_argument("--index", type=_positive_int, help="this worker's number (its sampler's seed); default from host and process")
+    w.add_argument("--parent", type=int, help=argparse.SUPPRESS)  # find's local workers leave when find is gone
+    w.add_argument("--until-idle", action="store_true",
+                   help="leave once nothing is left to take, instead of waiting until the run is done")
+    w.add_argument("-q", "--quiet", action="store_true", help="no log lines")
 
 
 def _export_parser(e: argparse.ArgumentParser, names: dict) -> None:
@@ -205,9 +221,17 @@ def _find(args) -> int:
         supernet_epochs=args.supernet_epochs, supernet_anchors=args.supernet_anchors, warm_start=args.warm_start, proxy=args.proxy, sampler=args.sampler,
         device=args.device, latency_batch_size=args.latency_batch_size, threads=args.threads, epochs=args.epochs,
         batch_size=args.batch_size, loss=args.loss, loss_options=_loss_options(args.loss_opt), storage=args.storage,
-        seed=args.seed, quiet=args.quiet,
+        workers=args.workers, heartbeat_s=args.heartbeat, seed=args.seed, quiet=args.quiet,
     )
     print(result.report.to_text())
+    return 0
+
+
+def _worker(args) -> int:
+    from kdsearch.pipeline import run_worker
+
+    run_worker(args.run_dir, index=args.index, device=args.device, quiet=args.quiet, until_done=not args.until_idle,
+               parent=args.parent)
     return 0
 
 
@@ -235,14 +259,14 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # a usage error (its one line is printed already), --help or --version
         return exc.code if isinstance(exc.code, int) else 2
-    handlers = {"find": _find, "report": _report, "export": _export, "distill": _distill}
+    handlers = {"find": _find, "worker": _worker, "report": _report, "export": _export, "distill": _distill}
     try:
         code = handlers[args.command](args)
     except KdsearchError as exc:
         print(f"kdsearch: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("kdsearch: interrupted; run the same command again to resume.", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"kdsearch: {exc or 'interrupted; run the same command again to resume.'}", file=sys.stderr)
         return 130
     from kdsearch.training import close_distributed
 

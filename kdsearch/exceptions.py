@@ -69,3 +69,11 @@ class ModelOutputError(KdsearchError, TypeError):
 
 class DistributedError(KdsearchError, RuntimeError):
     """The processes of a torchrun job disagree (a broken multi-process setup)."""
+
+
+class StorageError(KdsearchError):
+    """The Optuna storage of a run cannot be reached, or holds another run."""
+
+
+class WriteError(KdsearchError, OSError):
+    """A file could not be written: the disk, a quota or a file-size limit is full."""

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from kdsearch._util import atomic_path, atomic_write_text
+from kdsearch._util import atomic_torch_save, atomic_write_text, read_resume_state
 from kdsearch.data import Task
 from kdsearch.exceptions import DistributedError, RecipeError, TrainingDiverged
 from kdsearch.taps import Taps, as_logits, forward_taps
@@ -376,8 +376,8 @@ def _prepare(model, task: Task, recipe: Recipe, loss, teacher, device: torch.dev
         steps_per_epoch=steps_per_epoch, total_steps=total_steps,
         warmup_steps=int(min(recipe.warmup_epochs, recipe.epochs / 5) * steps_per_epoch),
     )
-    if checkpoint and checkpoint.exists():
-        _load_checkpoint(run, checkpoint)
+    if checkpoint and (state := read_resume_state(checkpoint, run.device)) is not None:
+        _load_checkpoint(run, state)
     if world > 1:
         run.step_module = nn.parallel.DistributedDataParallel(step_module, device_ids=[device.index] if device.type == "cuda" else None)
     if recipe.compile:
@@ -452,16 +452,14 @@ def _raise_if_diverged(nonfinite: torch.Tensor, epoch: int) -> None:
 def _save_checkpoint(run: _Session, recipe: Recipe, epoch: int, checkpoint: Path | None) -> None:
     if not checkpoint:
         return
-    with atomic_path(checkpoint) as tmp:
-        torch.save({
-            "model": run.model.state_dict(), "loss": run.loss.state_dict(), "optimizer": run.optimizer.state_dict(),
-            "scaler": run.scaler.state_dict(), "rng": _rng_state(), "epoch": epoch + 1, "history": run.history,
-            "recipe": recipe.to_dict(),
-        }, tmp)
+    atomic_torch_save({
+        "model": run.model.state_dict(), "loss": run.loss.state_dict(), "optimizer": run.optimizer.state_dict(),
+        "scaler": run.scaler.state_dict(), "rng": _rng_state(), "epoch": epoch + 1, "history": run.history,
+        "recipe": recipe.to_dict(),
+    }, checkpoint)
 
 
-def _load_checkpoint(run: _Session, checkpoint: Path) -> None:
-    state = torch.load(checkpoint, map_location=run.device, weights_only=True)
+def _load_checkpoint(run: _Session, state: dict) -> None:
     run.model.load_state_dict(state["model"])
     run.loss.load_state_dict(state["loss"])
     run.optimizer.load_state_dict(state["optimizer"])

@@ -7,7 +7,10 @@ interrupted student continues from its last epoch.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,16 +19,35 @@ import numpy as np
 import pandas as pd
 import torch
 
-from kdsearch._util import seed_everything, stderr_logger
+from kdsearch._util import resolve_device, seed_everything, stable_hash, stderr_logger
 from kdsearch.data import Task, load_task
 from kdsearch.distill import create_loss
 from kdsearch.exceptions import BudgetError, RunFolderError, TrainingDiverged
 from kdsearch.pipeline.student import distill_student
+from kdsearch.pipeline.worker import (
+    POLL_S,
+    RunQueue,
+    StopFlag,
+    WorkerResult,
+    run_identity,
+    start_local_workers,
+    stop_local_workers,
+    storage_guard,
+    work,
+)
 from kdsearch.proxies import ProxyContext, ensemble_components
 from kdsearch.proxies.ensemble import REFERENCE_SIZE
 from kdsearch.report import Report, build_report
 from kdsearch.run import STUDY_NAME, RunFolder, RunSettings
-from kdsearch.search import CandidateEvaluator, exact_proxy, measure_candidate, reference_models, run_search, scored_candidates
+from kdsearch.search import (
+    CandidateEvaluator,
+    exact_proxy,
+    measure_candidate,
+    redact,
+    reference_models,
+    run_search,
+    scored_candidates,
+)
 from kdsearch.spaces import SearchSpace, create_model, default_space_path, load_space
 from kdsearch.supernet import SandwichRule, SupernetRanker, prepare_supernets
 from kdsearch.teacher import Teacher, load_teacher
@@ -69,7 +91,8 @@ def find(teacher: str = "resnet101", budget: str = "10ms", **options) -> FindRes
 
 
 def run_find(settings: RunSettings) -> FindResult:
-    """Run (or resume) the stages for validated settings."""
+    """Run (or resume) the stages for validated settings; with ``settings.workers``, that many local worker
+    processes take trials and students beside this one (and any ``kdsearch worker`` joined on other machines)."""
     log = stderr_logger(settings.quiet)
     task = load_task(settings.data, progress=not settings.quiet)
     log(f"data: {task.description}")
@@ -80,15 +103,39 @@ def run_find(settings: RunSettings) -> FindResult:
     teacher = _load_teacher(settings, task, log)
     # The run folder is written only once the inputs, teacher included, are known to be good.
     resumed = folder.write_start(settings, task, teacher)
-    log(f"run folder: {folder.path}{' (resuming)' if resumed else ''}")
-    ranker = _supernets(settings, task, teacher, folder, log)
-    rows = _search(settings, task, teacher, folder, log, ranker)
-    finalists = _choose_finalists(settings, task, rows, folder, log)
-    _distil_finalists(settings, task, teacher, finalists, folder, log, ranker)
-    table = candidates_table(rows, finalists, folder, settings)
-    folder.write_candidates(table)
+    url = folder.storage_url(settings)
+    with storage_guard(url):
+        queue = RunQueue(url, settings.heartbeat_s)
+        queue.claim(run_identity(settings))  # a storage that holds another run's study is refused
+    log(f"run folder: {folder.path}{' (resuming)' if resumed else ''}; storage {redact(url)}")
+    procs = start_local_workers(folder.path, settings.workers, device=settings.device, storage=url) if settings.workers else []
+    if procs:
+        log(f"workers: {len(procs)} local worker process(es) started (kdsearch worker {folder.path})")
+    try:
+        with storage_guard(url):
+            table = _stages(settings, task, teacher, folder, queue, log)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"interrupted; the run folder keeps everything done so far: resume with "
+                                f"kdsearch find ... --out {folder.path} (the same options)") from None
+    finally:
+        codes = stop_local_workers(procs)
+        if any(code not in (0, 130, -signal.SIGTERM) for code in codes):
+            log(f"workers: exit codes {codes} (each one's unit went back to the queue; the run is complete without them)")
     return FindResult(run_dir=folder.path, candidates=table, teacher=teacher.record(), budget=settings.budget.text,
                       notes=teacher.notes, report=build_report(folder.path))
+
+
+def _stages(settings: RunSettings, task: Task, teacher: Teacher, folder: RunFolder, queue: RunQueue, log) -> pd.DataFrame:
+    queue.set_phase("preparing")
+    ranker = _supernets(settings, task, teacher, folder, log)
+    queue.set_phase("scoring")
+    rows = _search(settings, task, teacher, folder, log, ranker)
+    finalists = _choose_finalists(settings, task, rows, folder, log)
+    _distil_finalists(settings, task, teacher, finalists, folder, log, ranker, queue)
+    queue.set_phase("done")
+    table = candidates_table(rows, finalists, folder, settings)
+    folder.write_candidates(table)
+    return table
 
 
 def _choose_space(settings: RunSettings, task: Task, log) -> RunSettings:
@@ -154,20 +201,32 @@ def _proxy_context(settings: RunSettings, task: Task, teacher: Teacher, space: S
     return ctx
 
 
-def _search(settings: RunSettings, task: Task, teacher: Teacher, folder: RunFolder, log,
-            ranker: SupernetRanker | None = None) -> dict[str, dict]:
-    """Score candidates in the study until it holds ``trials`` trials; the scored candidates by id."""
+def _scorer(settings: RunSettings, task: Task, teacher: Teacher, folder: RunFolder, log, ranker: SupernetRanker | None,
+            *, worker: int = 0, wait: bool = True, should_stop=None):
+    """``score()``: take trials of the run's study (this process as worker ``worker``) until its slots are filled."""
     space, budget = settings.space, settings.budget
     ctx = _proxy_context(settings, task, teacher, space, log, ranker)
     evaluate = CandidateEvaluator(task, ctx, list(settings.proxies), torch.device(settings.device), settings.latency("search"),
                                   seed=settings.seed, budget=budget, recheck=settings.latency("final"))
+    cheap = exact_proxy(settings.ranking_proxy, task, ctx, settings.device, settings.seed)
+
+    def score():
+        return run_search(
+            space, evaluate, budget=budget, objective=settings.ranking_proxy, storage=folder.storage_url(settings),
+            study_name=STUDY_NAME, n_trials=settings.trials, timeout=settings.timeout, seed=settings.seed,
+            sampler=settings.sampler, progress=not settings.quiet and worker == 0, cheap_score=cheap, top_k=settings.top_k,
+            worker=worker, wait=wait, heartbeat_s=settings.heartbeat_s, should_stop=should_stop, log=log,
+        )
+
+    return score
+
+
+def _search(settings: RunSettings, task: Task, teacher: Teacher, folder: RunFolder, log,
+            ranker: SupernetRanker | None = None) -> dict[str, dict]:
+    """Score candidates in the study until its ``trials`` slots are filled; the scored candidates by id."""
+    space, budget = settings.space, settings.budget
     started = time.perf_counter()
-    study = run_search(
-        space, evaluate, budget=budget, objective=settings.ranking_proxy, storage=folder.storage_url(settings),
-        study_name=STUDY_NAME, n_trials=settings.trials, timeout=settings.timeout, seed=settings.seed,
-        sampler=settings.sampler, progress=not settings.quiet, cheap_score=exact_proxy(settings.ranking_proxy, task, ctx, settings.device, settings.seed),
-        top_k=settings.top_k,
-    )
+    study = _scorer(settings, task, teacher, folder, log, ranker)()
     rows = scored_candidates(study)
     if not rows:
         raise RunFolderError(f"No candidate of {space.name} could be scored; see the errors above and check the space.")
@@ -262,8 +321,9 @@ class _Chooser:
 
 
 def _distil_finalists(settings: RunSettings, task: Task, teacher: Teacher, finalists: dict, folder: RunFolder, log,
-                      ranker: SupernetRanker | None = None) -> None:
-    warm = ranker is not None and settings.supernet.get("warm_start")
+                      ranker: SupernetRanker | None, queue: RunQueue) -> None:
+    """Queue the accepted finalists in the storage and distil them here and on every worker that takes one; wait
+    until none is left waiting or being distilled."""
     accepted = [cid for cid, f in finalists.items() if f["within_budget"]]
     roles = ", ".join(finalists[c].get("role", "top") for c in accepted)
     if not create_loss(settings.loss_name, **settings.loss_options).logits_only:
@@ -271,26 +331,93 @@ def _distil_finalists(settings: RunSettings, task: Task, teacher: Teacher, final
             "student runs the live teacher")
     else:
         log(f"students: {len(accepted)} ({roles}); the teacher's logits are computed once and shared by all of them")
-    for rank, cid in enumerate(accepted, 1):
-        student = folder.student(cid)
-        if student.result() is not None:
+    queue.enqueue(accepted, lambda cid: folder.student(cid).result() is not None)
+    queue.set_phase("distilling")
+    distil = student_job(settings, task, teacher, folder, log, ranker)
+    told = False
+    while True:
+        if queue.take_student(distil) is not None:
             continue
-        started = time.perf_counter()
+        pending = queue.pending()
+        if not pending:
+            return
+        if not told:
+            log(f"students: waiting for {pending} student(s) other workers are distilling (a worker that died frees "
+                f"its student {settings.heartbeat_s * 3} s after its last heartbeat)")
+            told = True
+        time.sleep(POLL_S)
+
+
+def student_job(settings: RunSettings, task: Task, teacher: Teacher, folder: RunFolder, log,
+                ranker: SupernetRanker | None):
+    """``distil(candidate_id) -> accuracy``: one finalist distilled into its student folder (resumed from its
+    checkpoint when another worker started it)."""
+    warm = ranker is not None and settings.supernet.get("warm_start")
+
+    def distil(cid: str) -> float:
+        finalists = folder.finalists()
+        final, student = finalists[cid], folder.student(cid)
+        done = student.result()
+        if done is not None:
+            return float(done.get("val_accuracy") or 0.0)
+        started, role = time.perf_counter(), final.get("role", "top")
         try:
             result = distill_student(
-                finalists[cid]["config"], teacher.model, task, student, settings.recipe(), loss=settings.loss_name,
+                final["config"], teacher.model, task, student, settings.recipe(), loss=settings.loss_name,
                 loss_options=settings.loss_options, device=torch.device(settings.device), progress=not settings.quiet,
-                desc=f"distilling {rank}/{len(accepted)} ({cid})",
-                extra={"candidate_id": cid, "role": finalists[cid].get("role", "top"), "band": finalists[cid].get("band"),
-                       "warm_start": bool(warm)},
-                initial=ranker.subnet(finalists[cid]["config"], finalists[cid]["latency_p50_ms"]) if warm else None,
+                desc=f"distilling {cid} ({role})",
+                extra={"candidate_id": cid, "role": role, "band": final.get("band"), "warm_start": bool(warm)},
+                initial=ranker.subnet(final["config"], final["latency_p50_ms"]) if warm else None,
             )
         except TrainingDiverged as exc:
             log(f"student {cid}: {exc} — marked failed")
             student.write_result({"candidate_id": cid, "status": "diverged", "error": str(exc)})
-            continue
-        log(f"student {rank}/{len(accepted)} {cid} ({finalists[cid].get('role', 'top')}): val acc {result['val_accuracy']:.4f} at "
-            f"{finalists[cid]['latency_p50_ms']:.3f} ms [{time.perf_counter() - started:.0f} s]")
+            return 0.0
+        log(f"student {cid} ({role}): val acc {result['val_accuracy']:.4f} at {final['latency_p50_ms']:.3f} ms "
+            f"[{time.perf_counter() - started:.0f} s]")
+        return float(result["val_accuracy"])
+
+    return distil
+
+
+def run_worker(run_dir: str | Path, *, index: int | None = None, device: str | None = None, quiet: bool = False,
+               until_done: bool = True, parent: int | None = None) -> WorkerResult:
+    """``kdsearch worker``: join the run in ``run_dir`` through its storage and take its units of work (scoring trials,
+    students) until the run is done (``until_done``) or nothing is left to take. ``index`` picks this worker's
+    sampler seed (find gives its local workers 1..N; default: from the host name and process id). ``parent``: leave
+    when that process is gone (find's local workers do not outlive a find that was killed)."""
+    import socket
+
+    log = stderr_logger(quiet)
+    folder = RunFolder.open(run_dir)
+    settings = folder.settings()
+    if device:
+        settings = dataclasses.replace(settings, device=str(resolve_device(device)))
+    settings = dataclasses.replace(settings, quiet=quiet)
+    index = index if index is not None else 1 + int(stable_hash([socket.gethostname(), os.getpid()], 8), 16) % 10_000
+    url = folder.storage_url(settings)
+    stop = StopFlag(parent).install()
+    with storage_guard(url):
+        queue = RunQueue(url, settings.heartbeat_s)
+        queue.check(run_identity(settings))
+    task = load_task(settings.data, progress=False)
+    teacher = _load_teacher(settings, task, log)
+    with storage_guard(url):
+        while queue.phase == "preparing" and not stop():
+            time.sleep(POLL_S)  # the supernets (if any) are trained by find before scoring opens
+        ranker = run_supernets(settings, task, teacher.model, log=log) if settings.supernet is not None and not stop() else None
+        before = queue.search._storage.get_n_trials(queue.search._study_id)
+        score = _scorer(settings, task, teacher, folder, log, ranker, worker=index, wait=False, should_stop=stop)
+        try:
+            distilled = work(queue, score=score, distil=student_job(settings, task, teacher, folder, log, ranker),
+                             until_done=until_done, should_stop=stop, log=log)
+        except KeyboardInterrupt:
+            distilled = []
+        scored = sum(1 for t in queue.search.get_trials(deepcopy=False) if t.number >= before and
+                     t.user_attrs.get("worker") == index)
+    log(f"worker {index}: {'stopped; its unit went back to the queue' if stop() else 'done'} "
+        f"({scored} trial(s) scored, {len(distilled)} student(s) distilled)")
+    return WorkerResult(scored=scored, distilled=distilled)
 
 
 LATENCY_COLUMNS = ("latency_p50_ms", "latency_p90_ms", "latency_iqr_ms", "latency_repeats")

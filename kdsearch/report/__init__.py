@@ -282,16 +282,18 @@ def _html(report: Report, data: dict) -> str:
     import html
 
     table, teacher, settings, run_dir = report.table, report.teacher, report.settings, report.run_dir
-    html_table = _display(table).to_html(index=False, float_format=lambda v: f"{v:.4f}")
+    html_table = _display(table).to_html(index=False, float_format=lambda v: f"{v:.4f}")  # pandas escapes cells
     check = "".join(f"<li>{html.escape(line.strip())}</li>" for line in report.check.lines())
-    body = "\n".join(_figures(report))
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>kdsearch report — {run_dir.name}</title>
+    body = "\n".join(_figures(report))  # plotly writes names as JSON with < and > escaped
+    e = html.escape  # every name comes from the user (a teacher spec, a folder, class names): text, never markup
+    space = settings.space.name if settings.space else "?"
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>kdsearch report — {e(run_dir.name)}</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}} td,th{{padding:4px 8px;border:1px solid #ccc;font-size:12px}}</style>
-</head><body><h1>kdsearch report: {run_dir.name}</h1>
-<p>Teacher <b>{teacher['spec']}</b> ({teacher['source']}), val accuracy {teacher['val_accuracy']:.4f}.
-Budget <b>{settings.budget.text}</b> on {settings.device} (batch {settings.latency_batch_size}, {settings.threads} thread(s)).
-Data: {data.get('description', settings.data.data)}. Space: {settings.space.name if settings.space else '?'}.
-Ranking proxy: {', '.join(settings.proxies)}. {len(report.candidates)} candidates within budget; {report.excluded} over budget are left out.</p>
+</head><body><h1>kdsearch report: {e(run_dir.name)}</h1>
+<p>Teacher <b>{e(str(teacher['spec']))}</b> ({e(str(teacher['source']))}), val accuracy {teacher['val_accuracy']:.4f}.
+Budget <b>{e(settings.budget.text)}</b> on {e(settings.device)} (batch {settings.latency_batch_size}, {settings.threads} thread(s)).
+Data: {e(str(data.get('description', settings.data.data)))}. Space: {e(space)}.
+Ranking proxy: {e(', '.join(settings.proxies))}. {len(report.candidates)} candidates within budget; {report.excluded} over budget are left out.</p>
 <h2>Did the ranking work?</h2><ul id="self-check">{check}</ul>
 {body}
 <h2>Distilled students</h2>{html_table}

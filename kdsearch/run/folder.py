@@ -5,7 +5,7 @@ A run folder is the single source of truth of a run::
     config.yaml                 the RunSettings (identity checked on resume)
     data.json, teacher.json     what the data and the teacher were
     sample_batch.safetensors    a few real validation images (exports are verified on them)
-    study.db                    the Optuna study (unless --storage points elsewhere)
+    study.db                    the Optuna studies: the search and the students' queue (unless --storage points elsewhere)
     finalists.json              re-measured finalists
     candidates.csv              one row per scored candidate
     report.html                 the report
@@ -40,6 +40,7 @@ import yaml
 from kdsearch._util import atomic_path, atomic_write_json, atomic_write_text
 from kdsearch.exceptions import ExportError, RunFolderError
 from kdsearch.run.settings import IDENTITY_KEYS, RunSettings
+from kdsearch.search.storage import without_password
 
 STUDY_NAME = "kdsearch"
 
@@ -150,7 +151,7 @@ class RunFolder:
 
         resumed = self.is_run()
         created = self.config().get("created") if resumed else None
-        config = {**settings.to_config(), "storage": self.storage_url(settings),
+        config = {**settings.to_config(), "storage": without_password(self.storage_url(settings)),
                   "created": created or datetime.now(timezone.utc).isoformat(timespec="seconds")}
         atomic_write_text(self._config, yaml.safe_dump(config, sort_keys=False))
         atomic_write_json(self._data, task.record())

@@ -19,6 +19,7 @@ from kdsearch.distill import create_loss
 from kdsearch.exceptions import KdsearchError
 from kdsearch.proxies import needs_supernet, parse_proxies
 from kdsearch.search import check_sampler
+from kdsearch.search.storage import HEARTBEAT_S, check_storage, without_password
 from kdsearch.spaces import SearchSpace, load_space
 from kdsearch.training import STUDENT_RECIPE, Recipe
 
@@ -52,7 +53,9 @@ class RunSettings:
     epochs: int = 10
     batch_size: int = 64
     loss: dict = field(default_factory=lambda: {"name": "kd"})  # name + every setting, typed
-    storage: str | None = None  # None: SQLite in the run folder (RunFolder.storage_url)
+    storage: str | None = None  # None: SQLite in the run folder (RunFolder.storage_url); config.yaml keeps no password
+    workers: int = 0  # local worker processes find starts beside itself (kdsearch worker)
+    heartbeat_s: int = HEARTBEAT_S  # a worker's unit goes back to the queue 3 beats after its last one
     # With a supernet proxy: {"subspaces": K, "epochs": E, "warm_start": bool[, "anchors": other than "latency"]}
     supernet: dict | None = None
     seed: int = 0
@@ -67,7 +70,7 @@ class RunSettings:
         teacher_epochs: int | None = None, trials: int = 100, timeout: float | None = None, top_k: int = 3,
         front: int = 4, controls: int = 1, proxy: str = "default", sampler: str = "auto", device: str = "auto", latency_batch_size: int = 1, threads: int = 1,
         epochs: int = 10, batch_size: int = 64, loss: str = "kd", loss_options: dict | None = None, storage: str | None = None,
-        subspaces: int = 3, supernet_epochs: int = 5, supernet_anchors: str = "latency", warm_start: bool = False,
+        workers: int = 0, heartbeat_s: int = HEARTBEAT_S, subspaces: int = 3, supernet_epochs: int = 5, supernet_anchors: str = "latency", warm_start: bool = False,
         seed: int = 0, quiet: bool = False,
     ) -> RunSettings:
         """Validate every input before any work: a mistake costs the user one line, not a half-made run."""
@@ -76,10 +79,10 @@ class RunSettings:
         sampler = check_sampler(sampler)
         for name, value in (("trials", trials), ("top_k", top_k), ("epochs", epochs), ("batch_size", batch_size),
                             ("latency_batch_size", latency_batch_size), ("threads", threads), ("teacher_epochs", teacher_epochs),
-                            ("subspaces", subspaces), ("supernet_epochs", supernet_epochs)):
+                            ("subspaces", subspaces), ("supernet_epochs", supernet_epochs), ("heartbeat", heartbeat_s)):
             if value is not None and value < 1:
                 raise KdsearchError(f"--{name.replace('_', '-')} must be at least 1 (got {value}).")
-        for name, value in (("front", front), ("controls", controls)):
+        for name, value in (("front", front), ("controls", controls), ("workers", workers)):
             if value < 0:
                 raise KdsearchError(f"--{name} must be 0 or more (got {value}).")
         supernet = {"subspaces": subspaces, "epochs": supernet_epochs, "warm_start": warm_start} if needs_supernet(list(proxies)) else None
@@ -105,7 +108,8 @@ class RunSettings:
             teacher=teacher, budget=parsed_budget, space=space_obj, out=run_dir, teacher_weights=teacher_weights,
             teacher_weights_sha=sha, pretrained=pretrained, teacher_epochs=teacher_epochs, trials=trials, timeout=timeout,
             top_k=top_k, front=front, controls=controls, proxies=proxies, sampler=sampler, device=str(torch_device), latency_batch_size=latency_batch_size,
-            threads=threads, epochs=epochs, batch_size=batch_size, loss=loss_config, storage=storage, supernet=supernet, seed=seed, quiet=quiet,
+            threads=threads, epochs=epochs, batch_size=batch_size, loss=loss_config, storage=check_storage(storage), supernet=supernet, seed=seed, quiet=quiet,
+            workers=workers, heartbeat_s=heartbeat_s,
             data=DataSpec(data=data, data_root=data_root, input_size=input_size, train_samples=train_samples,
                           val_samples=val_samples, seed=seed),
         )
@@ -157,7 +161,7 @@ class RunSettings:
             "proxies": list(self.proxies), "sampler": self.sampler, "device": self.device,
             "latency_batch_size": self.latency_batch_size, "threads": self.threads, "seed": self.seed, "trials": self.trials,
             "timeout": self.timeout, "top_k": self.top_k, "front": self.front, "controls": self.controls, "epochs": self.epochs, "batch_size": self.batch_size,
-            "storage": self.storage, "loss": dict(self.loss), "recipe": self.recipe().to_dict(), "supernet": self.supernet,
+            "storage": without_password(self.storage), "heartbeat_s": self.heartbeat_s, "loss": dict(self.loss), "recipe": self.recipe().to_dict(), "supernet": self.supernet,
         }
 
     @classmethod
@@ -173,7 +177,7 @@ class RunSettings:
             controls=config.get("controls", 0), proxies=tuple(config["proxies"]), sampler=config["sampler"],
             device=config["device"], latency_batch_size=config["latency_batch_size"], threads=config["threads"],
             epochs=config["epochs"], batch_size=config["batch_size"], loss=dict(config["loss"]), storage=config["storage"],
-            supernet=config.get("supernet"), seed=config["seed"],
+            supernet=config.get("supernet"), seed=config["seed"], heartbeat_s=config.get("heartbeat_s", HEARTBEAT_S),
         )
 
 

@@ -23,6 +23,7 @@ from kdsearch.search.evaluate import (
     measure_candidate,
     reference_models,
 )
+from kdsearch.search.storage import HEARTBEAT_S, fail_stale_trials, is_storage_failure, make_storage, redact, unreachable
 from kdsearch.spaces import SearchSpace, candidate_id
 
 _NATIVE_CONSTRAINTS = hasattr(optuna.trial.Trial, "set_constraint")
@@ -31,15 +32,16 @@ _LEGACY = {} if _NATIVE_CONSTRAINTS else {"constraints_func": lambda t: constrai
 
 # name → builder(seed, space, budget, score, top_k) of an Optuna sampler; 'auto' is resolved by make_sampler.
 # ``score`` is the ranking proxy's exact value when the search can afford it (an ExactScore), else None;
-# ``top_k`` how many of the best feasible candidates the run will use (find distils its top-k).
-Builder = Callable[[int, SearchSpace, Budget, Callable[[dict], float] | None, int], optuna.samplers.BaseSampler]
+# ``top_k`` how many of the best feasible candidates the run will use (find distils its top-k); ``lane`` the worker's
+# index (samplers that propose in batches let concurrent workers take different entries).
+Builder = Callable[[int, SearchSpace, Budget, Callable[[dict], float] | None, int, int], optuna.samplers.BaseSampler]
 SAMPLERS: Registry[Builder] = Registry("sampler", SearchError)
-SAMPLERS.add("constrained", lambda seed, space, budget, score, top_k: ConstrainedSampler(
-    space, budget, seed=seed, score=score, exact_limit=getattr(score, "per_round", 4096), top_k=top_k))
-SAMPLERS.add("brute", lambda seed, space, budget, score, top_k: optuna.samplers.BruteForceSampler(seed=seed))
-SAMPLERS.add("random", lambda seed, space, budget, score, top_k: optuna.samplers.RandomSampler(seed=seed))
-SAMPLERS.add("nsga2", lambda seed, space, budget, score, top_k: optuna.samplers.NSGAIISampler(seed=seed, **_LEGACY))
-SAMPLERS.add("tpe", lambda seed, space, budget, score, top_k: optuna.samplers.TPESampler(
+SAMPLERS.add("constrained", lambda seed, space, budget, score, top_k, lane=0: ConstrainedSampler(
+    space, budget, seed=seed, score=score, exact_limit=getattr(score, "per_round", 4096), top_k=top_k, lane=lane))
+SAMPLERS.add("brute", lambda seed, space, budget, score, top_k, lane=0: optuna.samplers.BruteForceSampler(seed=seed))
+SAMPLERS.add("random", lambda seed, space, budget, score, top_k, lane=0: optuna.samplers.RandomSampler(seed=seed))
+SAMPLERS.add("nsga2", lambda seed, space, budget, score, top_k, lane=0: optuna.samplers.NSGAIISampler(seed=seed, **_LEGACY))
+SAMPLERS.add("tpe", lambda seed, space, budget, score, top_k, lane=0: optuna.samplers.TPESampler(
     seed=seed, multivariate=True, n_startup_trials=10, **_LEGACY))
 
 
@@ -61,44 +63,87 @@ def resolve_sampler(name: str, space: SearchSpace, n_trials: int) -> str:
 
 
 def make_sampler(name: str, space: SearchSpace, n_trials: int, seed: int, budget: Budget,
-                 score: Callable[[dict], float] | None = None, top_k: int = 1) -> optuna.samplers.BaseSampler:
-    return SAMPLERS.get(resolve_sampler(name, space, n_trials))(seed, space, budget, score, top_k)
+                 score: Callable[[dict], float] | None = None, top_k: int = 1, lane: int = 0) -> optuna.samplers.BaseSampler:
+    return SAMPLERS.get(resolve_sampler(name, space, n_trials))(seed, space, budget, score, top_k, lane)
 
 
 def constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
     return [trial.user_attrs.get("budget_excess", 0.0)]
 
 
-def make_storage(url: str) -> str | optuna.storages.BaseStorage:
-    """Optuna storage for ``url``; SQLite files get write-ahead logging.
-
-    Each trial writes a dozen user attributes, one transaction each; with SQLite's default rollback
-    journal and full fsync that was ~35 ms of a ~100 ms candidate. WAL with synchronous=NORMAL halves
-    it and stays safe if the process dies (only an OS crash can lose the last trials, which a
-    resumed run re-scores). Other URLs (PostgreSQL, MySQL, …) go to Optuna unchanged.
-    """
-    if not isinstance(url, str) or not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
-        return url  # another URL, or a storage object (e.g. optuna.storages.InMemoryStorage)
-    from sqlalchemy import event
-
-    storage = optuna.storages.RDBStorage(url)
-
-    @event.listens_for(storage.engine, "connect")
-    def _pragmas(connection, _record):
-        cursor = connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
-
-    storage.engine.dispose()  # connections opened before the listener existed are not reused
-    return storage
+def _interrupted(record) -> bool:
+    """Optuna logs a trial that a Ctrl-C, a SIGTERM or a lost database ended as a failure, traceback included: those
+    are said once, in one line, by the command (the trial goes back to the queue)."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return isinstance(exc, KeyboardInterrupt) or "KeyboardInterrupt" in record.getMessage() or is_storage_failure(exc)
 
 
-def open_study(storage: str, study_name: str, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+def _keep(record) -> bool:
+    return not _interrupted(record)
+
+
+def open_study(storage: str, study_name: str, sampler: optuna.samplers.BaseSampler | None = None,
+               heartbeat_s: int = HEARTBEAT_S) -> optuna.Study:
+    import logging
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(
-        study_name=study_name, storage=make_storage(storage), sampler=sampler, direction="maximize", load_if_exists=True
-    )
+    for handler in logging.getLogger("optuna").handlers:  # child loggers' records meet the filter at the handler
+        if _keep not in handler.filters:
+            handler.addFilter(_keep)
+    try:
+        return optuna.create_study(study_name=study_name, storage=make_storage(storage, heartbeat_s), sampler=sampler,
+                                   direction="maximize", load_if_exists=True)
+    except Exception as exc:
+        if isinstance(storage, str) and is_storage_failure(exc):
+            raise unreachable(storage, exc) from None
+        raise
+
+
+def trial_slots(trials: list[optuna.trial.FrozenTrial]) -> dict[int, int]:
+    """Each trial's slot, by trial number. A retry (queued again after its worker died or was stopped: Optuna's
+    ``failed_trial`` names the first of the chain) takes the slot of the trial it replaces; a fresh trial numbered
+    ``k`` takes slot ``k`` minus the retries numbered below it (they used numbers, not slots). Numbers are handed out
+    by the storage one at a time, so slots are unique and stable once a trial exists."""
+    import bisect
+
+    retries = sorted(t.number for t in trials if "failed_trial" in t.system_attrs)
+    fresh = {t.number: t.number - bisect.bisect_left(retries, t.number) for t in trials if "failed_trial" not in t.system_attrs}
+    return {t.number: fresh.get(int(t.system_attrs["failed_trial"]), -1) if "failed_trial" in t.system_attrs else fresh[t.number]
+            for t in trials}
+
+
+def filled_slots(trials: list[optuna.trial.FrozenTrial], n_trials: int) -> int:
+    """Slots ``0 .. n_trials - 1`` whose latest trial has finished. A slot is counted once however often it was
+    tried, and surplus trials (slot ``n_trials`` or more: workers that raced for the last slot) not at all."""
+    slots = trial_slots(trials)
+    latest: dict[int, optuna.trial.FrozenTrial] = {}
+    for t in trials:
+        slot = slots[t.number]
+        if 0 <= slot < n_trials and (slot not in latest or t.number > latest[slot].number):
+            latest[slot] = t
+    return sum(1 for t in latest.values() if t.state.is_finished())
+
+
+def has_open_slot(study: optuna.Study, n_trials: int) -> bool:
+    """Can a worker take a trial: a retry is waiting, or a new trial would still get a slot below ``n_trials``?"""
+    storage, sid = study._storage, study._study_id
+    if storage.get_n_trials(sid, state=optuna.trial.TrialState.WAITING):
+        return True
+    if storage.get_n_trials(sid) < n_trials:  # cheap: fewer trials than slots (the usual case, until the end)
+        return True
+    trials = study.get_trials(deepcopy=False)
+    return sum(1 for t in trials if "failed_trial" not in t.system_attrs) < n_trials
+
+
+def requeue(study: optuna.Study, trial: optuna.Trial | optuna.trial.FrozenTrial) -> None:
+    """Put a copy of an interrupted trial back in the queue for its slot (what Optuna's retry callback does for a
+    worker that stopped beating), so that the next worker to look takes it."""
+    frozen = trial if isinstance(trial, optuna.trial.FrozenTrial) else study._storage.get_trial(trial._trial_id)
+    history = [*frozen.system_attrs.get("retry_history", []), frozen.number]
+    study.add_trial(optuna.create_trial(
+        state=optuna.trial.TrialState.WAITING, params=frozen.params, distributions=frozen.distributions,
+        user_attrs=frozen.user_attrs,
+        system_attrs={"failed_trial": int(frozen.system_attrs.get("failed_trial", frozen.number)), "retry_history": history}))
 
 
 def run_search(
@@ -116,60 +161,159 @@ def run_search(
     progress: bool = False,
     cheap_score: Callable[[dict], float] | None = None,
     top_k: int = 1,
+    worker: int = 0,
+    wait: bool = True,
+    heartbeat_s: int = HEARTBEAT_S,
+    should_stop: Callable[[], bool] | None = None,
+    log=None,
 ) -> optuna.Study:
-    """Run (or resume) the study until it holds ``n_trials`` finished trials.
+    """Take trials of the study until its slots ``0 .. n_trials - 1`` are all filled (``filled_slots``).
 
-    ``cheap_score(config)``, when the objective can be computed exactly outside a trial (parameters, FLOPs,
-    SynFlow: see ``exact_proxy``), lets the constrained sampler rank its most promising candidates on exact values.
-    ``top_k``: how many of the best feasible candidates the caller will use; the constrained sampler confirms that
-    many, not only the best. ``evaluate(config) -> metrics`` must return JSON-able numbers including ``objective`` and the
-    budget's metric. Repeated configs are served from earlier trials of the same study.
+    Any number of processes may run this on one study (``kdsearch worker``): each takes the next free slot or a
+    waiting retry, and a slot held by a worker that died goes back to the queue after the heartbeat's grace period.
+    ``wait``: also wait for the slots other workers hold (find does; a worker leaves when nothing is free).
+    ``worker``: this process's index among the run's workers (its sampler's seed differs from the others').
+    ``should_stop()``: polled after each trial (a worker asked to leave). ``cheap_score(config)``, when the objective
+    can be computed exactly outside a trial (parameters, FLOPs, SynFlow: see ``exact_proxy``), lets the constrained
+    sampler rank its most promising candidates on exact values; ``top_k``: how many of the best feasible candidates the
+    caller will use (the constrained sampler confirms that many). ``evaluate(config) -> metrics`` returns JSON-able
+    numbers including ``objective`` and the budget's metric. Repeated configs are served from earlier trials.
     """
-    study = open_study(storage, study_name, make_sampler(sampler, space, n_trials, seed, budget, cheap_score, top_k))
-    trials = study.get_trials(deepcopy=False)  # one read of the study serves both counts below
-    done = sum(1 for t in trials if t.state.is_finished())
-    if done:
-        # A resumed study needs fresh randomness: reseeded with `seed`, the sampler would propose the
-        # configs of the first session again (all duplicates under the random sampler and TPE's startup).
-        study.sampler = make_sampler(sampler, space, n_trials, seed + done, budget, cheap_score, top_k)
-    known = {
-        t.user_attrs["candidate_id"]: t.user_attrs
-        for t in trials
-        if t.state == optuna.trial.TrialState.COMPLETE and "candidate_id" in t.user_attrs
-    }
-    remaining = n_trials - done
-    if remaining <= 0:
-        return study
+    log = log or (lambda message: None)
+    study = open_study(storage, study_name, heartbeat_s=heartbeat_s)
+    try:
+        trials = study.get_trials(deepcopy=False)
+        done = filled_slots(trials, n_trials)
+        # A resumed study needs fresh randomness (reseeded with `seed`, the sampler would propose the first session's
+        # configs again) and so does every worker beside the first.
+        study.sampler = make_sampler(sampler, space, n_trials, seed + done + 7919 * worker, budget, cheap_score, top_k, worker)
+        known = {t.user_attrs["candidate_id"]: t.user_attrs for t in trials
+                 if t.state == optuna.trial.TrialState.COMPLETE and "candidate_id" in t.user_attrs}
+        # samplers that never propose what the study holds (or what another worker is scoring) need no second look
+        look_again = resolve_sampler(sampler, space, n_trials) not in ("constrained", "brute")
+        objective_fn = _objective(study, space, evaluate, budget, objective, n_trials, known, look_again, worker)
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n_trials, initial=done, desc="scoring candidates", disable=None if progress else True, leave=False)
+        _take_slots(study, space, objective_fn, n_trials, bar, timeout=timeout, wait=wait, heartbeat_s=heartbeat_s,
+                    should_stop=should_stop or (lambda: False), log=log)
+        bar.close()
+    except Exception as exc:
+        if isinstance(storage, str) and is_storage_failure(exc):
+            raise unreachable(storage, exc) from None
+        raise
+    return study
+
+
+def _take_slots(study, space, objective_fn, n_trials, bar, *, timeout, wait, heartbeat_s, should_stop, log) -> None:
+    import time
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+
+    def after_trial(study_, _trial):
+        bar.update(1)
+        if should_stop() or not has_open_slot(study_, n_trials):
+            study_.stop()
+
+    told = False
+    while True:
+        left = None if deadline is None else deadline - time.monotonic()
+        if (left is not None and left <= 0) or should_stop() or _exhausted(study, space, n_trials):
+            return
+        if has_open_slot(study, n_trials):
+            # BruteForceSampler stops the study itself once every config has been tried.
+            study.optimize(objective_fn, timeout=left, catch=(RuntimeError, ValueError), callbacks=[after_trial],
+                           gc_after_trial=False)
+            continue
+        if not wait:
+            return
+        fail_stale_trials(study)  # a slot whose worker died is queued again (after the grace period)
+        missing = n_trials - filled_slots(study.get_trials(deepcopy=False), n_trials)
+        if missing <= 0:
+            return
+        if not told:
+            log(f"search: waiting for {missing} trial(s) other workers hold (a worker that died frees its trial "
+                f"{heartbeat_s * 3} s after its last heartbeat)")
+            told = True
+        time.sleep(min(2.0, heartbeat_s / 2))
+
+
+def _scored_by_another_worker(study: optuna.Study, trial: optuna.Trial, cid: str) -> dict | None:
+    """When other workers are running: the metrics of a trial of theirs that scores the same candidate (they sampled
+    it at the same moment), waiting for it while it runs; None when this trial should measure it (it is then marked
+    ``measuring``, which is what the others wait for). A twin is waited for when it finished, is measuring, or is
+    still deciding with a lower number; a duplicate measurement remains possible only when two twins decide within
+    one storage write of each other."""
+    import time
+
+    storage, sid = study._storage, study._study_id
+    trial.set_user_attr("candidate_id", cid)  # what the others look for
+    if storage.get_n_trials(sid, state=optuna.trial.TrialState.RUNNING) >= 2:  # alone: one cheap count per trial
+        states = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.COMPLETE)
+        twins = [t for t in study.get_trials(deepcopy=False, states=states)
+                 if t.user_attrs.get("candidate_id") == cid and t.number != trial.number
+                 and (t.state == optuna.trial.TrialState.COMPLETE or t.user_attrs.get("measuring") or t.number < trial.number)]
+        for twin in sorted(twins, key=lambda t: (t.state != optuna.trial.TrialState.COMPLETE, t.number)):
+            polls = 0
+            while twin.state == optuna.trial.TrialState.RUNNING:
+                time.sleep(0.05)
+                polls += 1
+                if polls % 20 == 0:
+                    fail_stale_trials(study)  # its worker may have died
+                twin = storage.get_trial(twin._trial_id)
+            if twin.state == optuna.trial.TrialState.COMPLETE:
+                trial.set_user_attr("served_from", twin.number)
+                return {k: v for k, v in twin.user_attrs.items() if k not in ("worker", "served_from", "measuring")}
+    trial.set_user_attr("measuring", True)
+    return None
+
+
+def _exhausted(study: optuna.Study, space: SearchSpace, n_trials: int) -> bool:
+    """Brute force tried every config (it stops the study below ``n_trials``) and nothing is in flight."""
+    active = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+    if space.size >= n_trials or study.get_trials(deepcopy=False, states=active):
+        return False
+    return len({t.user_attrs.get("candidate_id") for t in study.get_trials(deepcopy=False)} - {None}) >= space.size
+
+
+def _objective(study, space, evaluate, budget, objective, n_trials, known, look_again, worker):
+    """One trial: its slot, its candidate (scored, or served from a trial that scored it), its constraint."""
 
     def objective_fn(trial: optuna.Trial) -> float:
+        if trial.number >= n_trials and trial_slots(study.get_trials(deepcopy=False))[trial.number] >= n_trials:
+            trial.set_user_attr("surplus", True)  # raced another worker for the last slot
+            study.stop()
+            raise optuna.TrialPruned()
         config = space.suggest(trial)
         cid = candidate_id(config)
         metrics = known.get(cid)
+        if metrics is None and look_again:
+            known.update({t.user_attrs["candidate_id"]: t.user_attrs
+                          for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                          if "candidate_id" in t.user_attrs})
+            metrics = known.get(cid)
         if metrics is None:
-            metrics = {**evaluate(config), "candidate_id": cid, "config": config}
+            metrics = _scored_by_another_worker(study, trial, cid)
+        if metrics is None:
+            try:
+                metrics = {**evaluate(config), "candidate_id": cid, "config": config}
+            except (RuntimeError, ValueError) as exc:
+                trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:500])  # failed for good: its slot is done
+                raise
+            except BaseException:  # interrupted (Ctrl-C, SIGTERM): the slot goes back to the queue
+                requeue(study, trial)
+                raise
             known[cid] = metrics
         excess = budget.excess(metrics)
         for key, value in metrics.items():
             trial.set_user_attr(key, value)
         trial.set_user_attr("budget_excess", excess)
+        trial.set_user_attr("worker", worker)
         if _NATIVE_CONSTRAINTS:
             trial.set_constraint("budget", excess)
         return float(metrics[objective])
 
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=n_trials, initial=done, desc="scoring candidates", disable=None if progress else True, leave=False)
-    # BruteForceSampler stops the study itself once every config has been tried.
-    study.optimize(
-        objective_fn,
-        n_trials=remaining,
-        timeout=timeout,
-        catch=(RuntimeError, ValueError),
-        callbacks=[lambda _s, _t: bar.update(1)],
-        gc_after_trial=False,
-    )
-    bar.close()
-    return study
+    return objective_fn
 
 
 def scored_candidates(study: optuna.Study) -> dict[str, dict]:
@@ -184,6 +328,6 @@ def scored_candidates(study: optuna.Study) -> dict[str, dict]:
 
 __all__ = [
     "CHEAP_PROXIES", "EXACT_PER_ROUND", "SAMPLERS", "CandidateEvaluator", "ExactScore", "ConstrainedSampler", "check_sampler", "constraints", "exact_proxy",
-    "make_sampler", "make_storage", "measure_candidate", "open_study", "reference_models", "resolve_sampler", "run_search",
+    "fail_stale_trials", "filled_slots", "has_open_slot", "make_sampler", "make_storage", "measure_candidate", "open_study", "redact", "requeue", "trial_slots", "reference_models", "resolve_sampler", "run_search",
     "sampler_names", "scored_candidates",
 ]

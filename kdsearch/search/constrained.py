@@ -46,8 +46,9 @@ from kdsearch.spaces import SearchSpace
 class ConstrainedSampler(optuna.samplers.BaseSampler):
     def __init__(self, space: SearchSpace, budget: Budget, *, seed: int = 0, n_startup: int = 20, batch: int = 4,
                  pool_size: int = 20_000, trees: int = 24, score: Callable[[dict], float] | None = None, exact_limit: int = 4096,
-                 top_k: int = 1):
+                 top_k: int = 1, lane: int = 0):
         self.space, self.budget, self.seed, self.top_k = space, budget, seed, max(1, top_k)
+        self.lane = lane  # a worker's index: concurrent workers take different entries of the same proposal
         self.score, self.exact_limit, self.exact = score, exact_limit, {}  # exact proxy values by candidate index
         self.n_startup, self.batch, self.pool_size, self.trees = n_startup, batch, pool_size, trees
         self.keys = list(space.choices)
@@ -68,13 +69,15 @@ class ConstrainedSampler(optuna.samplers.BaseSampler):
         states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL)
         trials = [(t, i) for t in study.get_trials(deepcopy=False, states=states) if (i := self._index(t.params)) is not None]
         seen = {i for _, i in trials}
-        while self._queue and self._queue[0] in seen:
-            self._queue.pop(0)
+        self._queue = [i for i in self._queue if i not in seen]
         if not self._queue:
             self._queue = self._propose(self._history(trials), seen)
         if not self._queue:
             return {}  # every candidate was tried: Optuna's random fallback repeats one (served from the study)
-        index = self._queue.pop(0)
+        # Workers that sample at the same moment see the same history and would propose the same candidate (its
+        # params reach the storage only after sampling): while others are running, each takes its own lane's entry.
+        others = sum(1 for t, _ in trials if t.state == optuna.trial.TrialState.RUNNING)
+        index = self._queue.pop(self.lane % len(self._queue) if others else 0)
         return {k: self.space.choices[k][i] for k, i in zip(self.keys, index)}
 
     def sample_independent(self, study, trial, param_name, param_distribution):

@@ -125,11 +125,14 @@ def load_space(spec: str | Path) -> SearchSpace:
     path = _resolve_path(spec)
     where = str(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise SpaceError(f"{where}: is not UTF-8 text (byte {exc.start}); save the search space as a UTF-8 YAML file.") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
-        raise SpaceError(f"{where}:{line} is not valid YAML ({getattr(exc, 'problem', exc)}); fix the syntax.") from None
+        problem = getattr(exc, "problem", None) or (str(exc).strip().splitlines() or ["unreadable"])[0]  # one line
+        raise SpaceError(f"{where}:{line} is not valid YAML ({problem}); fix the syntax.") from None
     if not isinstance(raw, dict):
         raise SpaceError(f"{where}: a search space must be a mapping with keys 'family' and 'choices'.")
     unknown = set(raw) - _TOP_KEYS

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kdsearch._util import atomic_path, atomic_write_json
+from kdsearch._util import atomic_path, atomic_torch_save, atomic_write_json, read_resume_state
 from kdsearch.data import Task
 from kdsearch.similarity import kl_div_t
 from kdsearch.supernet.bands import BandPool, check_anchors
@@ -141,15 +141,14 @@ def calibration_batches(task: Task, device, images: int = 256, batch_size: int =
 
 
 def _checkpoint(supernet: Supernet, optimizer, scaler, history: list[dict], path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({"model": supernet.shared.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(), "history": history}, tmp)
+    atomic_torch_save({"model": supernet.shared.state_dict(), "optimizer": optimizer.state_dict(),
+                       "scaler": scaler.state_dict(), "history": history}, path)
 
 
 def _resume(supernet: Supernet, optimizer, scaler, path: Path, device) -> tuple[list[dict], int]:
-    if not path.exists():
+    state = read_resume_state(path, device)
+    if state is None:
         return [], 0
-    state = torch.load(path, map_location=device, weights_only=True)
     supernet.shared.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     if state.get("scaler"):  # checkpoints written before the scaler have none

@@ -1,0 +1,228 @@
+"""Workers: processes on one machine or many that take a run's units of work from its Optuna storage.
+
+A run's storage holds two studies. ``kdsearch`` is the search: one trial per scored candidate, in slots
+``0 .. trials - 1`` (``kdsearch.search.filled_slots``). ``kdsearch-students`` is the queue of students to distil:
+find enqueues one waiting trial per finalist, and a worker takes one by popping it (Optuna's RDB storage hands a
+waiting trial to exactly one process). Every unit runs under Optuna's heartbeat: when a worker dies, its unit is
+failed after the grace period and a copy goes back to the queue; the next worker resumes a student from its last
+epoch checkpoint. SIGTERM or Ctrl-C hands the current unit back at once and leaves.
+
+The search study's user attributes say what the run is (``identity``: a worker never joins another run's study)
+and what it is doing (``phase``: preparing, scoring, distilling, done); a worker polls them.
+
+Supported layouts: one machine (``find --workers N``; SQLite in the run folder), or several machines that share the
+run folder (NFS or any shared filesystem; an object store is not supported) and reach one PostgreSQL or MySQL
+server (``find --storage postgresql://...``, then ``kdsearch worker RUN`` on each machine).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+
+from kdsearch._util import stable_hash
+from kdsearch.exceptions import StorageError
+from kdsearch.run import STUDY_NAME, RunSettings
+from kdsearch.search import fail_stale_trials, open_study, redact, requeue
+from kdsearch.search.storage import is_storage_failure, unreachable
+
+STUDENTS_STUDY = "kdsearch-students"
+PHASES = ("preparing", "scoring", "distilling", "done")
+POLL_S = 1.0
+
+
+def run_identity(settings: RunSettings) -> str:
+    """What a storage's study must belong to: the hash of the run's identity (teacher, data, space, budget, ...)."""
+    return stable_hash(settings.identity(), length=16)
+
+
+class RunQueue:
+    """The run's two studies in its storage: identity, phase and the students' queue."""
+
+    def __init__(self, url: str, heartbeat_s: int):
+        self.url = url
+        self.search = open_study(url, STUDY_NAME, heartbeat_s=heartbeat_s)
+        self.students = open_study(url, STUDENTS_STUDY, heartbeat_s=heartbeat_s)
+
+    # ------------------------------------------------------------------ identity and phase
+    def claim(self, identity: str) -> None:
+        """find: the storage's study becomes this run's, or already is; another run's study is refused."""
+        found = self.search.user_attrs.get("identity")
+        if found is None:
+            self.search.set_user_attr("identity", identity)
+        elif found != identity:
+            raise StorageError(f"The storage {redact(self.url)} already holds the study of another run; give this run "
+                               "its own database (or a new --storage URL), or resume that run with its own --out.")
+
+    def check(self, identity: str) -> None:
+        """worker: join only the study of this run."""
+        found = self.search.user_attrs.get("identity")
+        if found != identity:
+            what = "no kdsearch run yet" if found is None else "the study of another run"
+            raise StorageError(f"The storage {redact(self.url)} holds {what}; start the run with 'kdsearch find' on this "
+                               "run folder first, and give each worker that run's folder.")
+
+    @property
+    def phase(self) -> str:
+        return self.search.user_attrs.get("phase", "preparing")
+
+    def set_phase(self, phase: str) -> None:
+        assert phase in PHASES
+        self.search.set_user_attr("phase", phase)
+
+    # ------------------------------------------------------------------ students
+    def _jobs(self, states=None) -> list[optuna.trial.FrozenTrial]:
+        return [t for t in self.students.get_trials(deepcopy=False, states=states) if "candidate_id" in t.user_attrs]
+
+    def enqueue(self, candidate_ids: list[str], done: Callable[[str], bool]) -> int:
+        """Queue the students not yet distilled and not already queued or being distilled; how many were queued."""
+        active = {t.user_attrs["candidate_id"] for t in self._jobs((optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING))}
+        queued = 0
+        for cid in candidate_ids:
+            if cid not in active and not done(cid):
+                self.students.enqueue_trial({}, user_attrs={"candidate_id": cid})
+                queued += 1
+        return queued
+
+    def pending(self) -> int:
+        """Students waiting or being distilled (a job whose worker died is failed and queued again first)."""
+        fail_stale_trials(self.students)
+        return len(self._jobs((optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING)))
+
+    def take_student(self, distil: Callable[[str], float]) -> str | None:
+        """Pop one waiting student and distil it; the candidate id, or None when none was waiting."""
+        fail_stale_trials(self.students)
+        if not self.students._storage.get_n_trials(self.students._study_id, state=optuna.trial.TrialState.WAITING):
+            return None
+        taken: list[str] = []
+
+        def job(trial: optuna.Trial) -> float:
+            cid = trial.user_attrs.get("candidate_id")
+            if cid is None:  # another worker popped the last waiting job first: this trial was created empty
+                trial.set_user_attr("empty", True)
+                raise optuna.TrialPruned()
+            trial.set_user_attr("pid", os.getpid())  # who holds it (for the person reading the storage, and tests)
+            trial.set_user_attr("host", socket.gethostname())
+            try:
+                value = distil(cid)
+            except Exception as exc:
+                trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:500])
+                raise
+            except BaseException:  # Ctrl-C, SIGTERM: another worker resumes it from its last checkpoint
+                requeue(self.students, trial)
+                raise
+            taken.append(cid)
+            return value
+
+        self.students.optimize(job, n_trials=1, gc_after_trial=False)
+        return taken[0] if taken else None
+
+
+@dataclass
+class WorkerResult:
+    scored: int  # trials this worker added to the search study
+    distilled: list[str]  # candidate ids of the students it distilled
+
+
+def work(queue: RunQueue, *, score: Callable[[], None] | None, distil: Callable[[str], float],
+         until_done: bool, should_stop: Callable[[], bool], log) -> list[str]:
+    """The worker loop: score while the search has free slots, distil while students wait; with ``until_done``
+    leave once the run's phase is done, else once nothing is left to take."""
+    distilled: list[str] = []
+    while not should_stop():
+        phase = queue.phase
+        if phase == "scoring" and score is not None:
+            score()
+        cid = queue.take_student(distil)
+        if cid is not None:
+            distilled.append(cid)
+            continue
+        if phase == "done" or (not until_done and phase == "distilling" and not queue.pending()):
+            break
+        time.sleep(POLL_S)
+    return distilled
+
+
+def storage_guard(url: str):
+    """Turn a lost database connection into one StorageError line (the run resumes when it is back)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def guard():
+        try:
+            yield
+        except Exception as exc:
+            if is_storage_failure(exc):
+                raise unreachable(url, exc) from None
+            raise
+
+    return guard()
+
+
+# ---------------------------------------------------------------------- local workers (find --workers N)
+def start_local_workers(run_dir: Path, count: int, *, device: str | None = None, storage: str | None = None) -> list[subprocess.Popen]:
+    """``count`` ``kdsearch worker`` processes on this machine, each with its index (their samplers differ). The run
+    folder keeps no password: a password given in ``storage`` reaches them as PGPASSWORD, as libpq reads it."""
+    from urllib.parse import unquote, urlsplit
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    password = urlsplit(storage).password if storage and "://" in storage else None
+    if password:
+        env["PGPASSWORD"] = unquote(password)
+    procs = []
+    for index in range(1, count + 1):
+        cmd = [sys.executable, "-m", "kdsearch.cli", "worker", str(run_dir), "--index", str(index), "--parent",
+               str(os.getpid()), "-q"]
+        if device:
+            cmd += ["--device", device]
+        procs.append(subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL))
+    return procs
+
+
+def stop_local_workers(procs: list[subprocess.Popen], timeout_s: float = 60.0) -> list[int]:
+    """SIGTERM (each hands its unit back), then wait; exit codes."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    codes = []
+    for p in procs:
+        try:
+            codes.append(p.wait(timeout=timeout_s))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            codes.append(p.wait())
+    return codes
+
+
+class StopFlag:
+    """SIGTERM → stop: the current unit is interrupted and handed back (KeyboardInterrupt's path), then the worker
+    leaves."""
+
+    def __init__(self, parent: int | None = None):
+        self.stopped, self.parent = False, parent
+
+    def install(self) -> StopFlag:
+        def handler(signum, frame):
+            self.stopped = True
+            raise KeyboardInterrupt("SIGTERM")
+
+        signal.signal(signal.SIGTERM, handler)
+        return self
+
+    def __call__(self) -> bool:
+        if self.parent is not None and os.getppid() != self.parent:
+            self.stopped = True  # the find that started this worker is gone
+        return self.stopped
+
+
+__all__ = ["PHASES", "STUDENTS_STUDY", "RunQueue", "StopFlag", "WorkerResult", "run_identity", "start_local_workers",
+           "stop_local_workers", "storage_guard", "work"]

@@ -1,0 +1,212 @@
+"""Workers that join a run through its storage: real PostgreSQL (tests/postgres.py) and SQLite, real processes,
+SIGKILL / SIGTERM / Ctrl-C, the database going away, and the password kept out of files and logs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+from kdsearch.cli import main
+from kdsearch.exceptions import StorageError
+from kdsearch.pipeline.worker import STUDENTS_STUDY, RunQueue
+from kdsearch.search import filled_slots, trial_slots
+from kdsearch.search.storage import check_storage, make_storage, redact, without_password
+from tests.postgres import PASSWORD
+
+ROOT = Path(__file__).resolve().parents[1]
+TEACHER = "tests.test_teacher:tiny_teacher"
+
+
+def find_args(out, *extra, trials=24, top_k=2, epochs=2, space="resnet_cifar"):
+    return ["find", "--teacher", TEACHER, "--budget", "0.3Mparams", "--data", "digits", "--space", space,
+            "--proxy", "params", "--trials", str(trials), "--top-k", str(top_k), "--front", "0", "--controls", "0",
+            "--epochs", str(epochs), "--teacher-epochs", "10", "--val-samples", "300", "--batch-size", "32",
+            "--heartbeat", "1", "--out", str(out), *extra]
+
+
+def spawn(*argv) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "kdsearch.cli", *map(str, argv)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def studies(url):
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = make_storage(url)  # with the PostgreSQL driver that is installed
+    return optuna.load_study(study_name="kdsearch", storage=storage), optuna.load_study(study_name=STUDENTS_STUDY, storage=storage)
+
+
+def try_studies(url):
+    try:
+        return studies(url)
+    except KeyError:  # find has not created them yet
+        return None
+
+
+def wait_for(condition, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def test_storage_urls_keep_their_password_out_of_what_is_written():
+    url = "postgresql://me:pa%40ss@db.example:5432/runs"
+    assert redact(url) == "postgresql://me:***@db.example:5432/runs"
+    assert without_password(url) == "postgresql://me@db.example:5432/runs"
+    assert without_password("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db" and redact("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+    with pytest.raises(StorageError, match="is not a database URL"):
+        check_storage("redis://localhost")
+
+
+def test_a_worker_never_joins_another_runs_study(tmp_path):
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    RunQueue(url, 1).claim("run-a")
+    RunQueue(url, 1).claim("run-a")  # the same run again: fine (resume)
+    with pytest.raises(StorageError, match="already holds the study of another run"):
+        RunQueue(url, 1).claim("run-b")
+    with pytest.raises(StorageError, match="holds the study of another run"):
+        RunQueue(url, 1).check("run-b")
+
+
+@pytest.mark.slow
+def test_three_workers_on_postgres_score_every_slot_once_and_distil_each_student_once(postgres, tmp_path):
+    url = postgres.new_database("three_workers")
+    out = tmp_path / "run"
+    n = 80  # enough for the workers to start (imports, data, the cached teacher) while find is still scoring
+    proc = spawn(*find_args(out, "--storage", url, "--workers", "2", trials=n))
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    search, students = studies(url)
+    trials = search.get_trials(deepcopy=False)
+    assert filled_slots(trials, n) == n
+    slots = trial_slots(trials)
+    scored = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and slots[t.number] < n]
+    assert len(scored) == n  # no slot lost, none counted twice
+    measured = [t.user_attrs["candidate_id"] for t in scored if "served_from" not in t.user_attrs]
+    assert len(set(measured)) == len(measured) >= n - 8  # no candidate measured twice; few served from a twin
+    assert len({t.user_attrs["worker"] for t in scored}) >= 2  # the local workers took trials too
+    jobs = [t for t in students.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted(t.user_attrs["candidate_id"] for t in jobs) == sorted({t.user_attrs["candidate_id"] for t in jobs})
+    df = pd.read_csv(out / "candidates.csv")
+    assert df["distilled_accuracy"].notna().sum() == 2 and len(jobs) == 2
+    # the password is in none of the files and in none of the log lines
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["storage"] == url.replace(f":{PASSWORD}", "")
+    assert not any(PASSWORD in p.read_text(errors="ignore") for p in out.rglob("*") if p.is_file() and p.suffix in (".yaml", ".json", ".csv", ".html"))
+    assert PASSWORD not in err and "storage postgresql://kdsearch:***@" in err
+
+
+@pytest.mark.slow
+def test_a_killed_worker_s_student_is_finished_from_its_checkpoint_by_another(postgres, tmp_path, monkeypatch):
+    url = postgres.new_database("killed_worker")
+    out = tmp_path / "run"
+    coordinator = spawn(*find_args(out, "--storage", url, trials=12, epochs=6, space="resnet_cifar_s1", top_k=3))
+    wait_for(lambda: (out / "config.yaml").exists(), 300, "the run folder")
+    # the worker reads the storage's URL from config.yaml (no password): libpq takes it from PGPASSWORD
+    monkeypatch.setenv("PGPASSWORD", PASSWORD)
+    worker = spawn("worker", out)
+    _, students = wait_for(lambda: try_studies(url), 60, "the run's studies")
+
+    def held_by_worker():
+        for t in students.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            cid = t.user_attrs.get("candidate_id")
+            if t.user_attrs.get("pid") == worker.pid and (out / "students" / cid / "checkpoint.pt").exists():
+                return cid
+        return None
+
+    victim = wait_for(held_by_worker, 400, "the worker to checkpoint a student")
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    _, err = coordinator.communicate(timeout=600)
+    assert coordinator.returncode == 0, err[-3000:]
+    history = [t for t in students.get_trials(deepcopy=False) if t.user_attrs.get("candidate_id") == victim]
+    assert [t.state.name for t in history] == ["FAIL", "COMPLETE"]  # failed after its heartbeat stopped, retried
+    assert history[1].user_attrs["pid"] == coordinator.pid
+    result = json.loads((out / "students" / victim / "result.json").read_text())
+    assert [h["epoch"] for h in result["history"]] == list(range(1, 7))
+    # the same student distilled without interruption (same teacher, data, recipe, seed and thread count)
+    trial = int(pd.read_csv(out / "candidates.csv").set_index("candidate_id").loc[victim, "trial"])
+    whole = spawn("distill", "--from-run", out, "--trial", trial, "--out", tmp_path / "whole", "-q")
+    assert whole.wait(timeout=300) == 0, whole.stderr.read()
+    whole = json.loads((tmp_path / "whole" / "result.json").read_text())
+    assert result["val_accuracy"] == pytest.approx(whole["val_accuracy"], abs=1e-9)
+
+
+@pytest.mark.slow
+def test_when_the_database_goes_away_workers_stop_with_one_line_and_the_run_resumes(postgres, tmp_path):
+    url = postgres.new_database("goes_away")
+    out = tmp_path / "run"
+    proc = spawn(*find_args(out, "--storage", url, "--workers", "1", "-q", trials=2000, top_k=1))
+    search, _ = wait_for(lambda: try_studies(url), 300, "the run's studies")
+    wait_for(lambda: len(search.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))) >= 20, 300,
+             "20 scored trials")
+    postgres.stop("immediate")
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        postgres.start()
+    assert proc.returncode == 2, err[-4000:]
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("kdsearch: error:")]
+    assert errors and all("cannot be reached" in line and PASSWORD not in line for line in errors)
+    # back: the same run resumes (fewer trials asked: the settings' identity does not include them)
+    assert main(find_args(out, "--storage", url, "-q", trials=40, top_k=1)) == 0
+    assert filled_slots(studies(url)[0].get_trials(deepcopy=False), 40) == 40
+    assert pd.read_csv(out / "candidates.csv")["distilled_accuracy"].notna().sum() == 1
+
+
+@pytest.mark.slow
+def test_ctrl_c_and_sigterm_hand_the_unit_back_and_say_how_to_resume(tmp_path):
+    out = tmp_path / "run"
+    url = f"sqlite:///{out / 'study.db'}"
+    proc = spawn(*find_args(out, "-q", trials=2000, top_k=1))
+    search, _ = wait_for(lambda: (out / "config.yaml").exists() and try_studies(url), 300, "the run's studies")
+    wait_for(lambda: len(search.get_trials(deepcopy=False)) >= 10, 300, "10 trials")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and f"--out {out}" in err and "Traceback" not in err
+    assert not search.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))  # handed back, not held
+    # a worker stopped with SIGTERM hands its trial back the same way and exits 0
+    worker = spawn("worker", out)
+    before = len(search.get_trials(deepcopy=False))
+    wait_for(lambda: len(search.get_trials(deepcopy=False)) >= before + 5, 300, "the worker's trials")
+    worker.send_signal(signal.SIGTERM)
+    _, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0 and "went back to the queue" in err, err
+    assert not search.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    assert main(find_args(out, "-q", trials=30, top_k=1)) == 0
+    assert filled_slots(search.get_trials(deepcopy=False), 30) == 30
+
+
+def test_a_retry_keeps_its_slot_and_a_fresh_trial_fills_the_slot_it_used_a_number_of():
+    """The case a restarted database left behind: trial 19 failed with its worker and was retried as trial 20
+    (slot 19); the fresh trials after it take slots 20, 21, ...; the search needs trial 40 to fill slot 39."""
+    from kdsearch.search import has_open_slot
+
+    study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+    done = optuna.trial.TrialState.COMPLETE
+    for number in range(40):
+        if number == 19:
+            study.add_trial(optuna.create_trial(state=optuna.trial.TrialState.FAIL))
+        elif number == 20:
+            study.add_trial(optuna.create_trial(state=done, value=0.0, system_attrs={"failed_trial": 19, "retry_history": [19]}))
+        else:
+            study.add_trial(optuna.create_trial(state=done, value=0.0))
+    trials = study.get_trials()
+    slots = trial_slots(trials)
+    assert slots[19] == slots[20] == 19 and slots[21] == 20 and slots[39] == 38
+    assert filled_slots(trials, 40) == 39 and has_open_slot(study, 40)
+    study.add_trial(optuna.create_trial(state=done, value=0.0))
+    assert filled_slots(study.get_trials(), 40) == 40 and not has_open_slot(study, 40)
