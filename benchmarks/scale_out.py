@@ -42,14 +42,16 @@ def _child(url: str, worker: int, n_trials: int, out: str, sampler: str) -> None
 
     space, task = load_space("resnet_cifar"), load_task("digits")
     cheap = exact_proxy("params", task)
-    spent = {"eval": 0.0, "calls": 0}
+    from kdsearch.spaces import candidate_id
+
+    spent = {"eval": 0.0, "measured": []}
 
     def evaluate(config):
         started = time.perf_counter()
         time.sleep(EVAL_S)
         params = cheap(config)
         spent["eval"] += time.perf_counter() - started
-        spent["calls"] += 1
+        spent["measured"].append(candidate_id(config))
         return {"params": params, "flops": 0.0}
 
     started = time.perf_counter()
@@ -58,7 +60,7 @@ def _child(url: str, worker: int, n_trials: int, out: str, sampler: str) -> None
     wall = time.perf_counter() - started
     mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("worker") == worker
             and t.state == optuna.trial.TrialState.COMPLETE]
-    Path(out).write_text(json.dumps({"worker": worker, "wall_s": wall, "eval_s": spent["eval"], "measured": spent["calls"],
+    Path(out).write_text(json.dumps({"worker": worker, "wall_s": wall, "eval_s": spent["eval"], "measured": spent["measured"],
                                      "trials": len(mine)}))
 
 
@@ -84,14 +86,16 @@ def _case(storage: str, workers: int, pg, trials: int = TRIALS, sampler: str = "
     all_trials = study.get_trials(deepcopy=False)
     slots = trial_slots(all_trials)
     scored = [t for t in all_trials if t.state == optuna.trial.TrialState.COMPLETE and 0 <= slots[t.number] < trials]
-    measured = [t.user_attrs["candidate_id"] for t in scored if "served_from" not in t.user_attrs]
+    measured = [cid for r in records for cid in r["measured"]]  # every evaluate() call of every worker
     starts = min(t.datetime_start for t in scored)
     ends = max(t.datetime_complete for t in scored)
     overhead = [(r["wall_s"] - r["eval_s"]) / max(1, r["trials"]) * 1000 for r in records if r["trials"]]
     return {
         "storage": storage, "sampler": sampler, "workers": workers, "filled_slots": filled_slots(all_trials, trials), "trials_created": len(all_trials),
         "surplus": sum(1 for t in all_trials if t.user_attrs.get("surplus")), "measured": len(measured),
-        "measured_twice": len(measured) - len(set(measured)), "served_from_a_twin": len(scored) - len(measured),
+        "measured_twice": len(measured) - len(set(measured)),
+        "served": sum(1 for t in scored if t.user_attrs.get("served")),
+        "served_from_a_twin": sum(1 for t in scored if "served_from" in t.user_attrs),
         "scoring_s": (ends - starts).total_seconds(), "wall_s": wall,
         "trials_per_s": len(scored) / (ends - starts).total_seconds(),
         "trials_per_worker": [r["trials"] for r in records],
@@ -125,7 +129,7 @@ def main() -> None:
                     continue
                 for workers in map(int, args.workers.split(",")):
                     rows.append(_case(storage, workers, pg, args.trials, sampler))
-                print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
+                    print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
     finally:
         if pg is not None:
             pg.destroy()
@@ -135,7 +139,7 @@ def main() -> None:
     for _, part in table.groupby(["sampler", "storage"]):
         base = part.loc[part["workers"] == part["workers"].min(), "trials_per_s"].iloc[0]
         table.loc[part.index, "throughput_ratio"] = part["trials_per_s"] / base
-    shown = ["sampler", "storage", "workers", "filled_slots", "measured_twice", "served_from_a_twin", "surplus", "trials_per_s",
+    shown = ["sampler", "storage", "workers", "filled_slots", "measured", "measured_twice", "served", "served_from_a_twin", "surplus", "trials_per_s",
              "throughput_ratio", "bookkeeping_ms_per_trial"]
     print(table[shown].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     load = os.getloadavg()

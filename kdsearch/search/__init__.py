@@ -239,11 +239,12 @@ def _take_slots(study, space, objective_fn, n_trials, bar, *, timeout, wait, hea
 
 
 def _scored_by_another_worker(study: optuna.Study, trial: optuna.Trial, cid: str) -> dict | None:
-    """When other workers are running: the metrics of a trial of theirs that scores the same candidate (they sampled
-    it at the same moment), waiting for it while it runs; None when this trial should measure it (it is then marked
-    ``measuring``, which is what the others wait for). A twin is waited for when it finished, is measuring, or is
-    still deciding with a lower number; a duplicate measurement remains possible only when two twins decide within
-    one storage write of each other."""
+    """When other workers are running and one of their trials holds the same candidate (sampled at the same moment:
+    the params reach the storage only after sampling): this trial gives its slot to a fresh trial, which samples
+    anew, and is pruned — up to 3 times in a row; after that it waits for the twin and takes its metrics (a space
+    nearly exhausted). None when this trial should measure the candidate; it is then marked ``measuring``. A twin
+    counts when it finished, is measuring, or is still deciding with a lower number, so a duplicate measurement
+    remains possible only when two twins decide within one storage write of each other."""
     import time
 
     storage, sid = study._storage, study._study_id
@@ -253,6 +254,13 @@ def _scored_by_another_worker(study: optuna.Study, trial: optuna.Trial, cid: str
         twins = [t for t in study.get_trials(deepcopy=False, states=states)
                  if t.user_attrs.get("candidate_id") == cid and t.number != trial.number
                  and (t.state == optuna.trial.TrialState.COMPLETE or t.user_attrs.get("measuring") or t.number < trial.number)]
+        system = storage.get_trial_system_attrs(trial._trial_id)
+        if twins and len(system.get("retry_history", [])) < 3:
+            history = [*system.get("retry_history", []), trial.number]
+            study.add_trial(optuna.create_trial(state=optuna.trial.TrialState.WAITING, system_attrs={
+                "fixed_params": {}, "failed_trial": int(system.get("failed_trial", trial.number)), "retry_history": history}))
+            trial.set_user_attr("twin_of", twins[0].number)
+            raise optuna.TrialPruned()
         for twin in sorted(twins, key=lambda t: (t.state != optuna.trial.TrialState.COMPLETE, t.number)):
             polls = 0
             while twin.state == optuna.trial.TrialState.RUNNING:
@@ -263,7 +271,7 @@ def _scored_by_another_worker(study: optuna.Study, trial: optuna.Trial, cid: str
                 twin = storage.get_trial(twin._trial_id)
             if twin.state == optuna.trial.TrialState.COMPLETE:
                 trial.set_user_attr("served_from", twin.number)
-                return {k: v for k, v in twin.user_attrs.items() if k not in ("worker", "served_from", "measuring")}
+                return {k: v for k, v in twin.user_attrs.items() if k not in _BOOKKEEPING}
     trial.set_user_attr("measuring", True)
     return None
 
@@ -274,6 +282,10 @@ def _exhausted(study: optuna.Study, space: SearchSpace, n_trials: int) -> bool:
     if space.size >= n_trials or study.get_trials(deepcopy=False, states=active):
         return False
     return len({t.user_attrs.get("candidate_id") for t in study.get_trials(deepcopy=False)} - {None}) >= space.size
+
+
+# trial attributes that say how a trial ran, not what its candidate measured
+_BOOKKEEPING = frozenset({"worker", "served", "served_from", "measuring", "surplus", "error", "budget_excess", "twin_of"})
 
 
 def _objective(study, space, evaluate, budget, objective, n_trials, known, look_again, worker):
@@ -294,7 +306,9 @@ def _objective(study, space, evaluate, budget, objective, n_trials, known, look_
             metrics = known.get(cid)
         if metrics is None:
             metrics = _scored_by_another_worker(study, trial, cid)
-        if metrics is None:
+        if metrics is not None:
+            trial.set_user_attr("served", True)  # not measured by this trial: an earlier trial's (or a twin's) metrics
+        else:
             try:
                 metrics = {**evaluate(config), "candidate_id": cid, "config": config}
             except (RuntimeError, ValueError) as exc:
@@ -306,7 +320,8 @@ def _objective(study, space, evaluate, budget, objective, n_trials, known, look_
             known[cid] = metrics
         excess = budget.excess(metrics)
         for key, value in metrics.items():
-            trial.set_user_attr(key, value)
+            if key not in _BOOKKEEPING:  # a served trial copies the metrics, not how the other trial got them
+                trial.set_user_attr(key, value)
         trial.set_user_attr("budget_excess", excess)
         trial.set_user_attr("worker", worker)
         if _NATIVE_CONSTRAINTS:

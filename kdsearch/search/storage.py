@@ -134,12 +134,20 @@ def _rdb_storage(url: str, heartbeat_s: int) -> optuna.storages.RDBStorage:
 
         @event.listens_for(storage.engine, "connect")
         def _pragmas(connection, _record):
+            connection.isolation_level = None  # the driver's own BEGIN would be deferred; ours (below) is immediate
             cursor = connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
 
-        storage.engine.dispose()  # connections opened before the listener existed are not reused
+        @event.listens_for(storage.engine, "begin")
+        def _immediate(connection):
+            # SQLite ignores SELECT ... FOR UPDATE: two workers could both read a waiting trial as waiting and both
+            # take it. BEGIN IMMEDIATE takes the write lock when the transaction starts, so a read-then-write
+            # (Optuna's hand-out of a waiting trial) is one step for the other processes.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        storage.engine.dispose()  # connections opened before the listeners existed are not reused
     return storage
 
 
