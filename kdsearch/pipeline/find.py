@@ -108,6 +108,7 @@ def run_find(settings: RunSettings) -> FindResult:
         queue = RunQueue(url, settings.heartbeat_s)
         queue.claim(run_identity(settings))  # a storage that holds another run's study is refused
     log(f"run folder: {folder.path}{' (resuming)' if resumed else ''}; storage {redact(url)}")
+    interrupt = StopFlag().install((signal.SIGINT,))  # Ctrl-C lands outside database calls (see StopFlag)
     procs = start_local_workers(folder.path, settings.workers, device=settings.device, storage=url) if settings.workers else []
     if procs:
         log(f"workers: {len(procs)} local worker process(es) started (kdsearch worker {folder.path})")
@@ -118,6 +119,7 @@ def run_find(settings: RunSettings) -> FindResult:
         raise KeyboardInterrupt(f"interrupted; the run folder keeps everything done so far: resume with "
                                 f"kdsearch find ... --out {folder.path} (the same options)") from None
     finally:
+        interrupt.restore()
         codes = stop_local_workers(procs)
         if any(code not in (0, 130, -signal.SIGTERM) for code in codes):
             log(f"workers: exit codes {codes} (each one's unit went back to the queue; the run is complete without them)")
@@ -410,7 +412,7 @@ def run_worker(run_dir: str | Path, *, index: int | None = None, device: str | N
         score = _scorer(settings, task, teacher, folder, log, ranker, worker=index, wait=False, should_stop=stop)
         try:
             distilled = work(queue, score=score, distil=student_job(settings, task, teacher, folder, log, ranker),
-                             until_done=until_done, should_stop=stop, log=log)
+                             until_done=until_done, should_stop=stop)
         except KeyboardInterrupt:
             distilled = []
         scored = sum(1 for t in queue.search.get_trials(deepcopy=False) if t.number >= before and

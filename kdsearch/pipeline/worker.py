@@ -17,6 +17,7 @@ server (``find --storage postgresql://...``, then ``kdsearch worker RUN`` on eac
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -134,7 +135,7 @@ class WorkerResult:
 
 
 def work(queue: RunQueue, *, score: Callable[[], None] | None, distil: Callable[[str], float],
-         until_done: bool, should_stop: Callable[[], bool], log) -> list[str]:
+         until_done: bool, should_stop: Callable[[], bool]) -> list[str]:
     """The worker loop: score while the search has free slots, distil while students wait; with ``until_done``
     leave once the run's phase is done, else once nothing is left to take."""
     distilled: list[str] = []
@@ -152,20 +153,15 @@ def work(queue: RunQueue, *, score: Callable[[], None] | None, distil: Callable[
     return distilled
 
 
+@contextlib.contextmanager
 def storage_guard(url: str):
     """Turn a lost database connection into one StorageError line (the run resumes when it is back)."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def guard():
-        try:
-            yield
-        except Exception as exc:
-            if is_storage_failure(exc):
-                raise unreachable(url, exc) from None
-            raise
-
-    return guard()
+    try:
+        yield
+    except Exception as exc:
+        if is_storage_failure(exc):
+            raise unreachable(url, exc) from None
+        raise
 
 
 # ---------------------------------------------------------------------- local workers (find --workers N)
@@ -203,20 +199,49 @@ def stop_local_workers(procs: list[subprocess.Popen], timeout_s: float = 60.0) -
     return codes
 
 
+def _in_storage(frame) -> bool:
+    """Is the main thread inside a database call? A KeyboardInterrupt raised there can leave SQLite's write lock
+    held by a connection the traceback still references, and the next write then waits out the busy timeout."""
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith(("sqlalchemy", "optuna.storages", "sqlite3", "psycopg")):
+            return True
+        frame = frame.f_back
+    return False
+
+
 class StopFlag:
-    """SIGTERM → stop: the current unit is interrupted and handed back (KeyboardInterrupt's path), then the worker
-    leaves."""
+    """SIGTERM (and SIGINT) → stop: the current unit is interrupted and handed back (KeyboardInterrupt's path), then
+    the worker leaves. The interrupt waits (20 ms at a time) while a database call is in progress."""
 
     def __init__(self, parent: int | None = None):
-        self.stopped, self.parent = False, parent
+        self.stopped, self.parent, self._pending, self._previous = False, parent, None, {}
 
-    def install(self) -> StopFlag:
-        def handler(signum, frame):
-            self.stopped = True
-            raise KeyboardInterrupt("SIGTERM")
+    def install(self, signals=(signal.SIGTERM, signal.SIGINT)) -> StopFlag:
+        import threading
 
-        signal.signal(signal.SIGTERM, handler)
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signal handlers belong to the main thread (the API called from another: default handling)
+        for signum in (*signals, signal.SIGALRM):
+            self._previous[signum] = signal.signal(signum, self._handler)
         return self
+
+    def restore(self) -> None:
+        """The handlers there were before ``install`` (find called from Python leaves the caller's handlers as they were)."""
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def _handler(self, signum, frame):
+        if signum != signal.SIGALRM:
+            self.stopped, self._pending = True, signum
+        if self._pending is None:
+            return
+        if _in_storage(frame):
+            signal.setitimer(signal.ITIMER_REAL, 0.02)  # look again once the call is done
+            return
+        name = signal.Signals(self._pending).name
+        self._pending = None
+        raise KeyboardInterrupt(name if name != "SIGINT" else "")
 
     def __call__(self) -> bool:
         if self.parent is not None and os.getppid() != self.parent:
