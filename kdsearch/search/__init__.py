@@ -135,15 +135,19 @@ def has_open_slot(study: optuna.Study, n_trials: int) -> bool:
     return sum(1 for t in trials if "failed_trial" not in t.system_attrs) < n_trials
 
 
-def requeue(study: optuna.Study, trial: optuna.Trial | optuna.trial.FrozenTrial) -> None:
-    """Put a copy of an interrupted trial back in the queue for its slot (what Optuna's retry callback does for a
-    worker that stopped beating), so that the next worker to look takes it."""
+def requeue(study: optuna.Study, trial: optuna.Trial | optuna.trial.FrozenTrial, *, fresh: bool = False) -> None:
+    """Queue a waiting trial for ``trial``'s slot (what Optuna's retry callback does for a worker that stopped
+    beating), so that the next worker to look takes it: the same candidate again (an interrupted trial), or with
+    ``fresh`` a new draw of the sampler (a trial whose candidate another worker already holds)."""
     frozen = trial if isinstance(trial, optuna.trial.FrozenTrial) else study._storage.get_trial(trial._trial_id)
-    history = [*frozen.system_attrs.get("retry_history", []), frozen.number]
-    study.add_trial(optuna.create_trial(
-        state=optuna.trial.TrialState.WAITING, params=frozen.params, distributions=frozen.distributions,
-        user_attrs=frozen.user_attrs,
-        system_attrs={"failed_trial": int(frozen.system_attrs.get("failed_trial", frozen.number)), "retry_history": history}))
+    system = {"failed_trial": int(frozen.system_attrs.get("failed_trial", frozen.number)),
+              "retry_history": [*frozen.system_attrs.get("retry_history", []), frozen.number]}
+    if fresh:
+        study.add_trial(optuna.create_trial(state=optuna.trial.TrialState.WAITING, system_attrs={**system, "fixed_params": {}}))
+    else:
+        study.add_trial(optuna.create_trial(state=optuna.trial.TrialState.WAITING, params=frozen.params,
+                                            distributions=frozen.distributions, user_attrs=frozen.user_attrs,
+                                            system_attrs=system))
 
 
 def run_search(
@@ -254,11 +258,8 @@ def _scored_by_another_worker(study: optuna.Study, trial: optuna.Trial, cid: str
         twins = [t for t in study.get_trials(deepcopy=False, states=states)
                  if t.user_attrs.get("candidate_id") == cid and t.number != trial.number
                  and (t.state == optuna.trial.TrialState.COMPLETE or t.user_attrs.get("measuring") or t.number < trial.number)]
-        system = storage.get_trial_system_attrs(trial._trial_id)
-        if twins and len(system.get("retry_history", [])) < 3:
-            history = [*system.get("retry_history", []), trial.number]
-            study.add_trial(optuna.create_trial(state=optuna.trial.TrialState.WAITING, system_attrs={
-                "fixed_params": {}, "failed_trial": int(system.get("failed_trial", trial.number)), "retry_history": history}))
+        if twins and len(storage.get_trial_system_attrs(trial._trial_id).get("retry_history", [])) < 3:
+            requeue(study, trial, fresh=True)
             trial.set_user_attr("twin_of", twins[0].number)
             raise optuna.TrialPruned()
         for twin in sorted(twins, key=lambda t: (t.state != optuna.trial.TrialState.COMPLETE, t.number)):
