@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _names() -> dict:
     """The choices each option lists, generated from the registries so help never falls behind them."""
+    from kdsearch.cost import list_runtimes
     from kdsearch.data import LOADERS
     from kdsearch.distill import list_losses
     from kdsearch.export import FORMATS
@@ -72,7 +73,8 @@ def _names() -> dict:
     from kdsearch.training import RECIPE_CHOICES
 
     return {"data": " | ".join(LOADERS.names()), "losses": ", ".join(list_losses()), "proxies": ", ".join(list_proxies()),
-            "samplers": sampler_names(), "formats": FORMATS.names(), "recipe": RECIPE_CHOICES}
+            "samplers": sampler_names(), "formats": FORMATS.names(), "recipe": RECIPE_CHOICES,
+            "runtimes": list_runtimes()}
 
 
 def _teacher_and_data_options(p: argparse.ArgumentParser, names: dict, *, from_run: bool) -> None:
@@ -91,7 +93,8 @@ def _teacher_and_data_options(p: argparse.ArgumentParser, names: dict, *, from_r
 
 def _find_parser(f: argparse.ArgumentParser, names: dict) -> None:
     _teacher_and_data_options(f, names, from_run=False)
-    f.add_argument("--budget", required=True, help="latency (10ms, 500us), FLOPs (300MFLOPs) or parameters (5Mparams)")
+    f.add_argument("--budget", required=True, help="latency (10ms, 500us), FLOPs (300MFLOPs), parameters (5Mparams), or a "
+                   "factor of a network you ship: 0.8x:<timm name | candidate JSON | module:callable | model file>")
     f.add_argument("--space", help="search-space YAML or bundled name (default follows the input resolution)")
     f.add_argument(
         "--proxy", default="default",
@@ -120,6 +123,12 @@ def _find_parser(f: argparse.ArgumentParser, names: dict) -> None:
     f.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]: where latency is measured and training runs")
     f.add_argument("--latency-batch-size", type=_positive_int, default=1, help="batch size the latency budget is measured at")
     f.add_argument("--threads", type=_positive_int, default=1, help="CPU threads for latency measurement (pinned and recorded)")
+    f.add_argument("--runtime", default="torch", choices=names["runtimes"],
+                   help="the runtime latency is measured in (and exported for): eager torch, torchscript (trace + freeze), "
+                        "compile (torch.compile), onnxruntime (CPU provider; CUDA provider on a GPU)")
+    f.add_argument("--latency-model", default="auto", choices=["auto", "on", "off"],
+                   help="screen candidates with a latency model fitted on this device (finalists are still timed); "
+                        "auto: for spaces of 100,000+ candidates, or --runtime compile")
     f.add_argument("--storage", help="Optuna storage URL, e.g. postgresql://user@host/db for workers on several machines "
                                      "(password from PGPASSWORD or ~/.pgpass; default: SQLite in the run folder)")
     f.add_argument("--workers", type=_non_negative_int, default=0,
@@ -146,7 +155,8 @@ def _export_parser(e: argparse.ArgumentParser, names: dict) -> None:
     which = e.add_mutually_exclusive_group()
     which.add_argument("--best", action="store_true", help="the most accurate distilled student within budget (default)")
     which.add_argument("--trial", type=int, help="the student of this trial number")
-    e.add_argument("--format", default="safetensors", choices=names["formats"])
+    e.add_argument("--format", choices=names["formats"], help="default: the format of the run's --runtime "
+                   "(onnx for onnxruntime, torchscript for torchscript, else safetensors)")
     e.add_argument("--out", help="output folder (default <run>/export)")
 
 
@@ -219,7 +229,8 @@ def _find(args) -> int:
         teacher_weights=args.teacher_weights, pretrained=args.pretrained, teacher_epochs=args.teacher_epochs,
         trials=args.trials, timeout=args.timeout, top_k=args.top_k, front=args.front, controls=args.controls, subspaces=args.subspaces,
         supernet_epochs=args.supernet_epochs, supernet_anchors=args.supernet_anchors, warm_start=args.warm_start, proxy=args.proxy, sampler=args.sampler,
-        device=args.device, latency_batch_size=args.latency_batch_size, threads=args.threads, epochs=args.epochs,
+        device=args.device, latency_batch_size=args.latency_batch_size, threads=args.threads, runtime=args.runtime,
+        latency_model=args.latency_model, epochs=args.epochs,
         batch_size=args.batch_size, loss=args.loss, loss_options=_loss_options(args.loss_opt), storage=args.storage,
         workers=args.workers, heartbeat_s=args.heartbeat, seed=args.seed, quiet=args.quiet,
     )

@@ -77,3 +77,7 @@ class StorageError(KdsearchError):
 
 class WriteError(KdsearchError, OSError):
     """A file could not be written: the disk, a quota or a file-size limit is full."""
+
+
+class RuntimeUnavailable(KdsearchError):
+    """The deployment runtime asked for is not installed here or cannot run the network."""

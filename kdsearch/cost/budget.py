@@ -22,6 +22,7 @@ _UNITS = {
     "mparams": ("params", 1e6),
     "gparams": ("params", 1e9),
 }
+_RELATIVE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*x\s*:\s*(.+?)\s*$", re.IGNORECASE)
 _PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-zµ]+)\s*$", re.IGNORECASE)
 
 
@@ -30,12 +31,25 @@ class Budget:
     """The one place that says what fits: every stage asks ``budget.fits(row)`` of a candidate row."""
 
     metric: str  # latency_p50_ms | flops | params
-    limit: float  # in ms, FLOPs or parameters
+    limit: float  # in ms, FLOPs or parameters (a relative budget: factor × the reference's latency, once measured)
     text: str
+    factor: float | None = None  # a relative budget ('0.8x:resnet20.json'): at most factor × the reference's latency
+    reference: str | None = None  # the network the user ships: a timm name, candidate JSON, module:callable or file
 
     def excess(self, metrics: dict) -> float:
-        """≤ 0 when the candidate fits (Optuna's constraint convention)."""
+        """≤ 0 when the candidate fits (Optuna's constraint convention). A relative budget compares with the
+        reference's latency measured beside the candidate (``reference_p50_ms``) where the row has one."""
+        if self.factor is not None and metrics.get("reference_p50_ms") is not None:
+            return float(metrics[self.metric]) - self.factor * float(metrics["reference_p50_ms"])
         return float(metrics[self.metric]) - self.limit
+
+    @property
+    def resolved(self) -> bool:
+        return self.factor is None or self.limit == self.limit  # a relative budget's limit is NaN until measured
+
+    def with_reference(self, reference_ms: float) -> Budget:
+        """This relative budget, its limit set from the reference's measured latency."""
+        return Budget(self.metric, self.factor * reference_ms, self.text, self.factor, self.reference)
 
     def fits(self, metrics: dict) -> bool:
         return self.excess(metrics) <= 0
@@ -54,12 +68,19 @@ class Budget:
 
 
 def parse_budget(text: str) -> Budget:
-    """'10ms', '500us', '300MFLOPs', '5Mparams' → Budget."""
+    """'10ms', '500us', '300MFLOPs', '5Mparams', or '0.8x:<network>' (relative to a shipped network) → Budget."""
+    relative = _RELATIVE.match(str(text))
+    if relative:
+        factor = float(relative.group(1))
+        if factor <= 0:
+            raise BudgetError(f"The budget {text!r} has a factor of zero; give a positive factor, e.g. 0.8x:resnet20.json.")
+        return Budget(metric=LATENCY, limit=float("nan"), text=str(text).strip(), factor=factor, reference=relative.group(2))
     match = _PATTERN.match(str(text))
     unit = match and match.group(2).lower()
     if not match or unit not in _UNITS:
         raise BudgetError(
-            f"Could not read the budget {text!r}; give a number and a unit, e.g. 10ms, 500us, 300MFLOPs or 5Mparams."
+            f"Could not read the budget {text!r}; give a number and a unit, e.g. 10ms, 500us, 300MFLOPs or 5Mparams, or "
+            "a factor of a network you ship, e.g. 0.8x:resnet18 (a timm name, candidate JSON, module:callable or model file)."
         )
     value = float(match.group(1))
     if value <= 0:

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from kdsearch._util import atomic_path
+from kdsearch.cost import get_runtime
 from kdsearch.exceptions import ExportError
 from kdsearch.registry import Registry
 from kdsearch.run import RunFolder, StudentFolder
@@ -119,12 +120,15 @@ def export(
     *,
     best: bool = True,
     trial: int | None = None,
-    format: str = "safetensors",
+    format: str | None = None,
     out: str | Path | None = None,
 ) -> ExportResult:
-    """Write the chosen student of a run in ``format``, verified against the trained model on real images."""
-    writer = FORMATS.get(format)
+    """Write the chosen student of a run in ``format`` (default: the format of the runtime the run measured latency
+    in), verified against the trained model on real images."""
     folder = RunFolder.open(run_dir, need_candidates=True)
+    if format is None:
+        format = get_runtime(folder.settings().runtime).export_format
+    writer = FORMATS.get(format)
     model, meta = load_run_student(folder, best=best, trial=trial)
     target = StudentFolder(Path(out) if out else folder.export_dir)
     target.path.mkdir(parents=True, exist_ok=True)

@@ -20,9 +20,18 @@ import pandas as pd
 import torch
 
 from kdsearch._util import resolve_device, seed_everything, stable_hash, stderr_logger
+from kdsearch.cost import (
+    LatencyModel,
+    MeasureSettings,
+    fit_latency_model,
+    get_runtime,
+    measure_against_reference,
+    measure_latency,
+    use_latency_model,
+)
 from kdsearch.data import Task, load_task
 from kdsearch.distill import create_loss
-from kdsearch.exceptions import BudgetError, RunFolderError, TrainingDiverged
+from kdsearch.exceptions import BudgetError, RunFolderError, RuntimeUnavailable, TrainingDiverged
 from kdsearch.pipeline.student import distill_student
 from kdsearch.pipeline.worker import (
     POLL_S,
@@ -42,6 +51,7 @@ from kdsearch.run import STUDY_NAME, RunFolder, RunSettings
 from kdsearch.search import (
     CandidateEvaluator,
     exact_proxy,
+    latency_columns,
     measure_candidate,
     redact,
     reference_models,
@@ -50,7 +60,7 @@ from kdsearch.search import (
 )
 from kdsearch.spaces import SearchSpace, create_model, default_space_path, load_space
 from kdsearch.supernet import SandwichRule, SupernetRanker, prepare_supernets
-from kdsearch.teacher import Teacher, load_teacher
+from kdsearch.teacher import Teacher, load_network, load_teacher
 from kdsearch.teacher.teacher import teacher_summary
 
 
@@ -97,10 +107,12 @@ def run_find(settings: RunSettings) -> FindResult:
     task = load_task(settings.data, progress=not settings.quiet)
     log(f"data: {task.description}")
     settings = _choose_space(settings, task, log)
+    _check_runtime(settings, task)
     folder = RunFolder(settings.out)
     folder.check_can_start(settings)
     seed_everything(settings.seed)
     teacher = _load_teacher(settings, task, log)
+    settings = _resolve_budget(settings, task, log)
     # The run folder is written only once the inputs, teacher included, are known to be good.
     resumed = folder.write_start(settings, task, teacher)
     url = folder.storage_url(settings)
@@ -130,6 +142,7 @@ def run_find(settings: RunSettings) -> FindResult:
 def _stages(settings: RunSettings, task: Task, teacher: Teacher, folder: RunFolder, queue: RunQueue, log) -> pd.DataFrame:
     queue.set_phase("preparing")
     ranker = _supernets(settings, task, teacher, folder, log)
+    _latency_model(settings, task, folder, log)  # fitted (or read from the cache) before any worker scores
     queue.set_phase("scoring")
     rows = _search(settings, task, teacher, folder, log, ranker)
     finalists = _choose_finalists(settings, task, rows, folder, log)
@@ -149,6 +162,20 @@ def _choose_space(settings: RunSettings, task: Task, log) -> RunSettings:
     return settings.with_space(space)
 
 
+def _check_runtime(settings: RunSettings, task: Task) -> None:
+    """A runtime that cannot run the space's networks is refused before the teacher (one RuntimeUnavailable line)."""
+    if settings.runtime == "torch":
+        return
+    config = settings.space.sample(1, seed=settings.seed)[0]
+    model = create_model(config, num_classes=task.num_classes, in_chans=task.in_chans)
+    x = torch.zeros(settings.latency_batch_size, *task.input_shape, device=settings.device)
+    try:
+        get_runtime(settings.runtime).compile(model.to(settings.device).eval(), x, settings.threads)
+    except RuntimeUnavailable as exc:
+        raise RuntimeUnavailable(f"--runtime {settings.runtime} cannot run the candidates of {settings.space.name} "
+                                 f"(family {settings.space.family}): {exc}") from None
+
+
 def _load_teacher(settings: RunSettings, task: Task, log) -> Teacher:
     started = time.perf_counter()
     teacher = load_teacher(
@@ -158,6 +185,20 @@ def _load_teacher(settings: RunSettings, task: Task, log) -> Teacher:
     )
     log(f"teacher: {teacher_summary(teacher)} [{time.perf_counter() - started:.0f} s]")
     return teacher
+
+
+def _resolve_budget(settings: RunSettings, task: Task, log) -> RunSettings:
+    """A relative budget ('0.8x:<network>'): the reference network timed in the run's runtime, the limit set from it
+    for the search; each finalist is then timed in alternation with the reference and compared with that figure."""
+    budget = settings.budget
+    if budget.factor is None:
+        return settings
+    reference = load_network(budget.reference, task)
+    stats = measure_latency(reference, task.input_shape, device=settings.device, **settings.latency("final"))
+    settings = settings.with_reference_latency(stats.p50_ms)
+    log(f"budget: {budget.factor:g} x {budget.reference} = {budget.factor:g} x {stats.p50_ms:.3g} ms = "
+        f"{settings.budget.limit:.3g} ms (each finalist is timed against the reference again)")
+    return settings
 
 
 def run_supernets(settings: RunSettings, task: Task, teacher: torch.nn.Module, *, progress: bool = False, log=None) -> SupernetRanker:
@@ -182,6 +223,24 @@ def _supernets(settings: RunSettings, task: Task, teacher: Teacher, folder: RunF
                            ranker.weights_files())
     log(f"supernet: {len(ranker.supernets)} of {ranker.bands.count} band(s) ready [{time.perf_counter() - started:.0f} s]")
     return ranker
+
+
+def _latency_model(settings: RunSettings, task: Task, folder: RunFolder | None, log) -> LatencyModel | None:
+    """With a latency model (--latency-model, or auto for a large space): fitted on this device from a measured
+    sample, or from the cache of an earlier run on it; its record written to the run folder."""
+    space = settings.space
+    if not use_latency_model(settings.latency_model, space, settings.runtime, settings.budget.metric):
+        return None
+    measure = MeasureSettings(input_shape=task.input_shape, num_classes=task.num_classes, in_chans=task.in_chans,
+                              device=settings.device, runtime=settings.runtime, threads=settings.threads,
+                              batch_size=settings.latency_batch_size)
+    model = fit_latency_model(space, measure, seed=settings.seed, log=log)
+    best = model.validation[model.chosen]
+    log(f"latency model: {model.chosen} (of {', '.join(model.validation)}), held-out MAPE {best['mape']:.1%}, "
+        f"Kendall tau {best['kendall_tau']:.2f}, {best['within_10pct']:.0%} within ±10 % [{model.seconds:.0f} s]")
+    if folder is not None:
+        folder.write_latency_model(model.record())
+    return model
 
 
 def _proxy_context(settings: RunSettings, task: Task, teacher: Teacher, space: SearchSpace, log,
@@ -209,7 +268,8 @@ def _scorer(settings: RunSettings, task: Task, teacher: Teacher, folder: RunFold
     space, budget = settings.space, settings.budget
     ctx = _proxy_context(settings, task, teacher, space, log, ranker)
     evaluate = CandidateEvaluator(task, ctx, list(settings.proxies), torch.device(settings.device), settings.latency("search"),
-                                  seed=settings.seed, budget=budget, recheck=settings.latency("final"))
+                                  seed=settings.seed, budget=budget, recheck=settings.latency("final"),
+                                  predictor=_latency_model(settings, task, None, lambda message: None))
     cheap = exact_proxy(settings.ranking_proxy, task, ctx, settings.device, settings.seed)
 
     def score():
@@ -300,6 +360,18 @@ class _Chooser:
 
     def __init__(self, settings: RunSettings, task: Task, finalists: dict, folder: RunFolder, log):
         self.settings, self.task, self.finalists, self.folder, self.log = settings, task, finalists, folder, log
+        budget = settings.budget
+        self.reference = load_network(budget.reference, task) if budget.factor is not None else None
+
+    def measure(self, model: torch.nn.Module) -> dict:
+        """A finalist's latency columns (with a relative budget, the reference's latency timed in alternation)."""
+        device, latency = torch.device(self.settings.device), self.settings.latency("final")
+        if self.reference is None:
+            return measure_candidate(model, self.task, device, latency)
+        # three rounds of a third of the finalists' time each, so that the pair costs what one finalist did before
+        settings = {**latency, "max_time_s": latency["max_time_s"] / 3}
+        ours, reference = measure_against_reference(model, self.reference, self.task.input_shape, device=device, **settings)
+        return {**latency_columns(ours), "reference_p50_ms": reference.p50_ms}
 
     def take(self, role: str, ordered: list[dict], count: int) -> None:
         budget = self.settings.budget
@@ -311,7 +383,7 @@ class _Chooser:
             if cid in self.finalists:
                 continue
             model = create_model(row["config"], num_classes=self.task.num_classes, in_chans=self.task.in_chans)
-            final = {**row, **measure_candidate(model, self.task, torch.device(self.settings.device), self.settings.latency("final"))}
+            final = {**row, **self.measure(model)}
             final["within_budget"], final["role"] = budget.fits(final), role
             self.finalists[cid] = final
             if final["within_budget"]:
@@ -422,7 +494,7 @@ def run_worker(run_dir: str | Path, *, index: int | None = None, device: str | N
     return WorkerResult(scored=scored, distilled=distilled)
 
 
-LATENCY_COLUMNS = ("latency_p50_ms", "latency_p90_ms", "latency_iqr_ms", "latency_repeats")
+LATENCY_COLUMNS = ("latency_p50_ms", "latency_p90_ms", "latency_iqr_ms", "latency_repeats", "latency_source", "reference_p50_ms")
 
 
 def candidates_table(rows: dict[str, dict], finalists: dict[str, dict], folder: RunFolder, settings: RunSettings) -> pd.DataFrame:
@@ -434,6 +506,7 @@ def candidates_table(rows: dict[str, dict], finalists: dict[str, dict], folder: 
         rec = {"candidate_id": cid, "trial": row["trial"], "config": json.dumps(row["config"], sort_keys=True),
                "params": row["params"], "flops": row["flops"]}
         rec.update({k: (final or row).get(k) for k in LATENCY_COLUMNS})
+        rec["latency_predicted_ms"] = row.get("latency_predicted_ms")  # the model's figure, beside the measured one
         for name in settings.proxies:
             rec[f"proxy_{name}"] = row.get(name)
             rec[f"proxy_{name}_ms"] = row.get(f"{name}_ms")

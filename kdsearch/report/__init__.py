@@ -8,7 +8,7 @@ latency for every candidate within budget; learning curves; the table.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -97,6 +97,7 @@ class Report:
     settings: RunSettings
     html_path: Path
     supernets: dict | None = None  # RunFolder.supernets(): the bands and training curves, when the run ranked with them
+    latency_notes: list[str] = field(default_factory=list)  # runtime, latency model and its error on the finalists
 
     def to_text(self) -> str:
         t, s = self.teacher, self.settings
@@ -117,6 +118,7 @@ class Report:
                          "proxy's picks at the budget, band N = best of latency band N (1 = fastest), control = drawn at random")
             lines.extend(self.check.lines())
         lines.extend(supernet_lines(self.supernets))
+        lines.extend(self.latency_notes)
         lines.append(f"report: {self.html_path}")
         return "\n".join(lines)
 
@@ -258,6 +260,28 @@ def supernet_lines(supernets: dict | None) -> list[str]:
     return lines
 
 
+def latency_lines(candidates: pd.DataFrame, settings: RunSettings, model: dict | None) -> list[str]:
+    """Where latency was measured, and how the latency model's predictions held up against the finalists' timings."""
+    budget = settings.budget
+    lines = [f"latency: measured in {settings.runtime} ({settings.device}, batch {settings.latency_batch_size}, "
+             f"{settings.threads} thread(s))"]
+    if budget.factor is not None and budget.resolved:
+        lines.append(f"budget: {budget.factor:g} x {budget.reference} ({budget.limit / budget.factor:.3g} ms when the run "
+                     f"started, limit {budget.limit:.3g} ms); each finalist is compared with the reference timed beside it")
+    if model:
+        held = model["validation"][model["chosen"]]
+        lines.append(f"latency model: {model['chosen']} fitted on {model['samples']} measured candidates; held-out MAPE "
+                     f"{held['mape']:.1%}, Kendall tau {held['kendall_tau']:.2f}, {held['within_10pct']:.0%} within ±10 %")
+        if "latency_predicted_ms" in candidates and "finalist" in candidates:
+            final = candidates[candidates["finalist"].astype(bool) & candidates["latency_predicted_ms"].notna()]
+            if len(final):
+                rel = (final["latency_predicted_ms"] - final["latency_p50_ms"]).abs() / final["latency_p50_ms"]
+                over = int((~final["within_budget"].astype(bool)).sum())
+                lines.append(f"finalists, predicted vs measured: MAPE {rel.mean():.1%} (max {rel.max():.1%}) over "
+                             f"{len(final)}; {over} measured over the budget and were not distilled")
+    return lines
+
+
 def build_report(run_dir: str | Path) -> Report:
     """Read the run folder, compute the Pareto set over every distilled student and the self-check, (re)write report.html."""
     folder = RunFolder.open(run_dir, need_candidates=True)
@@ -272,7 +296,7 @@ def build_report(run_dir: str | Path) -> Report:
     report = Report(
         run_dir=folder.path, table=table, check=self_check(table, settings), candidates=within,
         excluded=int(len(candidates) - len(within)), teacher=teacher, settings=settings, html_path=folder.report_html,
-        supernets=folder.supernets(),
+        supernets=folder.supernets(), latency_notes=latency_lines(candidates, settings, folder.latency_model()),
     )
     folder.write_report(_html(report, folder.data_record()))
     return report
@@ -283,7 +307,7 @@ def _html(report: Report, data: dict) -> str:
 
     table, teacher, settings, run_dir = report.table, report.teacher, report.settings, report.run_dir
     html_table = _display(table).to_html(index=False, float_format=lambda v: f"{v:.4f}")  # pandas escapes cells
-    check = "".join(f"<li>{html.escape(line.strip())}</li>" for line in report.check.lines())
+    check = "".join(f"<li>{html.escape(line.strip())}</li>" for line in report.check.lines() + report.latency_notes)
     body = "\n".join(_figures(report))  # plotly writes names as JSON with < and > escaped
     e = html.escape  # every name comes from the user (a teacher spec, a folder, class names): text, never markup
     space = settings.space.name if settings.space else "?"

@@ -7,6 +7,7 @@ A run folder is the single source of truth of a run::
     sample_batch.safetensors    a few real validation images (exports are verified on them)
     study.db                    the Optuna studies: the search and the students' queue (unless --storage points elsewhere)
     finalists.json              re-measured finalists
+    latency_model.json          with a latency model: which predictor, its held-out error, its cache
     candidates.csv              one row per scored candidate
     report.html                 the report
     students/<candidate id>/    one StudentFolder per distilled student
@@ -39,7 +40,7 @@ import yaml
 
 from kdsearch._util import atomic_path, atomic_write_json, atomic_write_text
 from kdsearch.exceptions import ExportError, RunFolderError
-from kdsearch.run.settings import IDENTITY_KEYS, RunSettings
+from kdsearch.run.settings import IDENTITY_DEFAULTS, IDENTITY_KEYS, RunSettings
 from kdsearch.search.storage import without_password
 
 STUDY_NAME = "kdsearch"
@@ -110,6 +111,7 @@ class RunFolder:
     _sample = property(lambda self: self.path / "sample_batch.safetensors")
     _finalists = property(lambda self: self.path / "finalists.json")
     _candidates = property(lambda self: self.path / "candidates.csv")
+    _latency_model = property(lambda self: self.path / "latency_model.json")
     report_html = property(lambda self: self.path / "report.html")
     export_dir = property(lambda self: self.path / "export")
 
@@ -137,7 +139,8 @@ class RunFolder:
             return
         old, new = self.config(), settings.identity()
         for key in IDENTITY_KEYS:
-            if old.get(key) != new.get(key):
+            default = IDENTITY_DEFAULTS.get(key)
+            if old.get(key, default) != new.get(key, default):
                 raise RunFolderError(
                     f"--out {self.path} holds a different study ({key}: {old.get(key)!r} there, {new.get(key)!r} now); "
                     "choose another --out, or delete that folder to start over."
@@ -197,6 +200,13 @@ class RunFolder:
 
     def write_finalists(self, finalists: dict[str, dict]) -> None:
         atomic_write_json(self._finalists, finalists)
+
+    def write_latency_model(self, record: dict) -> None:
+        atomic_write_json(self._latency_model, record)
+
+    def latency_model(self) -> dict | None:
+        """The latency model's record (predictor, held-out error), or None when the run timed every candidate."""
+        return json.loads(self._latency_model.read_text()) if self._latency_model.exists() else None
 
     def student(self, candidate_id: str) -> StudentFolder:
         return StudentFolder(self.path / "students" / candidate_id)

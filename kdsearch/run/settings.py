@@ -13,7 +13,7 @@ from typing import Any
 
 from kdsearch._util import file_sha256, resolve_device, stable_hash
 from kdsearch._version import __version__
-from kdsearch.cost import LATENCY_FINAL, LATENCY_SEARCH, Budget, parse_budget
+from kdsearch.cost import LATENCY_FINAL, LATENCY_MODEL_CHOICES, LATENCY_SEARCH, Budget, get_runtime, parse_budget
 from kdsearch.data import DataSpec
 from kdsearch.distill import create_loss
 from kdsearch.exceptions import KdsearchError
@@ -25,8 +25,11 @@ from kdsearch.training import STUDENT_RECIPE, Recipe
 
 IDENTITY_KEYS = (
     "teacher", "teacher_weights_sha", "data", "space", "space_sha", "budget", "proxies", "device", "latency_batch_size",
-    "threads", "seed", "loss", "supernet",
+    "threads", "seed", "loss", "supernet", "runtime", "latency_model",
 )
+# Keys added after runs existed: a value equal to its default is left out of the identity, so older run folders
+# (and their storages' identity hashes) still resume.
+IDENTITY_DEFAULTS = {"runtime": "torch", "latency_model": "auto"}
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,8 @@ class RunSettings:
     device: str = "cpu"
     latency_batch_size: int = 1
     threads: int = 1
+    runtime: str = "torch"  # the deployment runtime latency is measured in (kdsearch.cost.runtime)
+    latency_model: str = "auto"  # on | off | auto: screen candidates with a latency model fitted on the device
     epochs: int = 10
     batch_size: int = 64
     loss: dict = field(default_factory=lambda: {"name": "kd"})  # name + every setting, typed
@@ -69,7 +74,7 @@ class RunSettings:
         space: str | None = None, out: str | Path | None = None, teacher_weights: str | None = None, pretrained: bool = True,
         teacher_epochs: int | None = None, trials: int = 100, timeout: float | None = None, top_k: int = 3,
         front: int = 4, controls: int = 1, proxy: str = "default", sampler: str = "auto", device: str = "auto", latency_batch_size: int = 1, threads: int = 1,
-        epochs: int = 10, batch_size: int = 64, loss: str = "kd", loss_options: dict | None = None, storage: str | None = None,
+        runtime: str = "torch", latency_model: str = "auto", epochs: int = 10, batch_size: int = 64, loss: str = "kd", loss_options: dict | None = None, storage: str | None = None,
         workers: int = 0, heartbeat_s: int = HEARTBEAT_S, subspaces: int = 3, supernet_epochs: int = 5, supernet_anchors: str = "latency", warm_start: bool = False,
         seed: int = 0, quiet: bool = False,
     ) -> RunSettings:
@@ -97,6 +102,9 @@ class RunSettings:
                                 "proxy (--proxy supernet).")
         loss_config = create_loss(loss, **(loss_options or {})).config()
         torch_device = resolve_device(device)
+        get_runtime(runtime).check(torch_device)  # not installed here: one line now, not after the teacher
+        if latency_model not in LATENCY_MODEL_CHOICES:
+            raise KdsearchError(f"--latency-model must be one of {', '.join(LATENCY_MODEL_CHOICES)} (got {latency_model!r}).")
         space_obj = load_space(space) if space else None
         if supernet is not None and space_obj is not None:
             from kdsearch.supernet import SHARING
@@ -108,7 +116,7 @@ class RunSettings:
             teacher=teacher, budget=parsed_budget, space=space_obj, out=run_dir, teacher_weights=teacher_weights,
             teacher_weights_sha=sha, pretrained=pretrained, teacher_epochs=teacher_epochs, trials=trials, timeout=timeout,
             top_k=top_k, front=front, controls=controls, proxies=proxies, sampler=sampler, device=str(torch_device), latency_batch_size=latency_batch_size,
-            threads=threads, epochs=epochs, batch_size=batch_size, loss=loss_config, storage=check_storage(storage), supernet=supernet, seed=seed, quiet=quiet,
+            threads=threads, runtime=get_runtime(runtime).name, latency_model=latency_model, epochs=epochs, batch_size=batch_size, loss=loss_config, storage=check_storage(storage), supernet=supernet, seed=seed, quiet=quiet,
             workers=workers, heartbeat_s=heartbeat_s,
             data=DataSpec(data=data, data_root=data_root, input_size=input_size, train_samples=train_samples,
                           val_samples=val_samples, seed=seed),
@@ -116,6 +124,10 @@ class RunSettings:
 
     def with_space(self, space: SearchSpace) -> RunSettings:
         return replace(self, space=space)
+
+    def with_reference_latency(self, reference_ms: float) -> RunSettings:
+        """A relative budget ('0.8x:<network>') made absolute from the reference network's measured latency."""
+        return replace(self, budget=self.budget.with_reference(reference_ms))
 
     # ------------------------------------------------------------------ what stages read
     @property
@@ -141,12 +153,13 @@ class RunSettings:
     def latency(self, stage: str) -> dict[str, Any]:
         """measure_latency settings for 'search' (screening) or 'final' (finalists, teacher)."""
         stats = LATENCY_SEARCH if stage == "search" else LATENCY_FINAL
-        return {"batch_size": self.latency_batch_size, "threads": self.threads, **stats}
+        return {"batch_size": self.latency_batch_size, "threads": self.threads, "runtime": self.runtime, **stats}
 
     # ------------------------------------------------------------------ config.yaml
     def identity(self) -> dict[str, Any]:
         config = self.to_config()
-        return {key: config.get(key) for key in IDENTITY_KEYS}
+        identity = {key: config.get(key) for key in IDENTITY_KEYS}
+        return {k: v for k, v in identity.items() if k not in IDENTITY_DEFAULTS or v != IDENTITY_DEFAULTS[k]}
 
     def to_config(self) -> dict[str, Any]:
         space = self.space
@@ -158,8 +171,10 @@ class RunSettings:
             "data": self.data.to_dict(), "space": space.name if space else None,
             "space_sha": stable_hash({k: v for k, v in space_record.items() if k != "description"}) if space else None,
             "space_path": space.path if space else None, "space_record": space_record, "budget": self.budget.text,
+            "budget_reference_ms": self.budget.limit / self.budget.factor if self.budget.factor and self.budget.resolved else None,
             "proxies": list(self.proxies), "sampler": self.sampler, "device": self.device,
-            "latency_batch_size": self.latency_batch_size, "threads": self.threads, "seed": self.seed, "trials": self.trials,
+            "latency_batch_size": self.latency_batch_size, "threads": self.threads, "runtime": self.runtime,
+            "latency_model": self.latency_model, "seed": self.seed, "trials": self.trials,
             "timeout": self.timeout, "top_k": self.top_k, "front": self.front, "controls": self.controls, "epochs": self.epochs, "batch_size": self.batch_size,
             "storage": without_password(self.storage), "heartbeat_s": self.heartbeat_s, "loss": dict(self.loss), "recipe": self.recipe().to_dict(), "supernet": self.supernet,
         }
@@ -170,15 +185,23 @@ class RunSettings:
         record = config.get("space_record")
         space = SearchSpace(path=config.get("space_path"), **{**record, "resolution": tuple(record["resolution"])}) if record else None
         return cls(
-            teacher=config["teacher"], budget=parse_budget(config["budget"]), data=DataSpec(**config["data"]), space=space,
+            teacher=config["teacher"], budget=_budget(config), data=DataSpec(**config["data"]), space=space,
             out=Path(out), teacher_weights=config.get("teacher_weights"), teacher_weights_sha=config.get("teacher_weights_sha"),
             pretrained=config.get("pretrained", True), teacher_epochs=config.get("teacher_epochs"), trials=config["trials"],
             timeout=config.get("timeout"), top_k=config["top_k"], front=config.get("front", 0),
             controls=config.get("controls", 0), proxies=tuple(config["proxies"]), sampler=config["sampler"],
             device=config["device"], latency_batch_size=config["latency_batch_size"], threads=config["threads"],
+            runtime=config.get("runtime", "torch"), latency_model=config.get("latency_model", "auto"),
             epochs=config["epochs"], batch_size=config["batch_size"], loss=dict(config["loss"]), storage=config["storage"],
             supernet=config.get("supernet"), seed=config["seed"], heartbeat_s=config.get("heartbeat_s", HEARTBEAT_S),
         )
 
 
-__all__ = ["IDENTITY_KEYS", "LATENCY_FINAL", "LATENCY_SEARCH", "RunSettings"]
+def _budget(config: dict[str, Any]) -> Budget:
+    """The run's budget; a relative one with the reference latency find measured (workers and reports use it)."""
+    budget = parse_budget(config["budget"])
+    reference = config.get("budget_reference_ms")
+    return budget.with_reference(reference) if budget.factor is not None and reference else budget
+
+
+__all__ = ["IDENTITY_DEFAULTS", "IDENTITY_KEYS", "LATENCY_FINAL", "LATENCY_SEARCH", "RunSettings"]

@@ -20,6 +20,7 @@ from kdsearch.search.evaluate import (
     CandidateEvaluator,
     ExactScore,
     exact_proxy,
+    latency_columns,
     measure_candidate,
     reference_models,
 )
@@ -344,6 +345,6 @@ def scored_candidates(study: optuna.Study) -> dict[str, dict]:
 
 __all__ = [
     "CHEAP_PROXIES", "EXACT_PER_ROUND", "SAMPLERS", "CandidateEvaluator", "ExactScore", "ConstrainedSampler", "check_sampler", "constraints", "exact_proxy",
-    "fail_stale_trials", "filled_slots", "has_open_slot", "make_sampler", "make_storage", "measure_candidate", "open_study", "redact", "requeue", "trial_slots", "reference_models", "resolve_sampler", "run_search",
+    "fail_stale_trials", "filled_slots", "has_open_slot", "make_sampler", "latency_columns", "make_storage", "measure_candidate", "open_study", "redact", "requeue", "trial_slots", "reference_models", "resolve_sampler", "run_search",
     "sampler_names", "scored_candidates",
 ]

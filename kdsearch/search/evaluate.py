@@ -10,7 +10,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from kdsearch.cost import Budget, count_flops, count_params, measure_latency
+from kdsearch.cost import Budget, LatencyModel, LatencyStats, count_flops, count_params, measure_latency
 from kdsearch.data import Task
 from kdsearch.proxies import ProxyContext, score
 from kdsearch.spaces import SearchSpace, create_model
@@ -18,11 +18,21 @@ from kdsearch.spaces import SearchSpace, create_model
 
 def measure_candidate(model: nn.Module, task: Task, device: torch.device, latency: dict[str, Any]) -> dict[str, Any]:
     """The latency columns of a candidate row (the same names in the study, finalists.json and candidates.csv)."""
-    lat = measure_latency(model, task.input_shape, device=device, **latency)
+    return latency_columns(measure_latency(model, task.input_shape, device=device, **latency))
+
+
+def latency_columns(lat: LatencyStats) -> dict[str, Any]:
     return {
         "latency_p50_ms": lat.p50_ms, "latency_p90_ms": lat.p90_ms, "latency_iqr_ms": lat.iqr_ms,
-        "latency_repeats": lat.repeats, "latency_key": lat.key,
+        "latency_repeats": lat.repeats, "latency_key": lat.key, "latency_source": "measured",
     }
+
+
+def predicted_candidate(config: dict, predictor: LatencyModel) -> dict[str, Any]:
+    """The latency columns of a candidate screened by the latency model (no spread: nothing was timed)."""
+    ms = predictor.predict_one(config)
+    return {"latency_p50_ms": ms, "latency_p90_ms": ms, "latency_iqr_ms": 0.0, "latency_repeats": 0,
+            "latency_key": f"model:{predictor.chosen}", "latency_source": "model", "latency_predicted_ms": ms}
 
 
 # Proxies that need no data and no forward pass: the search may compute them exactly for any candidate.
@@ -100,23 +110,31 @@ class CandidateEvaluator:
     by the ranking proxy (the first of ``proxies``). The second case guards against the winner's curse: on a
     shared machine one quick reading can be tens of percent low, and a lucky reading that becomes the search's
     best makes every later proposal chase a bar nothing truly under the budget can clear. Both figures are
-    recorded (``latency_first_p50_ms``)."""
+    recorded (``latency_first_p50_ms``).
+
+    With a ``predictor`` (a :class:`~kdsearch.cost.LatencyModel` fitted on the device) candidates are not timed:
+    their latency is predicted, and the same two cases — predicted within the model's error of the limit (its 90th
+    percentile relative error on held-out candidates), or a new best that fits — are measured for real."""
 
     def __init__(self, task: Task, ctx: ProxyContext, proxies: list[str], device: torch.device, latency: dict[str, Any],
-                 seed: int = 0, budget: Budget | None = None, recheck: dict[str, Any] | None = None):
+                 seed: int = 0, budget: Budget | None = None, recheck: dict[str, Any] | None = None,
+                 predictor: LatencyModel | None = None):
         self.task, self.ctx, self.proxies, self.device, self.latency, self.seed = task, ctx, proxies, device, latency, seed
-        self.budget, self.recheck = budget, recheck
+        self.budget, self.recheck, self.predictor = budget, recheck, predictor
         self.best_fitting: float | None = None  # the ranking proxy's best value among candidates counted in
 
     def __call__(self, config: dict) -> dict[str, Any]:
         torch.manual_seed(self.seed)  # proxies on random-init students are seeded per candidate
         model = create_model(config, num_classes=self.task.num_classes, in_chans=self.task.in_chans).to(self.device)
         metrics: dict[str, Any] = {"params": count_params(model), "flops": count_flops(model, self.task.input_shape)}
-        metrics.update(measure_candidate(model, self.task, self.device, self.latency))
+        if self.predictor is not None:
+            metrics.update(predicted_candidate(config, self.predictor))
+        else:
+            metrics.update(measure_candidate(model, self.task, self.device, self.latency))
         metrics.update(score(self.proxies, model, self.ctx, {**metrics, "config": config}))
         if self._needs_recheck(metrics):
             first = metrics["latency_p50_ms"]
-            metrics.update(measure_candidate(model, self.task, self.device, self.recheck))
+            metrics.update(measure_candidate(model, self.task, self.device, self.recheck or self.latency))
             metrics["latency_first_p50_ms"] = first
         if self.budget is not None and self.proxies and self.budget.fits(metrics):
             value = float(metrics[self.proxies[0]])
@@ -125,9 +143,11 @@ class CandidateEvaluator:
 
     def _needs_recheck(self, metrics: dict) -> bool:
         limit = self.budget.latency_limit_ms if self.budget is not None else None
-        if limit is None or self.recheck is None:
+        if limit is None or (self.recheck is None and self.predictor is None):
             return False
         noise = max(0.03 * limit, 0.5 * metrics["latency_iqr_ms"])
+        if self.predictor is not None:
+            noise = max(noise, self.predictor.rel_error * limit)
         if abs(metrics["latency_p50_ms"] - limit) <= noise:
             return True
         if not self.proxies or metrics["latency_p50_ms"] > limit:

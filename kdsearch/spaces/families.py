@@ -300,3 +300,67 @@ def nasbench201(
 ) -> nn.Module:
     ops = dict(zip(NB201_EDGES, (edge_1_0, edge_2_0, edge_2_1, edge_3_0, edge_3_1, edge_3_2)))
     return NasBench201(ops, channels, cells_per_stage, num_classes, in_chans)
+
+
+# --------------------------------------------------------------------------- latency blocks
+# A family may say, from a config alone (microseconds, no model built), which block each leaf of its forward pass is:
+# ``keys(config, input_shape) -> [key, ...]`` in the order :func:`latency_blocks` visits the built model's blocks.
+# The latency model's lookup table (kdsearch.cost.latency_model) sums per-block latencies by these keys, as OFA's
+# latency tables do; a family without keys is still modelled, by a regressor on the config.
+BLOCK_KEYS: Registry[Callable[[dict, tuple], list]] = Registry("latency block keys", SpaceError)
+_CONTAINERS = (nn.Sequential, nn.ModuleList)
+
+
+def latency_blocks(model: nn.Module) -> list[nn.Module]:
+    """The model's blocks in definition order: its children, with plain containers (Sequential, ModuleList) opened."""
+    blocks = []
+    for child in model.children():
+        blocks.extend(latency_blocks(child) if isinstance(child, _CONTAINERS) else [child])
+    return blocks
+
+
+def _half(size: int) -> int:
+    return (size + 1) // 2  # a 3x3 (or kxk) convolution with stride 2 and padding k//2
+
+
+@BLOCK_KEYS.register("resnet_cifar")
+def _resnet_cifar_keys(config: dict, input_shape: tuple) -> list:
+    c, h = input_shape[0], input_shape[1]
+    widths = (config.get("width1", 16), config.get("width2", 32), config.get("width3", 64))
+    keys = [("conv1", c, widths[0], h), ("bn1", widths[0], h), ("act1", widths[0], h)]
+    in_planes = widths[0]
+    for i, width in enumerate(widths):
+        for j in range(config[f"depth{i + 1}"]):
+            stride = 2 if (i > 0 and j == 0) else 1
+            keys.append(("block", in_planes, width, stride, h))
+            h = _half(h) if stride == 2 else h
+            in_planes = width
+    return keys + [("fc", in_planes)]
+
+
+@BLOCK_KEYS.register("mobilenetv3")
+def _mobilenetv3_keys(config: dict, input_shape: tuple) -> list:
+    defaults = {k: p.default for k, p in inspect.signature(mobilenetv3).parameters.items()}
+    cfg = {**defaults, **config}
+    wm, h = cfg["width_mult"], _half(input_shape[1])  # the stem has stride 2
+    keys = [("stem", input_shape[0], wm, input_shape[1]), ("bn1", wm, h), ("ds", wm, h)]
+    for s, (_, stride, _, _) in enumerate(_MBV3_STAGES, start=1):
+        k, e = cfg[f"kernel{s}"], cfg[f"expand{s}"]
+        for j in range(cfg[f"depth{s}"]):
+            keys.append(("ir", s, j == 0, wm, k, e, h))
+            h = _half(h) if (j == 0 and stride == 2) else h
+    return keys + [("cn", wm, h), ("pool", wm, h), ("conv_head", wm), ("norm_head", wm), ("act2", wm), ("flatten", wm),
+                   ("classifier", wm)]
+
+
+@BLOCK_KEYS.register("nasbench201")
+def _nasbench201_keys(config: dict, input_shape: tuple) -> list:
+    c, h = config.get("channels", 16), input_shape[1]
+    ops = tuple(config[e] for e in NB201_EDGES)
+    keys = [("stem_conv", input_shape[0], c, h), ("stem_bn", c, h)]
+    for stage in range(3):
+        if stage:
+            keys.append(("reduction", c, h))
+            c, h = c * 2, _half(h)
+        keys.extend(("cell", ops, c, h) for _ in range(config.get("cells_per_stage", 5)))
+    return keys + [("last_bn", c, h), ("last_relu", c, h), ("classifier", c)]

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import os
 import socket
 import warnings
@@ -16,7 +17,7 @@ import torch.nn as nn
 from kdsearch._util import atomic_path, atomic_write_json, cache_dir, file_sha256, stable_hash, suggest
 from kdsearch.cost import LatencyStats, count_flops, measure_latency
 from kdsearch.data import Task
-from kdsearch.exceptions import TeacherError
+from kdsearch.exceptions import KdsearchError, RuntimeUnavailable, TeacherError
 from kdsearch.taps import Taps, as_logits, classifier_of, forward_taps, last_linear
 from kdsearch.teacher.checkpoint import load_state_dict
 from kdsearch.training import Recipe, distributed_context, evaluate, fit
@@ -234,12 +235,22 @@ def load_teacher(
             flops = count_flops(model, task.input_shape)
         except Exception:  # exotic ops the counter cannot trace; FLOPs are informative only for the teacher
             notes.append("FLOPs could not be counted for this teacher")
-    latency = measure_latency(model, task.input_shape, device=device, **(latency_kwargs or {})) if measure else None
+    latency = _teacher_latency(model, task, device, latency_kwargs or {}, notes) if measure else None
     model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return Teacher(model=model, spec=spec, source=source, accuracy=accuracy, params=sum(p.numel() for p in model.parameters()),
                    flops=flops, latency=latency, prepared=prepared, notes=notes)
+
+
+def _teacher_latency(model: nn.Module, task: Task, device, latency_kwargs: dict, notes: list[str]):
+    """The teacher's latency in the run's runtime; in eager PyTorch when that runtime cannot run the teacher (its
+    latency is informative only: the budget applies to students)."""
+    try:
+        return measure_latency(model, task.input_shape, device=device, **latency_kwargs)
+    except RuntimeUnavailable as exc:
+        notes.append(f"teacher latency measured in eager PyTorch: {exc}")
+        return measure_latency(model, task.input_shape, device=device, **{**latency_kwargs, "runtime": "torch"})
 
 
 def _build(spec: str, task: Task, weights: str | None, pretrained: bool, notes: list[str]) -> tuple[nn.Module, str, bool]:
@@ -255,6 +266,32 @@ def _build(spec: str, task: Task, weights: str | None, pretrained: bool, notes: 
         return _build_callable(spec, task), "callable", False
     model, source = _build_timm(spec, task, pretrained and not weights, notes)
     return model, source, False
+
+
+def load_network(spec: str, task: Task) -> nn.Module:
+    """A network named as a teacher is (timm name, module:callable, TorchScript / torch.export file) or a candidate
+    config (JSON text or a .json file), untrained, in eval mode: the reference of a relative budget (its latency is
+    all that is used, so no weights are fetched)."""
+    from kdsearch.spaces import create_model
+
+    text = spec.strip()
+    if text.endswith(".json") or text.startswith("{"):
+        try:
+            config = json.loads(Path(text).expanduser().read_text() if text.endswith(".json") else text)
+        except OSError as exc:
+            raise TeacherError(f"Cannot read the candidate JSON {spec!r} ({exc.strerror}); check the path.") from None
+        except ValueError as exc:
+            raise TeacherError(f"{spec!r} is not valid JSON ({exc}); give a candidate config such as "
+                               '{"family": "resnet_cifar", "depth1": 3, "depth2": 3, "depth3": 3}.') from None
+        if not isinstance(config, dict):
+            raise TeacherError(f"{spec!r} holds no candidate config (a JSON object with a 'family' key).")
+        try:
+            model = create_model(config, num_classes=task.num_classes, in_chans=task.in_chans)
+        except KdsearchError as exc:
+            raise TeacherError(str(exc)) from None
+    else:
+        model = _build(text, task, None, False, [])[0]
+    return model.eval()
 
 
 def _fit_head(model: nn.Module, task: Task, scripted: bool, head_fits: bool, notes: list[str]) -> bool:
