@@ -343,3 +343,63 @@ def test_a_band_pick_that_re_measures_into_a_faster_band_does_not_cover_it():
     assert band_covered(top, 1, edges, "latency_p50_ms") and not band_covered(top, 2, edges, "latency_p50_ms")
     over = {"c": {"role": "control", "within_budget": False, "latency_p50_ms": 1.9}}
     assert not band_covered(over, 1, edges, "latency_p50_ms")
+
+
+def test_find_in_onnxruntime_with_a_latency_model_and_a_budget_relative_to_a_shipped_network(tmp_path, capsys, monkeypatch):
+    """--runtime onnxruntime, --latency-model on and --budget 0.9x:<candidate JSON> together, on digits."""
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setattr("kdsearch.cost.latency_model.SAMPLE_SIZE", 32)  # the test's time, not the model's accuracy
+    shipped = tmp_path / "shipped.json"
+    shipped.write_text(json.dumps({"family": "resnet_cifar", "depth1": 3, "depth2": 3, "depth3": 3}))
+    out = tmp_path / "rel"
+    code, stdout, err = run_cli(
+        capsys, "find", "--teacher", TEACHER, "--budget", f"0.9x:{shipped}", "--data", "digits", "--space",
+        "resnet_cifar_s1", "--runtime", "onnxruntime", "--latency-model", "on", "--trials", 12, "--top-k", 1, "--front", 1,
+        "--controls", 0, "--epochs", 1, "--teacher-epochs", 2, "--val-samples", 200, "--out", out,
+    )
+    assert code == 0, err
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["runtime"] == "onnxruntime" and config["budget_reference_ms"] > 0
+    model = json.loads((out / "latency_model.json").read_text())
+    assert model["chosen"] in ("lut", "regressor") and model["key"]["runtime"] == "onnxruntime"
+    table = pd.read_csv(out / "candidates.csv")
+    screened = table[~table["finalist"]]
+    assert (screened["latency_source"] == "model").any() and screened["latency_predicted_ms"].notna().all()
+    finalists = table[table["finalist"]]
+    assert (finalists["latency_source"] == "measured").all() and finalists["reference_p50_ms"].notna().all()
+    # a finalist is within budget exactly when it ran under 0.9 x the reference timed beside it
+    for _, row in finalists.iterrows():
+        assert bool(row["within_budget"]) == (row["latency_p50_ms"] <= 0.9 * row["reference_p50_ms"])
+    assert "latency model:" in stdout and "predicted vs measured" in stdout and "measured in onnxruntime" in stdout
+    code, stdout, _ = run_cli(capsys, "export", out)  # the runtime's format by default
+    assert code == 0 and "as onnx" in stdout and (out / "export" / "student.onnx").exists()
+
+
+def test_find_refuses_a_runtime_that_cannot_run_the_space(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    from kdsearch.spaces import register_family
+
+    class _Spectral(torch.nn.Module):
+        def __init__(self, num_classes, in_chans):
+            super().__init__()
+            self.fc = torch.nn.Linear(in_chans, num_classes)
+
+        def forward(self, x):
+            return self.fc(torch.fft.fft2(x).abs().mean(dim=(2, 3)))
+
+    def spectral_test(size: int = 1, *, num_classes: int = 10, in_chans: int = 3):
+        return _Spectral(num_classes, in_chans)
+
+    from kdsearch.spaces.families import FAMILIES
+
+    register_family(spectral_test)
+    space = tmp_path / "spectral.yaml"
+    space.write_text("family: spectral_test\nchoices:\n  size: [1, 2]\n")
+    try:
+        code, _, err = run_cli(capsys, "find", "--teacher", TEACHER, "--budget", "10ms", "--space", space,
+                               "--runtime", "onnxruntime", "--out", tmp_path / "never", "-q")
+    finally:
+        FAMILIES._items.pop("spectral_test")
+    assert code == 2 and "--runtime onnxruntime cannot run the candidates of spectral" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "never").exists()  # refused before the run folder was written

@@ -198,9 +198,10 @@ class LatencyModel:
                 and all(config.get(k) in v for k, v in space.choices.items()))
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, n: int = SAMPLE_SIZE, log=None) -> LatencyModel:
-        """Measure the sample (what the cache lacks), fit both predictors, keep the better on held-out candidates."""
-        started = time.perf_counter()
+    def fit(self, n: int | None = None, log=None) -> LatencyModel:
+        """Measure the sample of ``n`` (default SAMPLE_SIZE; what the cache lacks), fit both predictors, keep the
+        better on held-out candidates."""
+        started, n = time.perf_counter(), n or SAMPLE_SIZE
         self.cache_path.parent.mkdir(parents=True, exist_ok=True)
         self._load()
         configs = self._measure_sample(n, log)
@@ -311,7 +312,7 @@ class LatencyModel:
                 "cache": str(self.cache_path), "key": self.measure.key(self.space.family)}
 
 
-def fit_latency_model(space: SearchSpace, measure: MeasureSettings, *, seed: int = 0, n: int = SAMPLE_SIZE,
+def fit_latency_model(space: SearchSpace, measure: MeasureSettings, *, seed: int = 0, n: int | None = None,
                       log=None) -> LatencyModel:
     """The fitted latency model of ``space`` on this device (from the cache where it holds the measurements)."""
     return LatencyModel(space, measure, seed=seed).fit(n, log=log)

@@ -33,10 +33,15 @@ def get_family(name: str) -> Callable[..., nn.Module]:
     return FAMILIES.get(name)
 
 
+def open_keys(name: str) -> bool:
+    """Does the family take keys its builder does not name (an NNI space's labels)?"""
+    return any(p.kind == p.VAR_KEYWORD for p in inspect.signature(get_family(name)).parameters.values())
+
+
 def family_keys(name: str) -> tuple[set[str], set[str]]:
     """(all searchable keys, keys without a default) of a family's builder."""
     params = inspect.signature(get_family(name)).parameters
-    keys = {k for k in params if k not in ("num_classes", "in_chans")}
+    keys = {k for k, p in params.items() if k not in ("num_classes", "in_chans") and p.kind != p.VAR_KEYWORD}
     required = {k for k in keys if params[k].default is inspect.Parameter.empty}
     return keys, required
 
@@ -300,6 +305,16 @@ def nasbench201(
 ) -> nn.Module:
     ops = dict(zip(NB201_EDGES, (edge_1_0, edge_2_0, edge_2_1, edge_3_0, edge_3_1, edge_3_2)))
     return NasBench201(ops, channels, cells_per_stage, num_classes, in_chans)
+
+
+# --------------------------------------------------------------------------- NNI model spaces
+@register_family
+def nni(space: str, *, num_classes: int = 10, in_chans: int = 3, **choices) -> nn.Module:
+    """A candidate of an NNI model space (``space``: 'nni:NasBench201' or 'nni:package.module:attr'), frozen by NNI;
+    the other keys are the space's choice labels (kdsearch.spaces.nni_spaces, the optional nni extra)."""
+    from kdsearch.spaces.nni_spaces import freeze
+
+    return freeze(space, choices, num_classes=num_classes, in_chans=in_chans)
 
 
 # --------------------------------------------------------------------------- latency blocks

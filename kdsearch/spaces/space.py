@@ -12,7 +12,7 @@ import yaml
 
 from kdsearch._util import stable_hash, suggest
 from kdsearch.exceptions import SpaceError
-from kdsearch.spaces.families import family_keys, get_family, list_families
+from kdsearch.spaces.families import family_keys, get_family, list_families, open_keys
 
 # The bundled spaces ship inside the package (package data of the wheel); the repository's top-level
 # search_spaces/ is a link to this folder.
@@ -35,7 +35,7 @@ def create_model(config: dict[str, Any], *, num_classes: int, in_chans: int = 3)
             f"known families: {', '.join(list_families())}."
         )
     keys, required = family_keys(family)
-    unknown, missing = set(config) - keys, required - set(config)
+    unknown, missing = set() if open_keys(family) else set(config) - keys, required - set(config)
     if unknown or missing:
         raise SpaceError(
             f"Candidate {config} does not fit family {family!r} (unknown keys: {sorted(unknown)}, "
@@ -121,7 +121,12 @@ def _resolve_path(spec: str | Path) -> Path:
 
 
 def load_space(spec: str | Path) -> SearchSpace:
-    """Read and validate a search-space YAML (a path, or the name of a bundled space)."""
+    """Read and validate a search-space YAML (a path, or the name of a bundled space), or an NNI model space
+    ('nni:NasBench201', 'nni:package.module:SpaceOrFactory'; the nni extra)."""
+    if str(spec).startswith("nni:"):
+        from kdsearch.spaces.nni_spaces import nni_space_fields
+
+        return SearchSpace(**nni_space_fields(str(spec)))
     path = _resolve_path(spec)
     where = str(path)
     try:
