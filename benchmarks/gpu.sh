@@ -5,6 +5,7 @@
 #   latency on CUDA: event timing vs a naive host timer, repeatability            → latency_stability_gpu.{csv,json}
 #   trainer img/s fp32 vs bf16 + channels_last, GPU utilisation, vs torchdistill  → trainer_speed_gpu.json
 #   CKA on CUDA vs torch-cka and ckatorch                                          → cka_speed_gpu.json
+#   the same students in eager torch / TorchScript / ONNX Runtime on CUDA          → latency_runtimes_gpu.{csv,json}
 # Results go to $GPU_RESULTS (default benchmarks/results). On the lent machine (see README, "GPU"):
 #   here:  bash benchmarks/gpu_prepare.sh                  (fills .gpu/: wheels + CIFAR archive)
 #   there: run(command="GPU_RESULTS=$OUT bash benchmarks/gpu.sh", carry=[".gpu"], timeout_s=600)
@@ -43,4 +44,6 @@ step "GPU tests" 240 $PY -m pytest -q -rs -m gpu -p no:cacheprovider tests --jun
 step "latency on CUDA" 60 $PY benchmarks/latency_stability.py --device cuda --rounds 20 --out "$RESULTS"
 step "trainer AMP" 200 $PY benchmarks/trainer_speed.py --gpu-only --no-install --epochs 3 --train-per-class 2000 --out "$RESULTS"
 step "CKA on CUDA" 120 $PY benchmarks/cka_speed.py --device cuda --repeats 3 --no-install --out "$RESULTS/cka_speed_gpu.json"
+# torch.compile left out (~30 s per network); onnxruntime is left out (and says why) unless onnxruntime-gpu is installed
+step "runtimes on CUDA" 120 $PY benchmarks/latency_runtimes.py --device cuda --students 10 --rounds 2 --skip compile --out "$RESULTS"
 exit $failed

@@ -128,8 +128,8 @@ def test_runtimes_on_cuda(runtime):
     model = create_model(RESNET8, num_classes=10)
     try:
         stats = measure_latency(model, (3, 32, 32), device="cuda", runtime=runtime, **QUICK)
-    except RuntimeUnavailable as exc:  # onnxruntime without its CUDA provider says so
-        assert "onnxruntime-gpu" in str(exc)
+    except RuntimeUnavailable as exc:  # onnxruntime missing, or without its CUDA provider, says what to install
+        assert "install" in str(exc)
         return
     assert stats.device.startswith("cuda") and stats.timer == "perf_counter+sync" and stats.p50_ms > 0
 

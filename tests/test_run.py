@@ -21,6 +21,8 @@ def settings(tmp_path, budget="0.3Mparams", **overrides):
         ({"latency_batch_size": 0}, KdsearchError, "--latency-batch-size must be at least 1"),
         ({"loss": "kd", "loss_options": {"temperature": "warm"}}, LossError, "temperature needs a float"),
         ({"loss": "kd", "loss_options": {"temp": "2"}}, LossError, "has no setting 'temp'"),
+        ({"runtime": "tensorrt"}, KdsearchError, "Unknown runtime 'tensorrt'"),
+        ({"latency_model": "maybe"}, KdsearchError, "--latency-model must be one of auto, on, off"),
     ],
 )
 def test_every_option_is_validated_before_any_work(tmp_path, overrides, error, message):
@@ -55,6 +57,28 @@ def test_run_folder_refuses_what_it_cannot_resume(tmp_path):
         folder.check_can_start(settings(tmp_path, budget="0.2Mparams"))
     with pytest.raises(RunFolderError, match="latency_batch_size"):
         folder.check_can_start(settings(tmp_path, latency_batch_size=4))
+
+
+def test_runs_written_before_runtimes_still_resume_and_a_new_runtime_is_another_study(tmp_path):
+    first = settings(tmp_path, budget="5ms")
+    config = first.to_config()
+    del config["runtime"], config["latency_model"]  # a config.yaml from before runtimes existed
+    first.out.mkdir()
+    (first.out / "config.yaml").write_text(yaml.safe_dump(config))
+    folder = RunFolder(first.out)
+    folder.check_can_start(first)  # eager torch and auto are what those runs did
+    assert "runtime" not in first.identity()  # so their storages' identity hashes still match
+    with pytest.raises(RunFolderError, match="runtime: 'torch' there, 'torchscript' now"):
+        folder.check_can_start(settings(tmp_path, budget="5ms", runtime="torchscript"))
+
+
+def test_relative_budget_keeps_the_reference_latency_find_measured(tmp_path):
+    relative = settings(tmp_path, budget='0.8x:{"family": "resnet_cifar", "depth1": 3, "depth2": 3, "depth3": 3}')
+    assert not relative.budget.resolved
+    measured = relative.with_reference_latency(2.5)
+    restored = RunSettings.from_config(yaml.safe_load(yaml.safe_dump(measured.to_config())), measured.out)
+    assert restored.budget.limit == pytest.approx(2.0) and restored.budget.factor == 0.8
+    assert restored.identity() == relative.identity()  # the measured figure is not part of what the run is
 
 
 def test_open_and_records_of_a_folder_that_is_not_a_run(tmp_path):

@@ -294,3 +294,62 @@ def test_latency_features_stay_finite_for_a_proxy_that_reaches_zero_or_1e36():
     features = sampler._latency_features(rows, np.array([0.0, 2.7e36, 1e300]))
     assert np.isfinite(features.astype(np.float32)).all()
     assert features[1, -1] < features[2, -1]  # order kept
+
+
+def test_auto_screens_its_pool_with_a_latency_model_and_reaches_the_optimum_sooner():
+    """With the device's latency model (here the formula with a ±4 % error, as a fitted model has) the constrained
+    sampler screens its pool on predicted latency and reaches the constrained optimum within 40 trials."""
+    import numpy as np
+
+    space = load_space("resnet_cifar")
+    table = [(_formula_metrics(c), candidate_id(c)) for c in space.enumerate()]
+    limit = float(np.quantile([m["latency_p50_ms"] for m, _ in table], 0.1))
+    optimum = max(m["params"] for m, _ in table if m["latency_p50_ms"] <= limit)
+
+    def model(configs):
+        err = [1 + 0.04 * np.sin(int(candidate_id(c), 16) % 1000) for c in configs]  # deterministic, within ±4 %
+        return np.array([_formula_metrics(c)["latency_p50_ms"] * e for c, e in zip(configs, err)])
+
+    calls = []
+    study = run_search(space, _formula_metrics, budget=parse_budget(f"{limit:.6f}ms"), objective="params",
+                       storage=optuna.storages.InMemoryStorage(), study_name="s", n_trials=40, seed=1, sampler="auto",
+                       cheap_score=lambda c: _formula_metrics(c)["params"], metric_model=lambda cs: calls.append(len(cs)) or model(cs))
+    fits = [t.value for t in study.trials if t.state.name == "COMPLETE" and t.user_attrs["latency_p50_ms"] <= limit]
+    assert max(fits) == optimum and sum(calls) > 1000  # the pool went through the model, not only the trials
+
+
+def test_evaluator_with_a_latency_model_times_only_what_is_near_the_limit_or_a_new_best(monkeypatch, digits_task):
+    import torch
+
+    import kdsearch.search.evaluate as evaluate
+    from kdsearch.proxies import ProxyContext
+    from kdsearch.search import CandidateEvaluator
+
+    class Model:  # a fitted model's interface: its prediction and its held-out p90 error
+        chosen, rel_error = "lut", 0.08
+        predictions = iter([6.0, 5.0, 9.5, 20.0])
+
+        def predict_one(self, config):
+            return next(self.predictions)
+
+    timed = []
+
+    def measured(model, task, device, latency):
+        timed.append(latency)
+        return {"latency_p50_ms": 9.0, "latency_p90_ms": 9.1, "latency_iqr_ms": 0.1, "latency_repeats": 50,
+                "latency_key": "k", "latency_source": "measured"}
+
+    monkeypatch.setattr(evaluate, "measure_candidate", measured)
+    images, labels = digits_task.sample_batch(8)
+    ctx = ProxyContext(teacher=None, images=images, labels=labels, num_classes=10, input_shape=digits_task.input_shape)
+    evaluator = CandidateEvaluator(digits_task, ctx, ["params"], torch.device("cpu"), {"max_time_s": 0.5},
+                                   budget=parse_budget("10ms"), recheck={"max_time_s": 3.0}, predictor=Model())
+    base = {"family": "resnet_cifar", "depth1": 1, "depth2": 1, "depth3": 1, "width1": 8, "width2": 16}
+    first = evaluator({**base, "width3": 64})  # predicted 6.0, fits: the first best -> timed for real (9.0)
+    assert len(timed) == 1 and first["latency_p50_ms"] == 9.0 and first["latency_predicted_ms"] == 6.0
+    small = evaluator({**base, "width3": 32})  # predicted 5.0: fits, no new best, far from the limit -> not timed
+    assert len(timed) == 1 and small["latency_source"] == "model" and small["latency_p50_ms"] == 5.0
+    near = evaluator({**base, "width3": 48})  # 9.5 lies within the model's 8 % of the limit -> timed
+    assert len(timed) == 2 and near["latency_source"] == "measured"
+    far = evaluator({**base, "width3": 128})  # predicted 20 ms: far over, not timed
+    assert len(timed) == 2 and far["latency_source"] == "model" and not parse_budget("10ms").fits(far)

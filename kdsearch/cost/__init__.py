@@ -2,7 +2,14 @@
 model fitted on the device, and the budget parser."""
 
 from kdsearch.cost.budget import Budget, parse_budget
-from kdsearch.cost.latency import LATENCY_FINAL, LATENCY_SEARCH, LatencyStats, measure_against_reference, measure_latency
+from kdsearch.cost.latency import (
+    LATENCY_FINAL,
+    LATENCY_SEARCH,
+    LatencyStats,
+    LatencyTimer,
+    measure_against_reference,
+    measure_latency,
+)
 from kdsearch.cost.latency_model import (
     LATENCY_MODEL_CHOICES,
     LatencyModel,
@@ -15,6 +22,6 @@ from kdsearch.cost.static import count_flops, count_params
 
 __all__ = [
     "LATENCY_FINAL", "LATENCY_MODEL_CHOICES", "LATENCY_SEARCH", "RUNTIMES", "Budget", "LatencyModel", "LatencyStats",
-    "MeasureSettings", "Runtime", "count_flops", "count_params", "fit_latency_model", "get_runtime", "list_runtimes",
+    "LatencyTimer", "MeasureSettings", "Runtime", "count_flops", "count_params", "fit_latency_model", "get_runtime", "list_runtimes",
     "measure_against_reference", "measure_latency", "parse_budget", "use_latency_model",
 ]

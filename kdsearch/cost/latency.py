@@ -68,7 +68,7 @@ def _device_name(device: torch.device) -> str:
     return "cpu"
 
 
-class _Timer:
+class LatencyTimer:
     """One network prepared in a runtime on a device, ready to be timed any number of times (a relative budget
     alternates two of them without compiling either again)."""
 
@@ -81,6 +81,7 @@ class _Timer:
         self.events = self.cuda and runtime == "torch"
         self.threads = threads
         x = torch.zeros(batch_size, *input_shape, device=device)
+        self.context = get_runtime(runtime).context
         self.run = get_runtime(runtime).compile(model.to(device).eval(), x, threads)
 
     def _once(self) -> float:
@@ -97,8 +98,13 @@ class _Timer:
             torch.cuda.synchronize(self.device)
         return (time.perf_counter() - t0) * 1e3
 
-    def time(self, *, warmup_s: float = 0.05, min_repeats: int = 15, max_repeats: int = 400, max_time_s: float = 0.6,
-             rel_precision: float = 0.02) -> LatencyStats:
+    def time(self, **settings) -> LatencyStats:
+        """Warm up, then repeat until the median is stable (see :func:`measure_latency` for ``settings``)."""
+        with self.context():
+            return self._time(**settings)
+
+    def _time(self, *, warmup_s: float = 0.05, min_repeats: int = 15, max_repeats: int = 400, max_time_s: float = 0.6,
+              rel_precision: float = 0.02) -> LatencyStats:
         # Warm-up: first calls allocate, pick kernels and fill caches.
         start = time.perf_counter()
         for i in range(1000):
@@ -149,7 +155,7 @@ def measure_latency(
     ``rel_precision`` (0.02): repeat until the median's standard error is within ``rel_precision`` of it."""
     device = torch.device(device)
     with pinned_threads(threads if device.type != "cuda" else None) as used_threads:
-        return _Timer(model, input_shape, device, batch_size, int(used_threads), runtime).time(**settings)
+        return LatencyTimer(model, input_shape, device, batch_size, int(used_threads), runtime).time(**settings)
 
 
 def measure_against_reference(
@@ -169,8 +175,8 @@ def measure_against_reference(
     reference is timed ``rounds + 1`` times around the model's ``rounds``."""
     device = torch.device(device)
     with pinned_threads(threads if device.type != "cuda" else None) as used_threads:
-        ours = _Timer(model, input_shape, device, batch_size, int(used_threads), runtime)
-        theirs = _Timer(reference, input_shape, device, batch_size, int(used_threads), runtime)
+        ours = LatencyTimer(model, input_shape, device, batch_size, int(used_threads), runtime)
+        theirs = LatencyTimer(reference, input_shape, device, batch_size, int(used_threads), runtime)
         ref_rounds, our_rounds = [theirs.time(**settings)], []
         for _ in range(rounds):
             our_rounds.append(ours.time(**settings))

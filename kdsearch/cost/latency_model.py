@@ -5,8 +5,9 @@ predictor. At the start of a run a seeded sample of the space is measured for re
 its threads), and two predictors are fitted and compared on a held-out quarter of that sample:
 
 * ``lut`` — OFA's lookup table: every distinct block (the family's :data:`~kdsearch.spaces.families.BLOCK_KEYS`)
-  timed on its own, summed over a candidate's blocks, then calibrated (``a·sum + b``, least squares on the
-  sample) for what standalone timing misses — the runtime's fixed cost per call and effects between blocks;
+  timed — in eager torch inside the networks of the sample (forward hooks; the median over the networks it
+  appears in), in other runtimes on its own — summed over a candidate's blocks, then calibrated (``a·sum + b``,
+  least squares on the sample) for what that misses: the runtime's fixed cost per call, code between blocks;
 * ``regressor`` — scikit-learn gradient boosting on the config (numeric keys as numbers, the others one-hot),
   on log latency.
 
@@ -30,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from kdsearch._util import atomic_write_json, cache_dir, stable_hash
-from kdsearch.cost.latency import measure_latency
+from kdsearch.cost.latency import measure_latency, pinned_threads
 from kdsearch.spaces import SearchSpace, create_model
 from kdsearch.spaces.families import BLOCK_KEYS, latency_blocks
 
@@ -40,6 +41,7 @@ SAMPLE_SIZE = 160  # measured candidates; the held-out quarter of them decides b
 # Sample and block timings: tighter than the search's (they train the model every later prediction relies on).
 SAMPLE_LATENCY = {"max_time_s": 1.0, "rel_precision": 0.015, "min_repeats": 20, "warmup_s": 0.05}
 BLOCK_LATENCY = {"max_time_s": 0.4, "rel_precision": 0.02, "min_repeats": 20, "warmup_s": 0.02}
+CONTEXT_REPEATS = 12  # forward passes whose per-block times (in context) are kept, after 3 of warm-up
 
 
 def use_latency_model(setting: str, space: SearchSpace, runtime: str, metric: str) -> bool:
@@ -167,6 +169,8 @@ class LatencyModel:
     seed: int = 0
     samples: dict[str, tuple[dict, float]] = field(default_factory=dict)  # candidate id → (config, measured ms)
     table: dict[str, float] = field(default_factory=dict)  # block key → ms
+    context: dict[str, list[float]] = field(default_factory=dict)  # in context: block key → its timings in networks
+    profiled: set[str] = field(default_factory=set)  # candidate ids whose blocks were timed
     chosen: str | None = None
     validation: dict[str, dict] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -185,12 +189,19 @@ class LatencyModel:
             return
         for sample in cached.get("samples", []):
             self.samples.setdefault(sample["id"], (sample["config"], float(sample["ms"])))
-        self.table.update({k: float(v) for k, v in cached.get("blocks", {}).items()})
+        self.profiled.update(cached.get("profiled", []))
+        if self.in_context:
+            for key, values in cached.get("context", {}).items():
+                self.context.setdefault(key, []).extend(values)
+            self.table.update({k: float(np.median(v)) for k, v in self.context.items()})
+        else:
+            self.table.update({k: float(v) for k, v in cached.get("blocks", {}).items()})
 
     def _save(self) -> None:
         samples = [{"id": cid, "config": c, "ms": ms} for cid, (c, ms) in self.samples.items()]
+        blocks = {"context": self.context} if self.in_context else {"blocks": self.table}
         atomic_write_json(self.cache_path, {"key": self.measure.key(self.space.family), "samples": samples,
-                                            "blocks": self.table})
+                                            "profiled": sorted(self.profiled), **blocks})
 
     def _in_space(self, config: dict) -> bool:
         space = self.space
@@ -249,7 +260,8 @@ class LatencyModel:
             return None
         lut = LookupTable(BLOCK_KEYS.get(self.space.family), self.measure.input_shape, self.table)
         try:
-            self.fill(lut, configs + self._covering_configs(lut), log)
+            self.fill(lut, configs, log, every=True)
+            self.fill(lut, self._covering_configs(lut), log)
         except Exception as exc:  # a block the runtime cannot run alone: the regressor still works
             self.notes.append(f"no lookup table: a block could not be timed alone ({type(exc).__name__}: {str(exc)[:120]})")
             return None
@@ -265,36 +277,96 @@ class LatencyModel:
                 cover.append(config)
         return cover
 
-    def fill(self, lut: LookupTable, configs: list[dict], log=None) -> int:
-        """Time alone every block of ``configs`` the table lacks; returns how many were timed."""
-        missing = [c for c in configs if lut.missing(c)]
-        if missing and log:
-            log(f"latency model: timing the blocks of {len(missing)} candidate(s) for the lookup table")
-        timed = 0
-        for config in missing:
+    @property
+    def in_context(self) -> bool:
+        """Eager torch: blocks are timed inside the whole network (hooks), with the caches the blocks before them leave.
+        Timed alone, on the warm cache of their own repeats, mobilenetv3's 112-px blocks ran 2-3x faster than in the
+        network (a held-out MAPE of 17 %, README §6). Other runtimes fuse across blocks and have no hooks: there a
+        block is timed alone (OFA's way), and the calibration and the regressor take up what that misses."""
+        return self.measure.runtime == "torch"
+
+    def fill(self, lut: LookupTable, configs: list[dict], log=None, *, every: bool = False) -> int:
+        """Time the blocks of ``configs`` the table lacks (``every``: in context, every config not profiled yet, so
+        that a block's figure is the median over the networks it appears in); returns how many configs were run."""
+        from kdsearch.spaces import candidate_id
+
+        if self.in_context:
+            todo = [c for c in configs if candidate_id(c) not in self.profiled] if every else [c for c in configs if lut.missing(c)]
+        else:
+            todo = [c for c in configs if lut.missing(c)]
+        if todo and log:
+            log(f"latency model: timing the blocks of {len(todo)} candidate(s) for the lookup table"
+                + (" (inside each network)" if self.in_context else " (each block alone)"))
+        for config in todo:
             model = create_model(config, num_classes=self.measure.num_classes, in_chans=self.measure.in_chans).eval()
-            seen: list[tuple[nn.Module, tuple]] = []
-            hooks = [b.register_forward_pre_hook(lambda m, args, seen=seen: seen.append((m, tuple(args[0].shape))))
-                     for b in latency_blocks(model)]
-            with torch.no_grad():
-                model(torch.zeros(self.measure.batch_size, *self.measure.input_shape))
-            for hook in hooks:
-                hook.remove()
+            timed = self._profile(model) if self.in_context else self._alone(model)
             keys = lut.block_keys(config)
-            if len(keys) != len(seen):
-                raise ValueError(f"family {self.space.family!r} declares {len(keys)} blocks but its model runs {len(seen)}")
-            for key, (block, shape) in zip(keys, seen):
-                if key not in self.table:
-                    self.table[key] = self.measure.measure(block, shape[1:], shape[0], BLOCK_LATENCY)
-                    timed += 1
-        if timed:
+            if len(keys) != len(timed):
+                raise ValueError(f"family {self.space.family!r} declares {len(keys)} blocks but its model runs {len(timed)}")
+            for key, value in zip(keys, timed):
+                if self.in_context:
+                    self.context.setdefault(key, []).append(value)
+                elif key not in self.table:
+                    self.table[key] = value() if callable(value) else value
+            self.profiled.add(candidate_id(config))
+        if self.in_context and todo:
+            self.table.update({k: float(np.median(v)) for k, v in self.context.items()})
+        if todo:
             self._save()
-        return timed
+        return len(todo)
+
+    def _blocks_run(self, model: nn.Module) -> list[tuple[nn.Module, tuple]]:
+        seen: list[tuple[nn.Module, tuple]] = []
+        hooks = [b.register_forward_pre_hook(lambda m, args, seen=seen: seen.append((m, tuple(args[0].shape))))
+                 for b in latency_blocks(model)]
+        with torch.no_grad():
+            model(torch.zeros(self.measure.batch_size, *self.measure.input_shape))
+        for hook in hooks:
+            hook.remove()
+        return seen
+
+    def _alone(self, model: nn.Module) -> list:
+        """Each block's timing alone (deferred: only blocks the table lacks are timed)."""
+        return [lambda b=block, s=shape: self.measure.measure(b, s[1:], s[0], BLOCK_LATENCY)
+                for block, shape in self._blocks_run(model)]
+
+    def _profile(self, model: nn.Module, warmup: int = 3, repeats: int = CONTEXT_REPEATS) -> list[float]:
+        """Each block call's median time (ms) inside the whole network's forward pass, in call order."""
+        device = torch.device(self.measure.device)
+        model.to(device)
+        cuda = device.type == "cuda"
+        calls: list[list[float]] = []
+        state = {"call": 0, "start": 0.0}
+
+        def before(module, args):
+            if cuda:
+                torch.cuda.synchronize(device)
+            state["start"] = time.perf_counter()
+
+        def after(module, args, output):
+            if cuda:
+                torch.cuda.synchronize(device)
+            if state["call"] >= len(calls):
+                calls.append([])
+            calls[state["call"]].append((time.perf_counter() - state["start"]) * 1e3)
+            state["call"] += 1
+
+        hooks = []
+        for block in latency_blocks(model):
+            hooks += [block.register_forward_pre_hook(before), block.register_forward_hook(after)]
+        x = torch.zeros(self.measure.batch_size, *self.measure.input_shape, device=device)
+        with pinned_threads(self.measure.threads if not cuda else None), torch.inference_mode():
+            for _ in range(warmup + repeats):
+                state["call"] = 0
+                model(x)
+        for hook in hooks:
+            hook.remove()
+        return [float(np.median(times[warmup:])) for times in calls]
 
     # ------------------------------------------------------------------ use
     def predict(self, configs: list[dict]) -> np.ndarray:
         if isinstance(self.predictor, LookupTable):
-            self.fill(self.predictor, configs)  # a block the sample never reached is timed once, then cached
+            self.fill(self.predictor, configs)  # a block the sample never reached is timed, then cached
         return self.predictor.predict(configs)
 
     def predict_one(self, config: dict) -> float:
@@ -308,7 +380,7 @@ class LatencyModel:
 
     def record(self) -> dict:
         return {"chosen": self.chosen, "validation": self.validation, "samples": len(self.samples),
-                "blocks": len(self.table), "fit_seconds": round(self.seconds, 1), "notes": self.notes,
+                "blocks": len(self.table), "blocks_timed": "in context" if self.in_context else "alone", "fit_seconds": round(self.seconds, 1), "notes": self.notes,
                 "cache": str(self.cache_path), "key": self.measure.key(self.space.family)}
 
 

@@ -31,15 +31,19 @@ class Runtime:
     prepare: Callable[[nn.Module, torch.Tensor, int], Callable[[], object]]
     # raises RuntimeUnavailable when the runtime is not usable on this machine and device
     check: Callable[[torch.device], None] = lambda device: None
+    # the autograd mode calls run in (first call and timing alike: torch.compile guards on it)
+    context: Callable[[], contextlib.AbstractContextManager] = torch.inference_mode
 
     def compile(self, model: nn.Module, x: torch.Tensor, threads: int = 1) -> Callable[[], object]:
         """``run()`` for ``model`` on ``x``; any failure is one RuntimeUnavailable naming the runtime."""
         self.check(x.device)
         try:
-            with warnings.catch_warnings(), torch.inference_mode(False):
+            with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # tracer/exporter warnings about Python control flow are not the user's
-                run = self.prepare(model, x, threads)
-                run()  # the first call compiles / allocates; a network the runtime cannot run fails here
+                with torch.inference_mode(False):
+                    run = self.prepare(model, x, threads)
+                with self.context():
+                    run()  # the first call compiles / allocates; a network the runtime cannot run fails here
         except RuntimeUnavailable:
             raise
         except Exception as exc:  # tracing, export and compilation raise anything
@@ -63,11 +67,7 @@ def list_runtimes() -> list[str]:
 
 
 def _eager(model: nn.Module, x: torch.Tensor, threads: int) -> Callable[[], object]:
-    def run():
-        with torch.inference_mode():
-            return model(x)
-
-    return run
+    return lambda: model(x)  # timed inside Runtime.context (inference mode)
 
 
 def _torchscript(model: nn.Module, x: torch.Tensor, threads: int) -> Callable[[], object]:
@@ -145,8 +145,8 @@ def _onnxruntime(model: nn.Module, x: torch.Tensor, threads: int) -> Callable[[]
 RUNTIMES.add("torch", Runtime("torch", "safetensors", "eager PyTorch (inference mode)", _eager))
 RUNTIMES.add("torchscript", Runtime("torchscript", "torchscript", "torch.jit.trace + freeze", _torchscript))
 RUNTIMES.add("compile", Runtime("compile", "safetensors", "torch.compile (inductor), compiled once per network", _compile,
-                                _check_compiler))
+                                _check_compiler, torch.no_grad))
 RUNTIMES.add("onnxruntime", Runtime("onnxruntime", "onnx", "ONNX Runtime (CPU provider; CUDA provider on a GPU)",
-                                    _onnxruntime, _check_onnxruntime))
+                                    _onnxruntime, _check_onnxruntime, contextlib.nullcontext))
 
 __all__ = ["RUNTIMES", "Runtime", "get_runtime", "list_runtimes", "onnx_bytes"]

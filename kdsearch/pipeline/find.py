@@ -267,9 +267,9 @@ def _scorer(settings: RunSettings, task: Task, teacher: Teacher, folder: RunFold
     """``score()``: take trials of the run's study (this process as worker ``worker``) until its slots are filled."""
     space, budget = settings.space, settings.budget
     ctx = _proxy_context(settings, task, teacher, space, log, ranker)
+    predictor = _latency_model(settings, task, None, lambda message: None)
     evaluate = CandidateEvaluator(task, ctx, list(settings.proxies), torch.device(settings.device), settings.latency("search"),
-                                  seed=settings.seed, budget=budget, recheck=settings.latency("final"),
-                                  predictor=_latency_model(settings, task, None, lambda message: None))
+                                  seed=settings.seed, budget=budget, recheck=settings.latency("final"), predictor=predictor)
     cheap = exact_proxy(settings.ranking_proxy, task, ctx, settings.device, settings.seed)
 
     def score():
@@ -277,6 +277,7 @@ def _scorer(settings: RunSettings, task: Task, teacher: Teacher, folder: RunFold
             space, evaluate, budget=budget, objective=settings.ranking_proxy, storage=folder.storage_url(settings),
             study_name=STUDY_NAME, n_trials=settings.trials, timeout=settings.timeout, seed=settings.seed,
             sampler=settings.sampler, progress=not settings.quiet and worker == 0, cheap_score=cheap, top_k=settings.top_k,
+            metric_model=predictor.predict if predictor is not None and budget.metric == "latency_p50_ms" else None,
             worker=worker, wait=wait, heartbeat_s=settings.heartbeat_s, should_stop=should_stop, log=log,
         )
 

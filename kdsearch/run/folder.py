@@ -140,9 +140,10 @@ class RunFolder:
         old, new = self.config(), settings.identity()
         for key in IDENTITY_KEYS:
             default = IDENTITY_DEFAULTS.get(key)
-            if old.get(key, default) != new.get(key, default):
+            there, now = old.get(key, default), new.get(key, default)
+            if there != now:
                 raise RunFolderError(
-                    f"--out {self.path} holds a different study ({key}: {old.get(key)!r} there, {new.get(key)!r} now); "
+                    f"--out {self.path} holds a different study ({key}: {there!r} there, {now!r} now); "
                     "choose another --out, or delete that folder to start over."
                 )
 

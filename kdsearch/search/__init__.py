@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import optuna
 
 from kdsearch.cost import Budget
@@ -37,12 +38,13 @@ _LEGACY = {} if _NATIVE_CONSTRAINTS else {"constraints_func": lambda t: constrai
 # index (samplers that propose in batches let concurrent workers take different entries).
 Builder = Callable[[int, SearchSpace, Budget, Callable[[dict], float] | None, int, int], optuna.samplers.BaseSampler]
 SAMPLERS: Registry[Builder] = Registry("sampler", SearchError)
-SAMPLERS.add("constrained", lambda seed, space, budget, score, top_k, lane=0: ConstrainedSampler(
-    space, budget, seed=seed, score=score, exact_limit=getattr(score, "per_round", 4096), top_k=top_k, lane=lane))
-SAMPLERS.add("brute", lambda seed, space, budget, score, top_k, lane=0: optuna.samplers.BruteForceSampler(seed=seed))
-SAMPLERS.add("random", lambda seed, space, budget, score, top_k, lane=0: optuna.samplers.RandomSampler(seed=seed))
-SAMPLERS.add("nsga2", lambda seed, space, budget, score, top_k, lane=0: optuna.samplers.NSGAIISampler(seed=seed, **_LEGACY))
-SAMPLERS.add("tpe", lambda seed, space, budget, score, top_k, lane=0: optuna.samplers.TPESampler(
+SAMPLERS.add("constrained", lambda seed, space, budget, score, top_k, lane=0, metric_model=None: ConstrainedSampler(
+    space, budget, seed=seed, score=score, exact_limit=getattr(score, "per_round", 4096), top_k=top_k, lane=lane,
+    metric_model=metric_model))
+SAMPLERS.add("brute", lambda seed, space, budget, score, top_k, lane=0, **_: optuna.samplers.BruteForceSampler(seed=seed))
+SAMPLERS.add("random", lambda seed, space, budget, score, top_k, lane=0, **_: optuna.samplers.RandomSampler(seed=seed))
+SAMPLERS.add("nsga2", lambda seed, space, budget, score, top_k, lane=0, **_: optuna.samplers.NSGAIISampler(seed=seed, **_LEGACY))
+SAMPLERS.add("tpe", lambda seed, space, budget, score, top_k, lane=0, **_: optuna.samplers.TPESampler(
     seed=seed, multivariate=True, n_startup_trials=10, **_LEGACY))
 
 
@@ -64,8 +66,9 @@ def resolve_sampler(name: str, space: SearchSpace, n_trials: int) -> str:
 
 
 def make_sampler(name: str, space: SearchSpace, n_trials: int, seed: int, budget: Budget,
-                 score: Callable[[dict], float] | None = None, top_k: int = 1, lane: int = 0) -> optuna.samplers.BaseSampler:
-    return SAMPLERS.get(resolve_sampler(name, space, n_trials))(seed, space, budget, score, top_k, lane)
+                 score: Callable[[dict], float] | None = None, top_k: int = 1, lane: int = 0,
+                 metric_model: Callable[[list[dict]], np.ndarray] | None = None) -> optuna.samplers.BaseSampler:
+    return SAMPLERS.get(resolve_sampler(name, space, n_trials))(seed, space, budget, score, top_k, lane, metric_model=metric_model)
 
 
 def constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
@@ -165,6 +168,7 @@ def run_search(
     sampler: str = "auto",
     progress: bool = False,
     cheap_score: Callable[[dict], float] | None = None,
+    metric_model: Callable[[list[dict]], np.ndarray] | None = None,
     top_k: int = 1,
     worker: int = 0,
     wait: bool = True,
@@ -181,7 +185,8 @@ def run_search(
     ``should_stop()``: polled after each trial (a worker asked to leave). ``cheap_score(config)``, when the objective
     can be computed exactly outside a trial (parameters, FLOPs, SynFlow: see ``exact_proxy``), lets the constrained
     sampler rank its most promising candidates on exact values; ``top_k``: how many of the best feasible candidates the
-    caller will use (the constrained sampler confirms that many). ``evaluate(config) -> metrics`` returns JSON-able
+    caller will use (the constrained sampler confirms that many). ``metric_model(configs)``: a prediction of the
+    budget's metric (the device's latency model) that the constrained sampler screens its whole pool with. ``evaluate(config) -> metrics`` returns JSON-able
     numbers including ``objective`` and the budget's metric. Repeated configs are served from earlier trials.
     """
     log = log or (lambda message: None)
@@ -191,7 +196,8 @@ def run_search(
         done = filled_slots(trials, n_trials)
         # A resumed study needs fresh randomness (reseeded with `seed`, the sampler would propose the first session's
         # configs again) and so does every worker beside the first.
-        study.sampler = make_sampler(sampler, space, n_trials, seed + done + 7919 * worker, budget, cheap_score, top_k, worker)
+        study.sampler = make_sampler(sampler, space, n_trials, seed + done + 7919 * worker, budget, cheap_score, top_k, worker,
+                                     metric_model=metric_model)
         known = {t.user_attrs["candidate_id"]: t.user_attrs for t in trials
                  if t.state == optuna.trial.TrialState.COMPLETE and "candidate_id" in t.user_attrs}
         # samplers that never propose what the study holds (or what another worker is scoring) need no second look

@@ -46,10 +46,12 @@ from kdsearch.spaces import SearchSpace
 class ConstrainedSampler(optuna.samplers.BaseSampler):
     def __init__(self, space: SearchSpace, budget: Budget, *, seed: int = 0, n_startup: int = 20, batch: int = 4,
                  pool_size: int = 20_000, trees: int = 24, score: Callable[[dict], float] | None = None, exact_limit: int = 4096,
-                 top_k: int = 1, lane: int = 0):
+                 top_k: int = 1, lane: int = 0, metric_model: Callable[[list[dict]], np.ndarray] | None = None):
         self.space, self.budget, self.seed, self.top_k = space, budget, seed, max(1, top_k)
         self.lane = lane  # a worker's index: concurrent workers take different entries of the same proposal
         self.score, self.exact_limit, self.exact = score, exact_limit, {}  # exact proxy values by candidate index
+        # a model of the budget's metric (the device's latency model): one more feature of the constraint's model
+        self.metric_model, self.predicted = metric_model, {}
         self.n_startup, self.batch, self.pool_size, self.trees = n_startup, batch, pool_size, trees
         self.keys = list(space.choices)
         self._distributions = {k: CategoricalDistribution(v) for k, v in space.choices.items()}
@@ -145,7 +147,22 @@ class ConstrainedSampler(optuna.samplers.BaseSampler):
     def _latency_features(self, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Encoding plus the exact proxy on a (signed) log scale: for parameters or FLOPs the strongest predictor of
         latency; a proxy that spans orders of magnitude or reaches zero (SynFlow) stays finite in float32."""
-        return np.concatenate([self._encode(rows), _log_scale(values)[:, None]], axis=1)
+        return np.concatenate([self._metric_features(rows), _log_scale(values)[:, None]], axis=1)
+
+    def _metric_features(self, rows: np.ndarray) -> np.ndarray:
+        """The encoding, plus the log of the metric model's prediction when there is one: with the device's latency
+        model the whole pool is screened on a figure within a few percent of a timing (README §6), and the trials
+        (timed or predicted) calibrate it."""
+        encoded = self._encode(rows)
+        if self.metric_model is None:
+            return encoded
+        keys = [tuple(int(v) for v in r) for r in rows]
+        todo = [k for k in dict.fromkeys(keys) if k not in self.predicted]
+        if todo:
+            configs = [self.space.config({key: self.space.choices[key][j] for key, j in zip(self.keys, k)}) for k in todo]
+            self.predicted.update(zip(todo, np.asarray(self.metric_model(configs), dtype=float)))
+        predicted = np.array([self.predicted[k] for k in keys])
+        return np.concatenate([encoded, np.log(np.maximum(predicted, 1e-12))[:, None]], axis=1)
 
     def _proxy_first(self, rows, objective, metric, pool) -> list[tuple[int, ...]]:
         """Exact proxy values for the pool; a calibrated model of the budget's metric screens them; the batch takes
@@ -242,7 +259,7 @@ class ConstrainedSampler(optuna.samplers.BaseSampler):
     def _acquisition(self, rows, objective, metric, pool) -> np.ndarray:
         from scipy.stats import norm
 
-        x, x_pool = self._encode(rows), self._encode(pool)
+        x, x_pool = self._metric_features(rows), self._metric_features(pool)
         obj_rows, obj_values = rows, objective
         if self.exact:  # exact proxy values are cheap training points for the proxy's model (capped for speed)
             extra = list(self.exact.items())[-2000:]
@@ -253,7 +270,7 @@ class ConstrainedSampler(optuna.samplers.BaseSampler):
         positive = bool((obj_values > 0).all())  # one scale for the model's data and the trials it is compared with
         obj = _log_scale(obj_values, positive)
         shift, scale = obj.mean(), obj.std() or 1.0
-        mu, sigma = self._forest(self._encode(obj_rows), (obj - shift) / scale, x_pool)
+        mu, sigma = self._forest(self._encode(obj_rows), (obj - shift) / scale, self._encode(pool))
         trial_obj = (_log_scale(objective, positive) - shift) / scale
         log_metric = np.log(np.maximum(metric, 1e-12))
         mu_c, sigma_c = self._forest(x, log_metric, x_pool)

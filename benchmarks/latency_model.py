@@ -1,0 +1,143 @@
+"""How good is the latency model, and how fast does it screen? Against the anchor: timing every candidate.
+
+Per space (``mobilenetv3`` at 224 px, ``resnet_cifar`` at 32 px; CPU, 1 thread, eager torch by default), in one run:
+
+1. fit the model as ``find`` does (a seeded sample of SAMPLE_SIZE candidates timed, both predictors fitted, the
+   better kept) with an empty cache, so the fit time is the full price a first run pays;
+2. time ``--held-out`` other candidates (a different seed) with the finalists' settings (LATENCY_FINAL);
+3. the error of both predictors on them — MAPE, Kendall tau, nn-Meter's share within ±10 % — each refitted on the
+   whole sample (the chosen one is what ``find`` uses);
+4. the screening rate: candidates per minute through ``predict_one`` (one at a time, as the search calls it),
+   against candidates per minute timed with the search's settings (LATENCY_SEARCH, what ``find`` did before);
+5. at a budget at the held-out median: how many candidates the model lets through that measure over it — with no
+   margin, and with the search's margin (a candidate predicted within the model's p90 error of the limit is
+   timed for real).
+
+    .venv/bin/python benchmarks/latency_model.py          # writes benchmarks/results/latency_model.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SPACES = {"mobilenetv3": 224, "resnet_cifar": 32}
+
+
+def held_out_timings(space, measure, n: int, seed: int, skip: set[str]) -> tuple[list[dict], np.ndarray, np.ndarray]:
+    """Two passes over the held-out candidates (the second in reverse order): the figure the predictors are judged
+    against is their mean, and the passes against each other are the timings' own reproducibility on this machine."""
+    from kdsearch.cost import LATENCY_FINAL
+    from kdsearch.spaces import candidate_id, create_model
+
+    configs = [c for c in space.sample(n + len(skip), seed=seed) if candidate_id(c) not in skip][:n]
+    models = []
+    for config in configs:
+        torch.manual_seed(0)
+        models.append(create_model(config, num_classes=measure.num_classes, in_chans=measure.in_chans))
+    first = [measure.measure(m, settings=LATENCY_FINAL) for m in models]
+    second = [measure.measure(m, settings=LATENCY_FINAL) for m in reversed(models)][::-1]
+    return configs, np.array(first), np.array(second)
+
+
+def screening_rates(model, space, measure, n_predict: int, n_time: int) -> dict:
+    from kdsearch.cost import LATENCY_SEARCH
+    from kdsearch.spaces import create_model
+
+    configs = space.sample(n_predict, seed=123)
+    start = time.perf_counter()
+    for config in configs:
+        model.predict_one(config)
+    predicted_per_min = len(configs) / (time.perf_counter() - start) * 60
+    start = time.perf_counter()
+    for config in configs[:n_time]:
+        measure.measure(create_model(config, num_classes=measure.num_classes, in_chans=measure.in_chans),
+                        settings=LATENCY_SEARCH)
+    timed_per_min = n_time / (time.perf_counter() - start) * 60
+    return {"predicted_per_min": predicted_per_min, "timed_per_min": timed_per_min,
+            "speedup": predicted_per_min / timed_per_min}
+
+
+def let_through(predicted: np.ndarray, measured: np.ndarray, margin: float) -> dict:
+    """At a budget at the held-out median: candidates counted in by the model that measure over the budget."""
+    limit = float(np.median(measured))
+    counted_in = predicted <= limit
+    near = np.abs(predicted - limit) <= margin * limit  # the search times these for real
+    screened_in = counted_in & ~near
+    return {"budget_ms": limit, "predicted_within": int(counted_in.sum()),
+            "over_budget_no_margin": int((counted_in & (measured > limit)).sum()),
+            "timed_for_real_with_margin": int(near.sum()),
+            "over_budget_with_margin": int((screened_in & (measured > limit)).sum())}
+
+
+def run_space(name: str, size: int, args) -> dict:
+    from kdsearch.cost import MeasureSettings, fit_latency_model
+    from kdsearch.cost.latency_model import ConfigRegressor, errors
+    from kdsearch.spaces import load_space
+
+    space = load_space(name)
+    measure = MeasureSettings(input_shape=(3, size, size), num_classes=10, in_chans=3, runtime=args.runtime, threads=1)
+    started = time.perf_counter()
+    model = fit_latency_model(space, measure, seed=0, log=print)
+    fit_s = time.perf_counter() - started
+    configs, first, second = held_out_timings(space, measure, args.held_out, seed=777, skip=set(model.samples))
+    measured = (first + second) / 2
+    sample = [c for c, _ in model.samples.values()]
+    sample_ms = np.array([ms for _, ms in model.samples.values()])
+    predictors = {"regressor": ConfigRegressor(space).fit(sample, sample_ms)}
+    if "lut" in model.validation:
+        from kdsearch.cost.latency_model import LookupTable
+        from kdsearch.spaces.families import BLOCK_KEYS
+
+        lut = LookupTable(BLOCK_KEYS.get(space.family), measure.input_shape, model.table)
+        model.fill(lut, configs)  # blocks the held-out candidates reach that the sample did not
+        predictors["lut"] = lut.fit(sample, sample_ms)
+    held = {k: errors(p.predict(configs), measured) for k, p in predictors.items()}
+    predicted = model.predict(configs)
+    result = {
+        "space": name, "input": size, "runtime": args.runtime, "threads": 1, "space_size": space.size,
+        "sample": len(model.samples), "blocks_timed": len(model.table), "fit_s": fit_s, "chosen": model.chosen,
+        "validation_within_sample": model.validation, "held_out": held, "held_out_n": len(configs),
+        "held_out_ms_range": [float(measured.min()), float(measured.max())],
+        "held_out_retest": errors(second, first),  # the ground truth's own reproducibility: a floor for any predictor
+        "rates": screening_rates(model, space, measure, args.predict, args.time),
+        "let_through": let_through(predicted, measured, model.rel_error), "model_rel_error_p90": model.rel_error,
+    }
+    print(json.dumps({k: result[k] for k in ("space", "chosen", "held_out", "held_out_retest", "rates", "let_through")}, indent=1))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--spaces", default=",".join(SPACES))
+    parser.add_argument("--runtime", default="torch")
+    parser.add_argument("--held-out", type=int, default=60)
+    parser.add_argument("--predict", type=int, default=5000, help="candidates predicted one at a time for the rate")
+    parser.add_argument("--time", type=int, default=20, help="candidates timed with the search's settings for the rate")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "latency_model.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    load_before = os.getloadavg()
+    cache = tempfile.mkdtemp(prefix="kdsearch-latency-model-")  # an empty cache: the fit's full price (kept to study)
+    os.environ["KDSEARCH_CACHE_DIR"] = cache
+    results = [run_space(name, SPACES[name], args) for name in args.spaces.split(",")]
+    record = {"results": results, "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+              "cpu_count": os.cpu_count(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M")}
+    Path(args.out).write_text(json.dumps(record, indent=1))
+    print(f"{'space':14s} {'chosen':9s} {'predictor':9s} {'MAPE':>6s} {'tau':>5s} {'±10%':>5s} {'pred/min':>9s} {'timed/min':>9s}")
+    for r in results:
+        for k, e in {**r["held_out"], "retest": r["held_out_retest"]}.items():
+            print(f"{r['space']:14s} {r['chosen']:9s} {k:9s} {e['mape']:6.1%} {e['kendall_tau']:5.2f} {e['within_10pct']:5.0%} "
+                  f"{r['rates']['predicted_per_min']:9.0f} {r['rates']['timed_per_min']:9.0f}")
+    print(f"wrote {args.out} (measurements cached in {cache})")
+
+
+if __name__ == "__main__":
+    main()
