@@ -4,9 +4,12 @@ Per space (``mobilenetv3`` at 224 px, ``resnet_cifar`` at 32 px; CPU, 1 thread, 
 
 1. fit the model as ``find`` does (a seeded sample of SAMPLE_SIZE candidates timed, both predictors fitted, the
    better kept) with an empty cache, so the fit time is the full price a first run pays;
-2. time ``--held-out`` other candidates (a different seed) with the finalists' settings (LATENCY_FINAL);
+2. time ``--held-out`` other candidates (a different seed) with the finalists' settings (LATENCY_FINAL), each
+   followed by one of 10 sample candidates timed again;
 3. the error of both predictors on them — MAPE, Kendall tau, nn-Meter's share within ±10 % — each refitted on the
-   whole sample (the chosen one is what ``find`` uses);
+   whole sample (the chosen one is what ``find`` uses), and of the chosen one corrected for the machine's drift as
+   ``find`` corrects it (sample candidates re-timed between the held-out ones go through ``observe``), and the
+   held-out timings against a second pass over them (their own reproducibility: a floor for any predictor);
 4. the screening rate: candidates per minute through ``predict_one`` (one at a time, as the search calls it),
    against candidates per minute timed with the search's settings (LATENCY_SEARCH, what ``find`` did before);
 5. at a budget at the held-out median: how many candidates the model lets through that measure over it — with no
@@ -31,20 +34,28 @@ import torch
 SPACES = {"mobilenetv3": 224, "resnet_cifar": 32}
 
 
-def held_out_timings(space, measure, n: int, seed: int, skip: set[str]) -> tuple[list[dict], np.ndarray, np.ndarray]:
-    """Two passes over the held-out candidates (the second in reverse order): the figure the predictors are judged
-    against is their mean, and the passes against each other are the timings' own reproducibility on this machine."""
+def held_out_timings(model, space, measure, n: int, seed: int, anchors: int = 10) -> dict:
+    """The held-out candidates timed twice (the second pass in reverse order), the first pass interleaved with
+    re-timings of ``anchors`` sample candidates that go through ``model.observe`` as the search's re-timings do: the
+    drift-corrected prediction of a candidate is its fitted figure times the drift known when it was timed."""
     from kdsearch.cost import LATENCY_FINAL
     from kdsearch.spaces import candidate_id, create_model
 
-    configs = [c for c in space.sample(n + len(skip), seed=seed) if candidate_id(c) not in skip][:n]
-    models = []
-    for config in configs:
-        torch.manual_seed(0)
-        models.append(create_model(config, num_classes=measure.num_classes, in_chans=measure.in_chans))
-    first = [measure.measure(m, settings=LATENCY_FINAL) for m in models]
-    second = [measure.measure(m, settings=LATENCY_FINAL) for m in reversed(models)][::-1]
-    return configs, np.array(first), np.array(second)
+    def timed(config):
+        torch.manual_seed(0)  # built one at a time, as the sample was
+        return measure.measure(create_model(config, num_classes=measure.num_classes, in_chans=measure.in_chans),
+                               settings=LATENCY_FINAL)
+
+    configs = [c for c in space.sample(n + len(model.samples), seed=seed) if candidate_id(c) not in model.samples][:n]
+    anchor_configs = [c for c, _ in list(model.samples.values())[:anchors]]
+    first, drift = [], []
+    for i, config in enumerate(configs):
+        first.append(timed(config))
+        drift.append(model.drift)  # what the search would have applied to this candidate
+        anchor = anchor_configs[i % len(anchor_configs)]
+        model.observe(anchor, timed(anchor))
+    second = [timed(c) for c in reversed(configs)][::-1]
+    return {"configs": configs, "first": np.array(first), "second": np.array(second), "drift": np.array(drift)}
 
 
 def screening_rates(model, space, measure, n_predict: int, n_time: int) -> dict:
@@ -87,8 +98,8 @@ def run_space(name: str, size: int, args) -> dict:
     started = time.perf_counter()
     model = fit_latency_model(space, measure, seed=0, log=print)
     fit_s = time.perf_counter() - started
-    configs, first, second = held_out_timings(space, measure, args.held_out, seed=777, skip=set(model.samples))
-    measured = (first + second) / 2
+    held_out = held_out_timings(model, space, measure, args.held_out, seed=777)
+    configs, measured, second = held_out["configs"], held_out["first"], held_out["second"]
     sample = [c for c, _ in model.samples.values()]
     sample_ms = np.array([ms for _, ms in model.samples.values()])
     predictors = {"regressor": ConfigRegressor(space).fit(sample, sample_ms)}
@@ -100,13 +111,16 @@ def run_space(name: str, size: int, args) -> dict:
         model.fill(lut, configs)  # blocks the held-out candidates reach that the sample did not
         predictors["lut"] = lut.fit(sample, sample_ms)
     held = {k: errors(p.predict(configs), measured) for k, p in predictors.items()}
-    predicted = model.predict(configs)
+    raw = model.raw_predict(configs)
+    predicted = raw * held_out["drift"]  # what the search would have used, drift-corrected by its re-timings
+    held[f"{model.chosen}+drift"] = errors(predicted, measured)
     result = {
         "space": name, "input": size, "runtime": args.runtime, "threads": 1, "space_size": space.size,
         "sample": len(model.samples), "blocks_timed": len(model.table), "fit_s": fit_s, "chosen": model.chosen,
         "validation_within_sample": model.validation, "held_out": held, "held_out_n": len(configs),
         "held_out_ms_range": [float(measured.min()), float(measured.max())],
-        "held_out_retest": errors(second, first),  # the ground truth's own reproducibility: a floor for any predictor
+        "held_out_retest": errors(second, measured),  # the ground truth's own reproducibility: a floor for any predictor
+        "drift_range": [float(held_out["drift"].min()), float(held_out["drift"].max())],
         "rates": screening_rates(model, space, measure, args.predict, args.time),
         "let_through": let_through(predicted, measured, model.rel_error), "model_rel_error_p90": model.rel_error,
     }

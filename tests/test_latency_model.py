@@ -61,3 +61,23 @@ def test_fitted_model_predicts_held_out_timings_and_the_cache_spares_the_next_ru
     again = fit_latency_model(space, measure, n=40)
     assert calls == [] and again.chosen is not None  # everything came from the cache
     assert again.predict(held) == pytest.approx(model.predict(held))
+
+
+def test_drift_correction_follows_the_real_timings_of_the_run():
+    from kdsearch.cost import LatencyModel
+
+    class Fixed:
+        def predict(self, configs):
+            return np.full(len(configs), 10.0)
+
+    model = LatencyModel(load_space("resnet_cifar_s1"), MeasureSettings(input_shape=(3, 16, 16), num_classes=10, in_chans=3))
+    model.predictor = Fixed()
+    config = {"family": "resnet_cifar", "depth1": 1, "depth2": 1, "depth3": 1}
+    model.observe(config, 11.0)
+    model.observe(config, 12.0)
+    assert model.predict([config])[0] == pytest.approx(10.0)  # fewer than 3 timings: no correction yet
+    model.observe(config, 11.5)
+    assert model.drift == pytest.approx(1.15) and model.predict([config])[0] == pytest.approx(11.5)
+    for _ in range(40):  # the machine is back to its speed at the fit: the window forgets the slow readings
+        model.observe(config, 10.0)
+    assert model.drift == pytest.approx(1.0)

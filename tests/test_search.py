@@ -328,9 +328,13 @@ def test_evaluator_with_a_latency_model_times_only_what_is_near_the_limit_or_a_n
     class Model:  # a fitted model's interface: its prediction and its held-out p90 error
         chosen, rel_error = "lut", 0.08
         predictions = iter([6.0, 5.0, 9.5, 20.0])
+        observed = []
 
         def predict_one(self, config):
             return next(self.predictions)
+
+        def observe(self, config, measured_ms):  # real timings feed the model's drift correction
+            self.observed.append(measured_ms)
 
     timed = []
 
@@ -353,3 +357,4 @@ def test_evaluator_with_a_latency_model_times_only_what_is_near_the_limit_or_a_n
     assert len(timed) == 2 and near["latency_source"] == "measured"
     far = evaluator({**base, "width3": 128})  # predicted 20 ms: far over, not timed
     assert len(timed) == 2 and far["latency_source"] == "model" and not parse_budget("10ms").fits(far)
+    assert evaluator.predictor.observed == [9.0, 9.0]

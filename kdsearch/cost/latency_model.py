@@ -41,6 +41,7 @@ SAMPLE_SIZE = 160  # measured candidates; the held-out quarter of them decides b
 # Sample and block timings: tighter than the search's (they train the model every later prediction relies on).
 SAMPLE_LATENCY = {"max_time_s": 1.0, "rel_precision": 0.015, "min_repeats": 20, "warmup_s": 0.05}
 BLOCK_LATENCY = {"max_time_s": 0.4, "rel_precision": 0.02, "min_repeats": 20, "warmup_s": 0.02}
+DRIFT_WINDOW = 20  # real timings the drift correction looks back over
 CONTEXT_REPEATS = 12  # forward passes whose per-block times (in context) are kept, after 3 of warm-up
 
 
@@ -176,6 +177,7 @@ class LatencyModel:
     notes: list[str] = field(default_factory=list)
     predictor: Any = None
     seconds: float = 0.0
+    ratios: list[float] = field(default_factory=list)  # measured / fitted figure of candidates timed since the fit
 
     # ------------------------------------------------------------------ cache
     @property
@@ -364,10 +366,27 @@ class LatencyModel:
         return [float(np.median(times[warmup:])) for times in calls]
 
     # ------------------------------------------------------------------ use
-    def predict(self, configs: list[dict]) -> np.ndarray:
+    def raw_predict(self, configs: list[dict]) -> np.ndarray:
+        """The fitted predictor's figures, for the machine as it was while the sample was timed."""
         if isinstance(self.predictor, LookupTable):
             self.fill(self.predictor, configs)  # a block the sample never reached is timed, then cached
         return self.predictor.predict(configs)
+
+    def predict(self, configs: list[dict]) -> np.ndarray:
+        """Latency (ms) of each config now: the fitted figure times the machine's drift since the fit."""
+        return self.raw_predict(configs) * self.drift
+
+    def observe(self, config: dict, measured_ms: float) -> None:
+        """A candidate timed for real during the run (the search's re-timings): its ratio to the fitted figure
+        tracks how much faster or slower the machine runs now than while the sample was timed. On the shared
+        2-core machine that drift reached 10-15 % within minutes (README §6), more than the predictor's own error."""
+        self.ratios.append(float(measured_ms) / float(self.raw_predict([config])[0]))
+        del self.ratios[:-DRIFT_WINDOW]
+
+    @property
+    def drift(self) -> float:
+        """Median ratio of the last DRIFT_WINDOW real timings to their fitted figures (1 until 3 are known)."""
+        return float(np.median(self.ratios)) if len(self.ratios) >= 3 else 1.0
 
     def predict_one(self, config: dict) -> float:
         return float(self.predict([config])[0])

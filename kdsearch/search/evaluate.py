@@ -136,6 +136,8 @@ class CandidateEvaluator:
             first = metrics["latency_p50_ms"]
             metrics.update(measure_candidate(model, self.task, self.device, self.recheck or self.latency))
             metrics["latency_first_p50_ms"] = first
+            if self.predictor is not None:
+                self.predictor.observe(config, metrics["latency_p50_ms"])
         if self.budget is not None and self.proxies and self.budget.fits(metrics):
             value = float(metrics[self.proxies[0]])
             self.best_fitting = value if self.best_fitting is None else max(self.best_fitting, value)
