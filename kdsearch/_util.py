@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from kdsearch.exceptions import DeviceError, WriteError
+from kdsearch.exceptions import DeviceError, KdsearchError, WriteError
 
 
 def _current_umask() -> int:
@@ -173,6 +173,22 @@ def exact_fp32():
         yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul
+
+
+def import_attr(spec: str, error: type[KdsearchError], what: str) -> Any:
+    """``package.module:attr`` → that object; a module that does not import, or lacks the name, is one ``error`` line
+    (``what`` names what the spec was for: "teacher 'x:y'", "the NNI space 'nni:x:y'")."""
+    import importlib
+
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise error(f"Cannot import {module_name!r} for {what} ({exc}); check PYTHONPATH.") from None
+    obj = getattr(module, attr, None)
+    if obj is None:
+        raise error(f"{module_name!r} has no {attr!r};{suggest(attr, dir(module))} check the spec.")
+    return obj
 
 
 def resolve_device(device: str) -> torch.device:

@@ -10,7 +10,6 @@ kdsearch space of family ``nni``; a candidate is frozen through NNI (``space.fre
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 import warnings
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from kdsearch._util import suggest
+from kdsearch._util import import_attr, suggest
 from kdsearch.exceptions import SpaceError
 
 PREFIX = "nni:"
@@ -46,15 +45,7 @@ def _factory(spec: str):
             raise SpaceError(f"NNI has no hub space {name!r};{suggest(name, hub_names)} hub spaces: {', '.join(hub_names)}; "
                              "or give nni:package.module:SpaceOrFactory.")
         return getattr(hub, name)
-    module_name, _, attr = name.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise SpaceError(f"Cannot import {module_name!r} for the NNI space {spec!r} ({exc}); check PYTHONPATH.") from None
-    factory = getattr(module, attr, None)
-    if factory is None:
-        raise SpaceError(f"{module_name!r} has no {attr!r};{suggest(attr, dir(module))} check the --space spec.")
-    return factory
+    return import_attr(name, SpaceError, f"the NNI space {spec!r}")
 
 
 @functools.lru_cache(maxsize=8)

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
 import os
@@ -14,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from kdsearch._util import atomic_path, atomic_write_json, cache_dir, file_sha256, stable_hash, suggest
+from kdsearch._util import atomic_path, atomic_write_json, cache_dir, file_sha256, import_attr, stable_hash, suggest
 from kdsearch.cost import LatencyStats, count_flops, measure_latency
 from kdsearch.data import Task
 from kdsearch.exceptions import KdsearchError, RuntimeUnavailable, TeacherError
@@ -117,14 +116,9 @@ def _build_timm(name: str, task: Task, pretrained: bool, notes: list[str]) -> tu
 
 
 def _build_callable(spec: str, task: Task) -> nn.Module:
-    module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise TeacherError(f"Cannot import {module_name!r} for teacher {spec!r} ({exc}); check PYTHONPATH.") from None
-    fn = getattr(module, attr, None)
+    fn = import_attr(spec, TeacherError, f"teacher {spec!r}")
     if not callable(fn):
-        raise TeacherError(f"{module_name!r} has no callable {attr!r};{suggest(attr, dir(module))} check the spec.")
+        raise TeacherError(f"{spec!r} is a {type(fn).__name__}, not a callable that returns the teacher; check the spec.")
     params = inspect.signature(fn).parameters
     kwargs = {k: v for k, v in (("num_classes", task.num_classes), ("in_chans", task.in_chans)) if k in params}
     model = fn(**kwargs)
