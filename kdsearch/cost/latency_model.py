@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 
 from kdsearch._util import atomic_write_json, cache_dir, stable_hash
+from kdsearch.cost.budget import LATENCY
 from kdsearch.cost.latency import measure_latency, pinned_threads
 from kdsearch.spaces import SearchSpace, create_model
 from kdsearch.spaces.families import BLOCK_KEYS, latency_blocks
@@ -49,7 +50,7 @@ def use_latency_model(setting: str, space: SearchSpace, runtime: str, metric: st
     """on / off as asked; auto: for a latency budget over a large space, or a runtime that compiles each network."""
     if setting != "auto":
         return setting == "on"
-    return metric == "latency_p50_ms" and (space.size >= AUTO_MIN_SPACE or runtime == "compile")
+    return metric == LATENCY and (space.size >= AUTO_MIN_SPACE or runtime == "compile")
 
 
 def errors(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:

@@ -22,9 +22,9 @@ import torch
 from kdsearch._util import resolve_device, seed_everything, stable_hash, stderr_logger
 from kdsearch.cost import (
     LatencyModel,
+    LatencyTimer,
     MeasureSettings,
     fit_latency_model,
-    get_runtime,
     measure_against_reference,
     measure_latency,
     use_latency_model,
@@ -142,9 +142,9 @@ def run_find(settings: RunSettings) -> FindResult:
 def _stages(settings: RunSettings, task: Task, teacher: Teacher, folder: RunFolder, queue: RunQueue, log) -> pd.DataFrame:
     queue.set_phase("preparing")
     ranker = _supernets(settings, task, teacher, folder, log)
-    _latency_model(settings, task, folder, log)  # fitted (or read from the cache) before any worker scores
+    predictor = _latency_model(settings, task, folder, log)  # fitted (or read from the cache) before any worker scores
     queue.set_phase("scoring")
-    rows = _search(settings, task, teacher, folder, log, ranker)
+    rows = _search(settings, task, teacher, folder, log, ranker, predictor)
     finalists = _choose_finalists(settings, task, rows, folder, log)
     _distil_finalists(settings, task, teacher, finalists, folder, log, ranker, queue)
     queue.set_phase("done")
@@ -168,9 +168,9 @@ def _check_runtime(settings: RunSettings, task: Task) -> None:
         return
     config = settings.space.sample(1, seed=settings.seed)[0]
     model = create_model(config, num_classes=task.num_classes, in_chans=task.in_chans)
-    x = torch.zeros(settings.latency_batch_size, *task.input_shape, device=settings.device)
     try:
-        get_runtime(settings.runtime).compile(model.to(settings.device).eval(), x, settings.threads)
+        LatencyTimer(model, task.input_shape, torch.device(settings.device), settings.latency_batch_size, settings.threads,
+                     settings.runtime)  # prepares (compiles, exports) and runs it once
     except RuntimeUnavailable as exc:
         raise RuntimeUnavailable(f"--runtime {settings.runtime} cannot run the candidates of {settings.space.name} "
                                  f"(family {settings.space.family}): {exc}") from None
@@ -263,11 +263,11 @@ def _proxy_context(settings: RunSettings, task: Task, teacher: Teacher, space: S
 
 
 def _scorer(settings: RunSettings, task: Task, teacher: Teacher, folder: RunFolder, log, ranker: SupernetRanker | None,
+            predictor: LatencyModel | None,
             *, worker: int = 0, wait: bool = True, should_stop=None):
     """``score()``: take trials of the run's study (this process as worker ``worker``) until its slots are filled."""
     space, budget = settings.space, settings.budget
     ctx = _proxy_context(settings, task, teacher, space, log, ranker)
-    predictor = _latency_model(settings, task, None, lambda message: None)
     evaluate = CandidateEvaluator(task, ctx, list(settings.proxies), torch.device(settings.device), settings.latency("search"),
                                   seed=settings.seed, budget=budget, recheck=settings.latency("final"), predictor=predictor)
     cheap = exact_proxy(settings.ranking_proxy, task, ctx, settings.device, settings.seed)
@@ -277,7 +277,7 @@ def _scorer(settings: RunSettings, task: Task, teacher: Teacher, folder: RunFold
             space, evaluate, budget=budget, objective=settings.ranking_proxy, storage=folder.storage_url(settings),
             study_name=STUDY_NAME, n_trials=settings.trials, timeout=settings.timeout, seed=settings.seed,
             sampler=settings.sampler, progress=not settings.quiet and worker == 0, cheap_score=cheap, top_k=settings.top_k,
-            metric_model=predictor.predict if predictor is not None and budget.metric == "latency_p50_ms" else None,
+            metric_model=predictor.predict if predictor is not None and budget.latency_limit_ms is not None else None,
             worker=worker, wait=wait, heartbeat_s=settings.heartbeat_s, should_stop=should_stop, log=log,
         )
 
@@ -285,11 +285,11 @@ def _scorer(settings: RunSettings, task: Task, teacher: Teacher, folder: RunFold
 
 
 def _search(settings: RunSettings, task: Task, teacher: Teacher, folder: RunFolder, log,
-            ranker: SupernetRanker | None = None) -> dict[str, dict]:
+            ranker: SupernetRanker | None = None, predictor: LatencyModel | None = None) -> dict[str, dict]:
     """Score candidates in the study until its ``trials`` slots are filled; the scored candidates by id."""
     space, budget = settings.space, settings.budget
     started = time.perf_counter()
-    study = _scorer(settings, task, teacher, folder, log, ranker)()
+    study = _scorer(settings, task, teacher, folder, log, ranker, predictor)()
     rows = scored_candidates(study)
     if not rows:
         raise RunFolderError(f"No candidate of {space.name} could be scored; see the errors above and check the space.")
@@ -482,7 +482,8 @@ def run_worker(run_dir: str | Path, *, index: int | None = None, device: str | N
             time.sleep(POLL_S)  # the supernets (if any) are trained by find before scoring opens
         ranker = run_supernets(settings, task, teacher.model, log=log) if settings.supernet is not None and not stop() else None
         before = queue.search._storage.get_n_trials(queue.search._study_id)
-        score = _scorer(settings, task, teacher, folder, log, ranker, worker=index, wait=False, should_stop=stop)
+        predictor = _latency_model(settings, task, None, log)  # this worker's device (from the cache on find's machine)
+        score = _scorer(settings, task, teacher, folder, log, ranker, predictor, worker=index, wait=False, should_stop=stop)
         try:
             distilled = work(queue, score=score, distil=student_job(settings, task, teacher, folder, log, ranker),
                              until_done=until_done, should_stop=stop)
