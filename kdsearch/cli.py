@@ -109,6 +109,18 @@ def _find_parser(f: argparse.ArgumentParser, names: dict) -> None:
                    help="latency bands between the fastest candidate and the budget; the best of each is distilled too (0: off)")
     f.add_argument("--controls", type=_non_negative_int, default=1,
                    help="candidates within the budget drawn at random and distilled, to check the proxy's picks against (0: off)")
+    f.add_argument("--select", default="proxy", choices=["proxy", "halving"],
+                   help="how the students that get the full recipe are chosen: the proxy's --top-k, or successive "
+                        "halving: the proxy's top --pool distilled briefly, the best 1/--eta kept at each rung, --top-k survivors")
+    f.add_argument("--pool", type=_positive_int, default=27, help="with --select halving: candidates within the budget it starts from")
+    f.add_argument("--eta", type=int, default=3, help="with --select halving: each rung keeps the best 1/eta (at least 2)")
+    f.add_argument("--first-rung", type=_positive_int, default=1, help="with --select halving: epochs of the first rung")
+    f.add_argument("--rung-design", default="restart", choices=["restart", "snapshot"],
+                   help="with --select halving: each rung a short complete schedule, restarted at the next (restart), "
+                        "or the full recipe's schedule stopped at the rung's end (snapshot)")
+    f.add_argument("--rung-signal", default="accuracy", choices=["accuracy", "accuracy+proxy", "kd_loss", "extrapolated"],
+                   help="with --select halving: what ranks the students at a rung's end (accuracy+proxy: the proxy "
+                        "orders students whose accuracies tie within the validation noise)")
     f.add_argument("--subspaces", type=_positive_int, default=3,
                    help="with --proxy supernet: latency bands of the space, one supernet each (only bands holding candidates within the budget are trained)")
     f.add_argument("--supernet-epochs", type=_positive_int, default=5, help="with --proxy supernet: epochs of each band's supernet")
@@ -232,7 +244,9 @@ def _find(args) -> int:
         device=args.device, latency_batch_size=args.latency_batch_size, threads=args.threads, runtime=args.runtime,
         latency_model=args.latency_model, epochs=args.epochs,
         batch_size=args.batch_size, loss=args.loss, loss_options=_loss_options(args.loss_opt), storage=args.storage,
-        workers=args.workers, heartbeat_s=args.heartbeat, seed=args.seed, quiet=args.quiet,
+        workers=args.workers, heartbeat_s=args.heartbeat, select=args.select, pool=args.pool, eta=args.eta,
+        first_rung=args.first_rung, rung_design=args.rung_design, rung_signal=args.rung_signal, seed=args.seed,
+        quiet=args.quiet,
     )
     print(result.report.to_text())
     return 0

@@ -15,6 +15,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,9 @@ class Recipe:
     channels_last: str = "auto"  # auto (= on: faster with cuDNN and oneDNN alike) | on | off
     compile: bool = False
     clip_grad_norm: float = 0.0  # 0 = off
+    # Epochs at which the schedule starts again (its warm-up, then its decay to zero by the next restart): SGDR-style
+    # segments, so that each rung of successive halving is a short complete schedule (kdsearch.pipeline.halving).
+    restarts: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for key, allowed in RECIPE_CHOICES.items():
@@ -67,9 +71,32 @@ class Recipe:
                 raise RecipeError(f"Recipe {key} must be zero or positive (got {getattr(self, key)}).")
         if not 0 <= self.label_smoothing < 1:
             raise RecipeError(f"Recipe label_smoothing must lie in [0, 1) (got {self.label_smoothing}).")
+        object.__setattr__(self, "restarts", tuple(int(e) for e in self.restarts))
+        if list(self.restarts) != sorted(set(self.restarts)) or any(not 0 < e < self.epochs for e in self.restarts):
+            raise RecipeError(f"Recipe restarts must be increasing epochs between 1 and epochs - 1 = {self.epochs - 1} "
+                              f"(got {list(self.restarts)}).")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        record = asdict(self)
+        if not self.restarts:  # absent = none, so the records of recipes without restarts stay as they were
+            record.pop("restarts")
+        else:
+            record["restarts"] = list(self.restarts)
+        return record
+
+    def segments(self) -> list[tuple[int, int]]:
+        """(first epoch, end epoch) of each part of the schedule: one without restarts."""
+        edges = [0, *self.restarts, self.epochs]
+        return list(zip(edges[:-1], edges[1:]))
+
+    def lr_at_step(self, step: int, steps_per_epoch: int) -> float:
+        """The learning rate of a step: linear warm-up, then cosine or step decay, within the step's segment."""
+        for first, end in self.segments():
+            if step < end * steps_per_epoch or end == self.epochs:
+                total = (end - first) * steps_per_epoch
+                warmup = int(min(self.warmup_epochs, (end - first) / 5) * steps_per_epoch)
+                return lr_at(step - first * steps_per_epoch, total, warmup, self.lr, self.schedule)
+        raise AssertionError("unreachable: the last segment ends at the last epoch")
 
 
 class CrossEntropyObjective(nn.Module):
@@ -104,18 +131,45 @@ class TrainResult:
     teacher_source: str = "none"  # "live", "shared outputs <key>" (kdsearch.teacher.outputs) or "none" (no teacher)
 
 
-@torch.inference_mode()
 def evaluate(model: nn.Module, task: Task, *, device: torch.device | str = "cpu", batch_size: int = 256) -> float:
     """Top-1 accuracy on the task's validation split (inputs in the model's memory format; one read-back at the end)."""
+    return evaluate_scores(model, task, device=device, batch_size=batch_size)["val_accuracy"]
+
+
+VAL_KD_TEMPERATURE = 4.0
+
+
+@torch.inference_mode()
+def evaluate_scores(model: nn.Module, task: Task, *, device: torch.device | str = "cpu", batch_size: int = 256,
+                    teacher_logits: torch.Tensor | None = None) -> dict[str, float]:
+    """``val_accuracy`` on the validation split; with the teacher's validation logits (in the split's order) also
+    ``val_kd_loss``: the mean KL divergence from the teacher at temperature ``VAL_KD_TEMPERATURE`` (x T^2)."""
     model.eval()
     channels_last = any(p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
                         for p in model.parameters())
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     correct, total = torch.zeros((), dtype=torch.long, device=device), 0
+    kl = torch.zeros((), dtype=torch.float64, device=device)
+    t = VAL_KD_TEMPERATURE
     for x, y in task.batches("val", batch_size, device=device):
-        correct += (as_logits(model(x.contiguous(memory_format=fmt))).argmax(1) == y).sum()
+        logits = as_logits(model(x.contiguous(memory_format=fmt))).float()
+        correct += (logits.argmax(1) == y).sum()
+        if teacher_logits is not None:
+            target = teacher_logits[total:total + len(y)].to(device=logits.device, dtype=torch.float32)
+            kl += nn.functional.kl_div(nn.functional.log_softmax(logits / t, 1), nn.functional.log_softmax(target / t, 1),
+                                       reduction="sum", log_target=True).double() * t * t
         total += len(y)
-    return int(correct) / max(total, 1)
+    scores = {"val_accuracy": int(correct) / max(total, 1)}
+    if teacher_logits is not None:
+        scores["val_kd_loss"] = float(kl) / max(total, 1)
+    return scores
+
+
+@torch.inference_mode()
+def validation_logits(model: nn.Module, task: Task, *, device: torch.device | str = "cpu", batch_size: int = 256) -> torch.Tensor:
+    """A (frozen) model's logits on the validation split, in its order, on ``device``."""
+    model.eval()
+    return torch.cat([as_logits(model(x)).float() for x, _ in task.batches("val", batch_size, device=device)])
 
 
 def make_optimizer(params: list[nn.Parameter], recipe: Recipe) -> torch.optim.Optimizer:
@@ -282,7 +336,6 @@ class _Session:
     world: int
     steps_per_epoch: int
     total_steps: int
-    warmup_steps: int
     start_epoch: int = 0
     history: list[dict] = field(default_factory=list)
 
@@ -300,32 +353,43 @@ def fit(
     progress: bool = False,
     desc: str = "training",
     teacher_outputs: Any = None,
+    stop_at_epoch: int | None = None,
+    val_teacher_logits: torch.Tensor | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place with ``loss`` (default: cross-entropy); resumes from ``checkpoint``.
 
     ``teacher_outputs`` (``kdsearch.teacher.teacher_outputs``): the teacher's logits for every epoch's views,
-    computed once; a loss that needs only the teacher's logits reads them instead of running the teacher."""
+    computed once; a loss that needs only the teacher's logits reads them instead of running the teacher.
+    ``stop_at_epoch``: stop after that many epochs of ``recipe`` (its schedule unchanged: a later call with the same
+    checkpoint continues exactly where this one stopped). ``val_teacher_logits``: the teacher's logits on the
+    validation images, in their order; each epoch then also records ``val_kd_loss`` (KL divergence at temperature 4).
+    ``on_epoch(record)``: called on rank 0 after each epoch's checkpoint is written (it may raise to stop training)."""
     from tqdm.auto import tqdm
 
     checkpoint = Path(checkpoint) if checkpoint else None
     run = _prepare(model, task, recipe, loss, teacher, torch.device(device), checkpoint, teacher_outputs)
+    end = recipe.epochs if stop_at_epoch is None else min(recipe.epochs, int(stop_at_epoch))
     began = time.perf_counter()
-    bar = tqdm(total=run.total_steps, initial=run.start_epoch * run.steps_per_epoch, desc=desc,
+    bar = tqdm(total=end * run.steps_per_epoch, initial=min(run.start_epoch, end) * run.steps_per_epoch, desc=desc,
                disable=None if progress and run.rank == 0 else True, leave=False)
     try:
-        for epoch in range(run.start_epoch, recipe.epochs):
+        for epoch in range(run.start_epoch, end):
             seen, loss_sum, lr, elapsed = _train_epoch(run, task, recipe, epoch, bar)
-            accuracy = evaluate(model, task, device=run.device)
+            scores = evaluate_scores(model, task, device=run.device, teacher_logits=val_teacher_logits)
             run.history.append({
-                "epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "val_accuracy": accuracy,
+                "epoch": epoch + 1, "loss": loss_sum / max(seen, 1), **scores,
                 "img_per_s": seen * run.world / elapsed, "lr": lr, "seconds": elapsed,
             })
             h = run.history[-1]
+            accuracy = h["val_accuracy"]
             bar.set_postfix(loss=f"{h['loss']:.3f}", acc=f"{accuracy:.3f}", img_s=f"{h['img_per_s']:.0f}")
             if run.rank == 0:
                 _save_checkpoint(run, recipe, epoch, checkpoint)
                 if metrics_csv:
                     _write_metrics(Path(metrics_csv), run.history)
+                if on_epoch is not None:
+                    on_epoch(dict(h))
             if run.world > 1:
                 dist.barrier()
     finally:
@@ -336,7 +400,7 @@ def fit(
     source = "none" if run.teacher is None else "live"
     if run.teacher_outputs is not None:
         source = f"shared outputs {getattr(run.teacher_outputs, 'key', '')}".strip()
-    return TrainResult(accuracy=accuracy, epochs=recipe.epochs, seconds=time.perf_counter() - began, history=run.history,
+    return TrainResult(accuracy=accuracy, epochs=len(run.history) or end, seconds=time.perf_counter() - began, history=run.history,
                        world_size=run.world, teacher_source=source)
 
 
@@ -374,7 +438,6 @@ def _prepare(model, task: Task, recipe: Recipe, loss, teacher, device: torch.dev
         model=model, loss=loss, step_module=step_module, optimizer=optimizer, scaler=scaler, teacher=teacher,
         teacher_outputs=None, device=device, amp_dtype=amp_dtype, memory_format=memory_format, rank=rank, world=world,
         steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-        warmup_steps=int(min(recipe.warmup_epochs, recipe.epochs / 5) * steps_per_epoch),
     )
     if checkpoint and (state := read_resume_state(checkpoint, run.device)) is not None:
         _load_checkpoint(run, state)
@@ -409,7 +472,7 @@ def _train_epoch(run: _Session, task: Task, recipe: Recipe, epoch: int, bar) -> 
     lookup = run.teacher_outputs.lookup(epoch, run.device) if run.teacher_outputs is not None else None
     for x, y, idx in batches:
         x = x.contiguous(memory_format=run.memory_format)
-        lr = lr_at(step, run.total_steps, run.warmup_steps, recipe.lr, recipe.schedule)
+        lr = recipe.lr_at_step(step, run.steps_per_epoch)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):

@@ -34,13 +34,15 @@ def distill(
     desc: str = "distilling",
     share_teacher_outputs: bool = True,
     outputs_root: str | Path | None = None,
+    **fit_options: Any,
 ) -> TrainResult:
     """Distil ``teacher`` into ``student`` (in place) with ``loss``.
 
     ``share_teacher_outputs``: a loss that needs only the teacher's logits (kd, dkd, taid, ...) reads them from the
     shared cache (``kdsearch.teacher.teacher_outputs``: computed once for this teacher, data, seed and augmentation,
     then reused by every student); a loss that needs the teacher's features runs it live. ``result.teacher_source``
-    says which."""
+    says which. ``fit_options`` go to :func:`kdsearch.training.fit` (``stop_at_epoch``, ``val_teacher_logits``,
+    ``on_epoch``)."""
     recipe = recipe or Recipe()
     loss_obj = create_loss(loss, **(loss_options or {})) if isinstance(loss, str) else loss
     outputs = None
@@ -50,6 +52,7 @@ def distill(
     return fit(
         student, task, recipe, loss=loss_obj, teacher=teacher if loss_obj.uses_teacher else None, device=device,
         checkpoint=checkpoint, metrics_csv=metrics_csv, progress=progress, desc=desc, teacher_outputs=outputs,
+        **fit_options,
     )
 
 

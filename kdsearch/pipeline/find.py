@@ -32,6 +32,7 @@ from kdsearch.cost import (
 from kdsearch.data import Task, load_task
 from kdsearch.distill import create_loss
 from kdsearch.exceptions import BudgetError, RunFolderError, RuntimeUnavailable, TrainingDiverged
+from kdsearch.pipeline.halving import drain, halving_recipe, run_halving, rung_unit_score
 from kdsearch.pipeline.student import distill_student
 from kdsearch.pipeline.worker import (
     POLL_S,
@@ -62,6 +63,7 @@ from kdsearch.spaces import SearchSpace, create_model, default_space_path, load_
 from kdsearch.supernet import SandwichRule, SupernetRanker, prepare_supernets
 from kdsearch.teacher import Teacher, load_network, load_teacher
 from kdsearch.teacher.teacher import teacher_summary
+from kdsearch.training import validation_logits
 
 
 @dataclass
@@ -145,7 +147,7 @@ def _stages(settings: RunSettings, task: Task, teacher: Teacher, folder: RunFold
     predictor = _latency_model(settings, task, folder, log)  # fitted (or read from the cache) before any worker scores
     queue.set_phase("scoring")
     rows = _search(settings, task, teacher, folder, log, ranker, predictor)
-    finalists = _choose_finalists(settings, task, rows, folder, log)
+    finalists = _choose_finalists(settings, task, rows, folder, log, queue, teacher, ranker)
     _distil_finalists(settings, task, teacher, finalists, folder, log, ranker, queue)
     queue.set_phase("done")
     table = candidates_table(rows, finalists, folder, settings)
@@ -325,23 +327,29 @@ def band_of(value: float, edges: list[float]) -> int | None:
 def band_covered(finalists: dict[str, dict], band: int, edges: list[float], metric: str) -> bool:
     """Does a fitting finalist already stand for ``band``? Its own band pick, or a top pick or control that lies in
     it — not another band's pick that re-measured into it (it keeps its band; counting it here too left the demo's
-    front without its fastest band)."""
+    front without its fastest band), nor a pool member that successive halving cut."""
     for f in finalists.values():
         role = f.get("role", "top")
-        if f["within_budget"] and (role == f"band {band}" or (not role.startswith("band ") and band_of(f[metric], edges) == band)):
+        if f["within_budget"] and (role == f"band {band}" or (role in ("top", "control") and band_of(f[metric], edges) == band)):
             return True
     return False
 
 
-def _choose_finalists(settings: RunSettings, task: Task, rows: dict[str, dict], folder: RunFolder, log) -> dict[str, dict]:
+def _choose_finalists(settings: RunSettings, task: Task, rows: dict[str, dict], folder: RunFolder, log,
+                      queue: RunQueue | None = None, teacher: Teacher | None = None,
+                      ranker: SupernetRanker | None = None) -> dict[str, dict]:
     """The students to distil, each re-measured with the finalists' latency settings and kept only if it still fits:
-    the ``top_k`` best by the ranking proxy, the best of each latency band of the front, and ``controls`` drawn at
-    random among those that fit (seeded). Each finalist records its ``role``; resumes from finalists.json."""
+    the ``top_k`` best by the ranking proxy (with ``--select halving``: the survivors of successive halving over the
+    proxy's top ``pool``), the best of each latency band of the front, and ``controls`` drawn at random among those
+    that fit (seeded). Each finalist records its ``role``; resumes from finalists.json."""
     budget, proxy = settings.budget, settings.ranking_proxy
     finalists = folder.finalists()
     feasible = sorted((r for r in rows.values() if budget.fits(r)), key=lambda r: r[proxy], reverse=True)
     chooser = _Chooser(settings, task, finalists, folder, log)
-    chooser.take("top", feasible, settings.top_k)
+    if settings.selection["select"] == "halving":
+        _select_by_halving(settings, task, feasible, chooser, folder, log, queue, teacher, ranker)
+    else:
+        chooser.take("top", feasible, settings.top_k)
     edges = band_edges(rows, settings)
     for band in range(len(edges) - 1, 0, -1):  # from the budget down to the fastest
         if not band_covered(finalists, band, edges, budget.metric):
@@ -354,6 +362,32 @@ def _choose_finalists(settings: RunSettings, task: Task, rows: dict[str, dict], 
         final["band"] = int(role.split()[1]) if role.startswith("band ") else band_of(final[budget.metric], edges)
     folder.write_finalists(finalists)
     return finalists
+
+
+def _select_by_halving(settings: RunSettings, task: Task, feasible: list[dict], chooser: _Chooser, folder: RunFolder, log,
+                       queue: RunQueue, teacher: Teacher, ranker: SupernetRanker | None) -> None:
+    """The pool (the proxy's top ``pool`` that still fit when re-measured) distilled in rungs; the survivors become
+    the run's top picks (role 'top'), the others stay 'pool' with the rung that cut them."""
+    finalists, proxy = chooser.finalists, settings.ranking_proxy
+    state = folder.halving()
+    if state is None:
+        chooser.take("pool", feasible, settings.selection["pool"])
+        pool = [cid for cid, f in finalists.items() if f.get("role") == "pool" and f["within_budget"]]
+        pool.sort(key=lambda c: (-finalists[c][proxy], c))
+    else:  # resumed: the pool the stage started with (its survivors may already be 'top')
+        pool = state["pool"]
+    sel = settings.selection
+    log(f"halving: pool of {len(pool)} (the top by {proxy} within the budget), eta {sel['eta']}, first rung "
+        f"{sel['first_rung']} epoch(s), design {sel['rung_design']}, signal {sel['rung_signal']}")
+    queue.set_phase("distilling")
+    distil = student_job(settings, task, teacher, folder, log, ranker, pool_size=len(pool))
+    state = run_halving(settings, task, folder, queue, distil, log, pool, {c: float(finalists[c][proxy]) for c in pool})
+    reached = {cid: (r["index"], r["until_epoch"]) for r in state["rungs"] for cid in r["members"]}
+    for cid in pool:
+        final = finalists[cid]
+        final["rung"], final["stopped_at_epoch"] = reached[cid]
+        final["role"] = "top" if cid in state["survivors"] else "pool"
+    folder.write_finalists(finalists)
 
 
 class _Chooser:
@@ -398,56 +432,71 @@ class _Chooser:
 def _distil_finalists(settings: RunSettings, task: Task, teacher: Teacher, finalists: dict, folder: RunFolder, log,
                       ranker: SupernetRanker | None, queue: RunQueue) -> None:
     """Queue the accepted finalists in the storage and distil them here and on every worker that takes one; wait
-    until none is left waiting or being distilled."""
-    accepted = [cid for cid, f in finalists.items() if f["within_budget"]]
+    until none is left waiting or being distilled. Halving's survivors are done already; its cut pool is not distilled."""
+    accepted = [cid for cid, f in finalists.items() if f["within_budget"] and f.get("role") != "pool"]
     roles = ", ".join(finalists[c].get("role", "top") for c in accepted)
     if not create_loss(settings.loss_name, **settings.loss_options).logits_only:
         log(f"students: {len(accepted)} ({roles}); the loss {settings.loss_name!r} needs the teacher's features, so each "
             "student runs the live teacher")
     else:
         log(f"students: {len(accepted)} ({roles}); the teacher's logits are computed once and shared by all of them")
-    queue.enqueue(accepted, lambda cid: folder.student(cid).result() is not None)
+    queue.enqueue([{"candidate_id": cid} for cid in accepted], lambda unit: folder.student(unit["candidate_id"]).result() is not None)
     queue.set_phase("distilling")
-    distil = student_job(settings, task, teacher, folder, log, ranker)
-    told = False
-    while True:
-        if queue.take_student(distil) is not None:
-            continue
-        pending = queue.pending()
-        if not pending:
-            return
-        if not told:
-            log(f"students: waiting for {pending} student(s) other workers are distilling (a worker that died frees "
-                f"its student {settings.heartbeat_s * 3} s after its last heartbeat)")
-            told = True
-        time.sleep(POLL_S)
+    drain(queue, student_job(settings, task, teacher, folder, log, ranker), settings, log)
 
 
 def student_job(settings: RunSettings, task: Task, teacher: Teacher, folder: RunFolder, log,
-                ranker: SupernetRanker | None):
-    """``distil(candidate_id) -> accuracy``: one finalist distilled into its student folder (resumed from its
-    checkpoint when another worker started it)."""
+                ranker: SupernetRanker | None, pool_size: int | None = None):
+    """``distil(unit, trial) -> accuracy``: one finalist distilled into its student folder (resumed from its
+    checkpoint when another worker started it), to the full recipe, or to the end of its rung of successive halving
+    (a unit with ``rung``), reporting its validation accuracy to the trial after each epoch."""
     warm = ranker is not None and settings.supernet.get("warm_start")
+    val_logits: list = []  # the teacher's validation logits, computed once per process (rungs record val_kd_loss)
 
-    def distil(cid: str) -> float:
+    def distil(unit: dict, trial=None) -> float:
+        cid, rung = unit["candidate_id"], unit.get("rung")
         finalists = folder.finalists()
         final, student = finalists[cid], folder.student(cid)
+        if rung is not None and (record := student.rung(rung)) is not None:
+            return rung_unit_score(record)
         done = student.result()
-        if done is not None:
+        if done is not None and rung is None:
             return float(done.get("val_accuracy") or 0.0)
         started, role = time.perf_counter(), final.get("role", "top")
+        options: dict = {}
+        recipe = settings.recipe()
+        if rung is not None:
+            size = pool_size or len((folder.halving() or {}).get("pool", [])) or settings.selection["pool"]
+            recipe = halving_recipe(settings, size)
+            if not val_logits:
+                val_logits.append(validation_logits(teacher.model, task, device=torch.device(settings.device)))
+            options["val_teacher_logits"] = val_logits[0]
+            options["until_epoch"] = int(unit["until_epoch"])
+            role = f"rung {rung}"
+        if trial is not None:
+            options["on_epoch"] = lambda h: trial.report(float(h["val_accuracy"]), int(h["epoch"]))
         try:
-            result = distill_student(
-                final["config"], teacher.model, task, student, settings.recipe(), loss=settings.loss_name,
+            result = done or distill_student(
+                final["config"], teacher.model, task, student, recipe, loss=settings.loss_name,
                 loss_options=settings.loss_options, device=torch.device(settings.device), progress=not settings.quiet,
                 desc=f"distilling {cid} ({role})",
-                extra={"candidate_id": cid, "role": role, "band": final.get("band"), "warm_start": bool(warm)},
-                initial=ranker.subnet(final["config"], final["latency_p50_ms"]) if warm else None,
+                extra={"candidate_id": cid, "role": final.get("role", "top"), "band": final.get("band"), "warm_start": bool(warm)},
+                initial=ranker.subnet(final["config"], final["latency_p50_ms"]) if warm else None, **options,
             )
         except TrainingDiverged as exc:
             log(f"student {cid}: {exc} — marked failed")
-            student.write_result({"candidate_id": cid, "status": "diverged", "error": str(exc)})
+            if rung is not None:
+                student.write_rung(rung, {"candidate_id": cid, "status": "diverged", "error": str(exc), "history": []})
+            else:
+                student.write_result({"candidate_id": cid, "status": "diverged", "error": str(exc)})
             return 0.0
+        if rung is not None:
+            record = {"candidate_id": cid, "rung": rung, "until_epoch": int(unit["until_epoch"]), "status": result["status"],
+                      "history": result["history"], "seconds": result.get("seconds")}
+            student.write_rung(rung, record)
+            log(f"student {cid} ({role}): val acc {result['val_accuracy']:.4f} at epoch {unit['until_epoch']} "
+                f"[{time.perf_counter() - started:.0f} s]")
+            return rung_unit_score(record)
         log(f"student {cid} ({role}): val acc {result['val_accuracy']:.4f} at {final['latency_p50_ms']:.3f} ms "
             f"[{time.perf_counter() - started:.0f} s]")
         return float(result["val_accuracy"])
@@ -515,10 +564,14 @@ def candidates_table(rows: dict[str, dict], finalists: dict[str, dict], folder: 
         rec["finalist"] = final is not None
         rec["role"] = final.get("role", "top") if final else None
         rec["band"] = final.get("band") if final else None
+        rec["rung"] = final.get("rung") if final else None  # successive halving: the last rung it reached
+        rec["stopped_at_epoch"] = final.get("stopped_at_epoch") if final else None
         rec["teacher_source"] = (result or {}).get("teacher_source")
         rec["within_budget"] = settings.budget.fits(rec)
         rec["distilled_accuracy"] = result.get("val_accuracy") if result else None
         rec["status"] = (result or {}).get("status", "finalist" if final else "scored")
+        if final and final.get("role") == "pool" and result is None:
+            rec["status"] = f"cut at rung {final.get('rung')}"
         records.append(rec)
     table = pd.DataFrame.from_records(records)
     return table.sort_values(f"proxy_{settings.ranking_proxy}", ascending=False, ignore_index=True)

@@ -36,10 +36,14 @@ def distill_student(
     desc: str = "distilling",
     extra: dict | None = None,
     initial: nn.Module | None = None,
+    until_epoch: int | None = None,
+    **fit_options: Any,
 ) -> dict:
     """Distil the candidate ``config`` into ``out``; resumes from its checkpoint; returns its result record.
     ``initial``: a module of the same architecture whose weights the student starts from (a warm start, e.g. the
-    subnet's inherited weights); a resumed checkpoint takes precedence."""
+    subnet's inherited weights); a resumed checkpoint takes precedence. ``until_epoch`` (below ``recipe.epochs``):
+    stop there, keep the checkpoint and return ``{"status": "stopped", "history": ...}`` without a result (a rung of
+    successive halving; the next call continues from it). ``fit_options``: ``val_teacher_logits``, ``on_epoch``."""
     folder = out if isinstance(out, StudentFolder) else StudentFolder(out)
     done = folder.result()
     if done is not None:
@@ -50,8 +54,12 @@ def distill_student(
     if initial is not None:
         student.load_state_dict({k: v.detach().cpu() for k, v in initial.state_dict().items()})
     loss_obj = create_loss(loss, **(loss_options or {}))
+    stop = until_epoch if until_epoch is not None and until_epoch < recipe.epochs else None
     result = distill(student, teacher, task, recipe, loss_obj, device=device, checkpoint=folder.checkpoint,
-                     metrics_csv=folder.metrics_csv, progress=progress, desc=desc)
+                     metrics_csv=folder.metrics_csv, progress=progress, desc=desc, stop_at_epoch=stop, **fit_options)
+    if stop is not None:
+        return {"status": "stopped", "config": config, "epochs": result.epochs, "history": result.history,
+                "val_accuracy": result.accuracy, "seconds": result.seconds, **(extra or {})}
     record = {
         "status": "distilled", "config": config, "val_accuracy": result.accuracy, "epochs": result.epochs,
         "seconds": result.seconds, "history": result.history, "recipe": recipe.to_dict(), "loss": loss_obj.config(),

@@ -84,13 +84,15 @@ class RunQueue:
     def _jobs(self, states=None) -> list[optuna.trial.FrozenTrial]:
         return [t for t in self.students.get_trials(deepcopy=False, states=states) if "candidate_id" in t.user_attrs]
 
-    def enqueue(self, candidate_ids: list[str], done: Callable[[str], bool]) -> int:
-        """Queue the students not yet distilled and not already queued or being distilled; how many were queued."""
-        active = {t.user_attrs["candidate_id"] for t in self._jobs((optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING))}
+    def enqueue(self, units: list[dict], done: Callable[[dict], bool]) -> int:
+        """Queue the units not yet done and not already queued or being distilled; how many were queued. A unit is
+        ``{"candidate_id": ...}`` (a student to the full recipe) or, for a rung of successive halving, with ``rung``
+        and ``until_epoch``."""
+        active = {unit_key(t.user_attrs) for t in self._jobs((optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING))}
         queued = 0
-        for cid in candidate_ids:
-            if cid not in active and not done(cid):
-                self.students.enqueue_trial({}, user_attrs={"candidate_id": cid})
+        for unit in units:
+            if unit_key(unit) not in active and not done(unit):
+                self.students.enqueue_trial({}, user_attrs=dict(unit))
                 queued += 1
         return queued
 
@@ -99,8 +101,9 @@ class RunQueue:
         fail_stale_trials(self.students)
         return len(self._jobs((optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING)))
 
-    def take_student(self, distil: Callable[[str], float]) -> str | None:
-        """Pop one waiting student and distil it; the candidate id, or None when none was waiting."""
+    def take_student(self, distil: Callable[[dict, optuna.Trial], float]) -> str | None:
+        """Pop one waiting unit and run ``distil(unit, trial)`` (it may ``trial.report`` each epoch); the candidate
+        id, or None when none was waiting."""
         fail_stale_trials(self.students)
         if not self.students._storage.get_n_trials(self.students._study_id, state=optuna.trial.TrialState.WAITING):
             return None
@@ -114,7 +117,9 @@ class RunQueue:
             trial.set_user_attr("pid", os.getpid())  # who holds it (for the person reading the storage, and tests)
             trial.set_user_attr("host", socket.gethostname())
             try:
-                value = distil(cid)
+                value = distil(dict(trial.user_attrs), trial)
+            except optuna.TrialPruned:
+                raise
             except Exception as exc:
                 trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:500])
                 raise
@@ -128,13 +133,18 @@ class RunQueue:
         return taken[0] if taken else None
 
 
+def unit_key(unit: dict) -> tuple[str, int | None]:
+    """A unit of the students' queue: a candidate, and the rung for a rung of successive halving."""
+    return unit["candidate_id"], unit.get("rung")
+
+
 @dataclass
 class WorkerResult:
     scored: int  # trials this worker added to the search study
     distilled: list[str]  # candidate ids of the students it distilled
 
 
-def work(queue: RunQueue, *, score: Callable[[], None] | None, distil: Callable[[str], float],
+def work(queue: RunQueue, *, score: Callable[[], None] | None, distil: Callable[[dict, optuna.Trial], float],
          until_done: bool, should_stop: Callable[[], bool]) -> list[str]:
     """The worker loop: score while the search has free slots, distil while students wait; with ``until_done``
     leave once the run's phase is done, else once nothing is left to take."""
@@ -250,4 +260,4 @@ class StopFlag:
 
 
 __all__ = ["PHASES", "STUDENTS_STUDY", "RunQueue", "StopFlag", "WorkerResult", "run_identity", "start_local_workers",
-           "stop_local_workers", "storage_guard", "work"]
+           "stop_local_workers", "storage_guard", "unit_key", "work"]

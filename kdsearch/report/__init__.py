@@ -97,6 +97,7 @@ class Report:
     settings: RunSettings
     html_path: Path
     supernets: dict | None = None  # RunFolder.supernets(): the bands and training curves, when the run ranked with them
+    halving: dict | None = None  # RunFolder.halving(): the rungs of --select halving
     latency_notes: list[str] = field(default_factory=list)  # runtime, latency model and its error on the finalists
 
     def to_text(self) -> str:
@@ -114,9 +115,11 @@ class Report:
             shown = _display(self.table)
             shown["pareto"] = shown["pareto"].map({True: "*", False: ""})
             lines.append(shown.drop(columns=["config"]).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-            lines.append("* = on the Pareto front (no other student is both faster and more accurate); role: top = the "
-                         "proxy's picks at the budget, band N = best of latency band N (1 = fastest), control = drawn at random")
+            top = "the survivors of successive halving" if self.halving else "the proxy's picks at the budget"
+            lines.append("* = on the Pareto front (no other student is both faster and more accurate); role: top = "
+                         f"{top}, band N = best of latency band N (1 = fastest), control = drawn at random")
             lines.extend(self.check.lines())
+        lines.extend(halving_lines(self.halving, self.settings.epochs))
         lines.extend(supernet_lines(self.supernets))
         lines.extend(self.latency_notes)
         lines.append(f"report: {self.html_path}")
@@ -229,6 +232,8 @@ def _figures(report: Report) -> list[str]:
                                name=f"{row['candidate_id']} ({row.get('role') or 'top'})")
     curves.update_layout(title="Learning curves of the distilled students", xaxis_title="epoch", yaxis_title="validation accuracy")
     figs.append(curves)
+    if report.halving and report.halving.get("rungs"):
+        figs.append(_halving_figure(report))
     if report.supernets:
         figs.append(_supernet_figure(report.supernets))
     return [f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figs)]
@@ -246,6 +251,69 @@ def _supernet_figure(supernets: dict):
     edges = supernets["bands"].get("edges_ms", [])
     fig.update_layout(title=f"Supernets: hold-out accuracy with inherited weights (band edges {', '.join(f'{e:.2f}' for e in edges) or 'none'} ms)",
                       xaxis_title="epoch", yaxis_title="hold-out accuracy (training images)")
+    return fig
+
+
+def halving_lines(state: dict | None, epochs: int) -> list[str]:
+    """The rungs of successive halving: who went on, what it cost, how each rung's order held up at the end."""
+    from scipy.stats import kendalltau
+
+    if not state or not state.get("rungs"):
+        return []
+    rungs = state["rungs"]
+    counts = " -> ".join(str(len(r["members"])) for r in rungs)
+    top_k_full = state["full_top_k_epochs"]
+    lines = [f"halving: {counts} students (eta {state['eta']}, design {state['design']}, signal {state['signal']}); "
+             f"{state['student_epochs']} student-epochs, {state['student_epochs'] / top_k_full:.1f}x distilling the "
+             f"survivors alone in full ({top_k_full})"]
+    final = rungs[-1]
+    finished = final["until_epoch"] >= epochs and "survivors" in state
+    for rung in rungs:
+        line = f"  rung {rung['index']}: {len(rung['members'])} to epoch {rung['until_epoch']}, kept {len(rung['survivors'])}"
+        if finished and rung is not final:
+            shared = [c for c in final["members"]]
+            ours = [rung["scores"][c] for c in shared]
+            truth = [final["scores"][c] for c in shared]
+            if len(shared) >= 2 and len(set(ours)) > 1 and len(set(truth)) > 1:
+                tau = kendalltau(ours, truth)[0]
+                line += f"; Kendall τ of its scores with the survivors' final ones {tau:+.2f} (n={len(shared)})"
+        lines.append(line)
+    proxy_top = state["pool"][0]
+    reached = max((r["index"] for r in rungs if proxy_top in r["members"]), default=0)
+    if finished and proxy_top in final["members"]:
+        place = final["order"].index(proxy_top) + 1
+        lines.append(f"  the proxy's top-1 ({proxy_top}) survived: place {place} of {len(final['members'])} at the end")
+    else:
+        lines.append(f"  the proxy's top-1 ({proxy_top}) was cut after rung {reached}")
+    return lines
+
+
+def _halving_figure(report: Report):
+    """Every pool member's validation accuracy per epoch, up to where its rung cut it."""
+    import plotly.graph_objects as go
+
+    folder, state = RunFolder(report.run_dir), report.halving
+    fig = go.Figure()
+    cut_at = {}
+    for rung in state["rungs"]:
+        for cid in rung["members"]:
+            if cid not in rung["survivors"]:
+                cut_at[cid] = rung["index"]
+    for cid in state["pool"]:
+        student, history = folder.student(cid), []
+        for index in range(len(state["rungs"]) - 1, -1, -1):
+            record = student.rung(index)
+            if record and record.get("history"):
+                history = record["history"]
+                break
+        if history:
+            label = f"{cid} (cut after rung {cut_at[cid]})" if cid in cut_at else f"{cid} (survivor)"
+            fig.add_scatter(x=[h["epoch"] for h in history], y=[h["val_accuracy"] for h in history], mode="lines+markers",
+                            name=label, line={"dash": "dot" if cid in cut_at else "solid"})
+    for rung in state["rungs"][:-1]:
+        fig.add_vline(x=rung["until_epoch"], line_dash="dash", line_color="gray")
+    fig.update_layout(title="Successive halving: each pool member's learning curve up to the rung that cut it",
+                      xaxis_title="epoch", yaxis_title="validation accuracy")
     return fig
 
 
@@ -296,7 +364,7 @@ def build_report(run_dir: str | Path) -> Report:
     report = Report(
         run_dir=folder.path, table=table, check=self_check(table, settings), candidates=within,
         excluded=int(len(candidates) - len(within)), teacher=teacher, settings=settings, html_path=folder.report_html,
-        supernets=folder.supernets(), latency_notes=latency_lines(candidates, settings, folder.latency_model()),
+        supernets=folder.supernets(), halving=folder.halving(), latency_notes=latency_lines(candidates, settings, folder.latency_model()),
     )
     folder.write_report(_html(report, folder.data_record()))
     return report
@@ -307,7 +375,8 @@ def _html(report: Report, data: dict) -> str:
 
     table, teacher, settings, run_dir = report.table, report.teacher, report.settings, report.run_dir
     html_table = _display(table).to_html(index=False, float_format=lambda v: f"{v:.4f}")  # pandas escapes cells
-    check = "".join(f"<li>{html.escape(line.strip())}</li>" for line in report.check.lines() + report.latency_notes)
+    notes = report.check.lines() + halving_lines(report.halving, settings.epochs) + report.latency_notes
+    check = "".join(f"<li>{html.escape(line.strip())}</li>" for line in notes)
     body = "\n".join(_figures(report))  # plotly writes names as JSON with < and > escaped
     e = html.escape  # every name comes from the user (a teacher spec, a folder, class names): text, never markup
     space = settings.space.name if settings.space else "?"

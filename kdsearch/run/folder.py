@@ -72,6 +72,14 @@ class StudentFolder:
         atomic_write_json(self._result_path, record)
         self.checkpoint.unlink(missing_ok=True)
 
+    def rung(self, index: int) -> dict | None:
+        """The record of this student's rung ``index`` of successive halving (its history up to the rung's end)."""
+        path = self.path / f"rung{index}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def write_rung(self, index: int, record: dict) -> None:
+        atomic_write_json(self.path / f"rung{index}.json", record)
+
     def write_model(self, model: nn.Module, meta: dict[str, Any]) -> None:
         self.write_weights(model)
         self.write_meta(meta)
@@ -201,6 +209,14 @@ class RunFolder:
 
     def write_finalists(self, finalists: dict[str, dict]) -> None:
         atomic_write_json(self._finalists, finalists)
+
+    def halving(self) -> dict | None:
+        """The successive-halving stage's record: its plan, and each decided rung's members, scores and survivors."""
+        path = self.path / "halving.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def write_halving(self, record: dict) -> None:
+        atomic_write_json(self.path / "halving.json", record)
 
     def write_latency_model(self, record: dict) -> None:
         atomic_write_json(self._latency_model, record)

@@ -63,6 +63,9 @@ class RunSettings:
     heartbeat_s: int = HEARTBEAT_S  # a worker's unit goes back to the queue 3 beats after its last one
     # With a supernet proxy: {"subspaces": K, "epochs": E, "warm_start": bool[, "anchors": other than "latency"]}
     supernet: dict | None = None
+    # How the students that get the full recipe are chosen: {"select": "proxy"} (the proxy's top-k) or
+    # {"select": "halving", "pool", "eta", "first_rung", "rung_design", "rung_signal"} (kdsearch.pipeline.halving)
+    selection: dict = field(default_factory=lambda: {"select": "proxy"})
     seed: int = 0
     quiet: bool = False
 
@@ -75,7 +78,8 @@ class RunSettings:
         teacher_epochs: int | None = None, trials: int = 100, timeout: float | None = None, top_k: int = 3,
         front: int = 4, controls: int = 1, proxy: str = "default", sampler: str = "auto", device: str = "auto", latency_batch_size: int = 1, threads: int = 1,
         runtime: str = "torch", latency_model: str = "auto", epochs: int = 10, batch_size: int = 64, loss: str = "kd", loss_options: dict | None = None, storage: str | None = None,
-        workers: int = 0, heartbeat_s: int = HEARTBEAT_S, subspaces: int = 3, supernet_epochs: int = 5, supernet_anchors: str = "latency", warm_start: bool = False,
+        workers: int = 0, heartbeat_s: int = HEARTBEAT_S, select: str = "proxy", pool: int = 27, eta: int = 3,
+        first_rung: int = 1, rung_design: str = "restart", rung_signal: str = "accuracy", subspaces: int = 3, supernet_epochs: int = 5, supernet_anchors: str = "latency", warm_start: bool = False,
         seed: int = 0, quiet: bool = False,
     ) -> RunSettings:
         """Validate every input before any work: a mistake costs the user one line, not a half-made run."""
@@ -90,6 +94,8 @@ class RunSettings:
         for name, value in (("front", front), ("controls", controls), ("workers", workers)):
             if value < 0:
                 raise KdsearchError(f"--{name} must be 0 or more (got {value}).")
+        selection = check_selection(select, pool=pool, eta=eta, first_rung=first_rung, rung_design=rung_design,
+                                    rung_signal=rung_signal, top_k=top_k, epochs=epochs)
         supernet = {"subspaces": subspaces, "epochs": supernet_epochs, "warm_start": warm_start} if needs_supernet(list(proxies)) else None
         from kdsearch.supernet.bands import ANCHORS  # the supernet stage loads only for runs that use it
 
@@ -117,7 +123,7 @@ class RunSettings:
             teacher_weights_sha=sha, pretrained=pretrained, teacher_epochs=teacher_epochs, trials=trials, timeout=timeout,
             top_k=top_k, front=front, controls=controls, proxies=proxies, sampler=sampler, device=str(torch_device), latency_batch_size=latency_batch_size,
             threads=threads, runtime=get_runtime(runtime).name, latency_model=latency_model, epochs=epochs, batch_size=batch_size, loss=loss_config, storage=check_storage(storage), supernet=supernet, seed=seed, quiet=quiet,
-            workers=workers, heartbeat_s=heartbeat_s,
+            workers=workers, heartbeat_s=heartbeat_s, selection=selection,
             data=DataSpec(data=data, data_root=data_root, input_size=input_size, train_samples=train_samples,
                           val_samples=val_samples, seed=seed),
         )
@@ -177,6 +183,7 @@ class RunSettings:
             "latency_model": self.latency_model, "seed": self.seed, "trials": self.trials,
             "timeout": self.timeout, "top_k": self.top_k, "front": self.front, "controls": self.controls, "epochs": self.epochs, "batch_size": self.batch_size,
             "storage": without_password(self.storage), "heartbeat_s": self.heartbeat_s, "loss": dict(self.loss), "recipe": self.recipe().to_dict(), "supernet": self.supernet,
+            "selection": dict(self.selection),
         }
 
     @classmethod
@@ -193,8 +200,38 @@ class RunSettings:
             device=config["device"], latency_batch_size=config["latency_batch_size"], threads=config["threads"],
             runtime=config.get("runtime", "torch"), latency_model=config.get("latency_model", "auto"),
             epochs=config["epochs"], batch_size=config["batch_size"], loss=dict(config["loss"]), storage=config["storage"],
-            supernet=config.get("supernet"), seed=config["seed"], heartbeat_s=config.get("heartbeat_s", HEARTBEAT_S),
+            supernet=config.get("supernet"), selection=dict(config.get("selection") or {"select": "proxy"}), seed=config["seed"], heartbeat_s=config.get("heartbeat_s", HEARTBEAT_S),
         )
+
+
+SELECT_CHOICES = ("proxy", "halving")
+
+
+def check_selection(select: str, *, pool: int, eta: int, first_rung: int, rung_design: str, rung_signal: str, top_k: int,
+                    epochs: int) -> dict:
+    """The selection settings, checked (one sentence naming the option otherwise)."""
+    from kdsearch.distill.halving import RUNG_DESIGNS, RUNG_SIGNALS
+
+    if select not in SELECT_CHOICES:
+        raise KdsearchError(f"--select must be one of {', '.join(SELECT_CHOICES)} (got {select!r}).")
+    if select == "proxy":
+        return {"select": "proxy"}
+    if eta < 2:
+        raise KdsearchError(f"--eta must be at least 2: each rung keeps the best 1/eta of the one before (got {eta}).")
+    if pool < top_k:
+        raise KdsearchError(f"--pool {pool} is smaller than --top-k {top_k}: halving must start with at least as many "
+                            "students as it keeps; raise --pool or lower --top-k.")
+    if epochs < 2:
+        raise KdsearchError("--select halving needs --epochs 2 or more: its rungs are shorter distillations than the "
+                            "full recipe; raise --epochs or use --select proxy.")
+    if not 1 <= first_rung < epochs:
+        raise KdsearchError(f"--first-rung must lie between 1 and --epochs - 1 = {epochs - 1} (got {first_rung}).")
+    if rung_design not in RUNG_DESIGNS:
+        raise KdsearchError(f"--rung-design must be one of {', '.join(RUNG_DESIGNS)} (got {rung_design!r}).")
+    if rung_signal not in RUNG_SIGNALS:
+        raise KdsearchError(f"--rung-signal must be one of {', '.join(RUNG_SIGNALS)} (got {rung_signal!r}).")
+    return {"select": "halving", "pool": pool, "eta": eta, "first_rung": first_rung, "rung_design": rung_design,
+            "rung_signal": rung_signal}
 
 
 def _budget(config: dict[str, Any]) -> Budget:

@@ -1,0 +1,114 @@
+"""``find --select halving``: the teacher decides which students get the full recipe.
+
+The pool (the proxy's top ``--pool`` within the budget, re-measured) is distilled in synchronous rungs
+(``kdsearch.distill.halving.plan_rungs``): every member of rung r is a unit of the run's students' queue (a trial of
+the ``kdsearch-students`` study that reports its validation accuracy each epoch), taken by this process and by any
+worker; once all of rung r are done, the best ``1/eta`` by the rung's signal go on from their checkpoints. The last
+rung brings the survivors to ``--epochs``; they are the run's top picks.
+
+Synchronous, not Optuna's asynchronous SuccessiveHalvingPruner/HyperbandPruner: in ASHA the first students a process
+takes are compared with nobody and run to the end, so with one process (or a few) the stage spends its budget on the
+proxy's order before the teacher has a say (benchmarks/teacher_decides.py replays recorded curves through Optuna's
+own pruner to measure that).
+
+Resume: each finished rung of a student is a file (``rung<r>.json`` in its folder) and each decided rung a record in
+``halving.json``; a student killed mid-rung continues from its last epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+
+from kdsearch.data import Task
+from kdsearch.distill.halving import order_members, plan_rungs, restarts_for, rung_score, student_epochs
+from kdsearch.exceptions import RunFolderError
+from kdsearch.pipeline.worker import POLL_S, RunQueue
+from kdsearch.run import RunFolder, RunSettings
+from kdsearch.training import Recipe
+
+
+def halving_recipe(settings: RunSettings, pool_size: int) -> Recipe:
+    """The recipe of every pool member: the run's, with the rungs' restarts for the 'restart' design."""
+    sel = settings.selection
+    rungs = plan_rungs(pool_size, settings.top_k, sel["eta"], sel["first_rung"], settings.epochs)
+    base = settings.recipe()
+    return Recipe(**{**base.to_dict(), "restarts": restarts_for(rungs, sel["rung_design"])})
+
+
+def drain(queue: RunQueue, distil: Callable, settings: RunSettings, log, what: str = "student(s)") -> None:
+    """Take units from the queue until none is left waiting or being distilled (here or on another worker)."""
+    told = False
+    while True:
+        if queue.take_student(distil) is not None:
+            continue
+        pending = queue.pending()
+        if not pending:
+            return
+        if not told:
+            log(f"waiting for {pending} {what} other workers are distilling (a worker that died frees its unit "
+                f"{settings.heartbeat_s * 3} s after its last heartbeat)")
+            told = True
+        time.sleep(POLL_S)
+
+
+def run_halving(settings: RunSettings, task: Task, folder: RunFolder, queue: RunQueue, distil: Callable, log,
+                pool: list[str], proxy: dict[str, float]) -> dict:
+    """Distil ``pool`` (candidate ids, the proxy's order) in rungs; the record written to halving.json, with
+    ``survivors`` best first. ``proxy``: each member's ranking-proxy score (ties, and the report's comparison)."""
+    sel = settings.selection
+    rungs = plan_rungs(len(pool), settings.top_k, sel["eta"], sel["first_rung"], settings.epochs)
+    plan = [asdict(r) for r in rungs]
+    state = folder.halving()
+    if state is not None and (state["plan"] != plan or state["pool"] != pool or state["signal"] != sel["rung_signal"]
+                              or state["design"] != sel["rung_design"]):
+        raise RunFolderError(f"{folder.path} holds a successive-halving stage with another pool or other rung settings; "
+                             "resume it with the options it was started with, or choose another --out.")
+    if state is None:
+        state = {"plan": plan, "pool": pool, "proxy": {c: proxy[c] for c in pool}, "signal": sel["rung_signal"],
+                 "design": sel["rung_design"], "eta": sel["eta"], "rungs": [],
+                 "student_epochs": student_epochs(rungs), "full_top_k_epochs": settings.top_k * settings.epochs}
+        folder.write_halving(state)
+    members = list(pool)
+    for rung in rungs:
+        if rung.index < len(state["rungs"]):  # decided before an interruption
+            members = state["rungs"][rung.index]["survivors"]
+            continue
+        started = time.perf_counter()
+        queue.enqueue([{"candidate_id": c, "rung": rung.index, "until_epoch": rung.until_epoch} for c in members],
+                      lambda unit: folder.student(unit["candidate_id"]).rung(unit["rung"]) is not None)
+        drain(queue, distil, settings, log, what=f"rung-{rung.index} student(s)")
+        before = rungs[rung.index - 1].until_epoch if rung.index else 0
+        scores = {}
+        for cid in members:
+            record = folder.student(cid).rung(rung.index)
+            if record is None:
+                raise RunFolderError(f"student {cid} has no record of rung {rung.index} although the queue is empty; "
+                                     "run the same find command again to distil it.")
+            history = record.get("history") or []
+            scores[cid] = (rung_score(history, sel["rung_signal"], start_epoch=before, epochs=settings.epochs)
+                           if history and record.get("status") != "diverged" else float("-inf"))
+        order = order_members(scores, proxy, sel["rung_signal"], len(task.val_labels))
+        last = rung.index == len(rungs) - 1
+        keep = len(members) if last else rungs[rung.index + 1].members
+        survivors = order[:keep]
+        state["rungs"].append({"index": rung.index, "until_epoch": rung.until_epoch, "members": members,
+                               "scores": scores, "order": order, "survivors": survivors,
+                               "seconds": time.perf_counter() - started})
+        folder.write_halving(state)
+        log(f"halving: rung {rung.index} — {len(members)} students to epoch {rung.until_epoch}, "
+            f"{'final order' if last else f'kept {keep}'} [{time.perf_counter() - started:.0f} s]")
+        members = survivors
+    state["survivors"] = members
+    folder.write_halving(state)
+    return state
+
+
+def rung_unit_score(record: dict) -> float:
+    """What a rung unit reports as its trial's value: its last validation accuracy."""
+    history = record.get("history") or []
+    return float(history[-1]["val_accuracy"]) if history else 0.0
+
+
+__all__ = ["drain", "halving_recipe", "run_halving", "rung_unit_score"]
