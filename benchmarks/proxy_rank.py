@@ -187,6 +187,13 @@ def build_ground_truth(args) -> dict:
     return record
 
 
+def scorable_proxies(names: list[str]) -> tuple[list[str], list[str]]:
+    """(the proxies this benchmark can score without a supernet, the ones it leaves out)."""
+    from kdsearch.proxies import needs_supernet
+
+    return [n for n in names if not needs_supernet([n])], [n for n in names if needs_supernet([n])]
+
+
 def score_students(ground_truth: dict, names: list[str], batch_seeds: list[int]) -> list[dict]:
     """Every proxy on every student, averaged over proxy batches/init seeds (cost in ms kept per proxy)."""
     from kdsearch.data import load_task
@@ -331,7 +338,10 @@ def evaluate(ground_truth: dict, args) -> None:
     from kdsearch.proxies import list_proxies
 
     students = ground_truth["students"]
-    names = list_proxies()
+    names, left_out = scorable_proxies(list_proxies())
+    if left_out:
+        print(f"left out: {', '.join(left_out)} (they score with a trained supernet of the candidate's space, and this "
+              "ground truth mixes two spaces; benchmarks/supernet_rank.py measures them on its own)")
     started = time.perf_counter()
     rows = score_students(ground_truth, names, batch_seeds=[0, 1])
     scoring_seconds = time.perf_counter() - started

@@ -62,3 +62,31 @@ def test_supernet_rank_draws_students_from_the_band_and_compares_rankers_by_boot
     taus = bench.key_taus(students, truth_by_depth, [s["config"]["depth1"] for s in students])
     assert taus["depth1"]["truth"] == pytest.approx(-1.0) and taus["depth1"]["supernet"] == pytest.approx(1.0)
     assert set(taus) == {"depth1", "depth2", "depth3", "width1", "width2", "width3"}  # numeric keys only
+
+
+def test_proxy_rank_scores_only_the_proxies_that_need_no_supernet():
+    """`proxy_rank.py --reuse` crashed once the supernet proxies were registered: it handed them a context without one."""
+    from kdsearch.proxies import list_proxies
+    from kdsearch.proxies.supernet import SUPERNET_PROXIES
+
+    bench = _load("proxy_rank")
+    names, left_out = bench.scorable_proxies(list_proxies())
+    assert set(left_out) == set(SUPERNET_PROXIES) and not set(names) & set(SUPERNET_PROXIES)
+    assert {"params", "flops", "synflow"} <= set(names) and len(names) + len(left_out) == len(list_proxies())
+
+
+def test_teacher_decides_replays_asha_and_synchronous_rungs_on_recorded_curves():
+    """teacher_decides.py's replays: Optuna's SuccessiveHalvingPruner on recorded curves in the proxy's order lets the
+    first students run to the end (nothing to compare them with yet); synchronous rungs keep the best by the rung."""
+    from kdsearch.distill.halving import plan_rungs
+
+    bench = _load("teacher_decides")
+    # students whose order at epoch 1 is their final order; the proxy lists the worst first
+    curves = {f"s{i}": [{"epoch": e, "val_accuracy": 0.1 * i + 0.01 * e} for e in range(1, 7)] for i in range(9)}
+    order = [f"s{i}" for i in range(9)]
+    proxy = {c: float(9 - i) for i, c in enumerate(order)}
+    plan = plan_rungs(9, 1, 3, 1, 6)
+    assert bench.replay_sync(curves, proxy, plan, "accuracy", 3000, 6) == "s8"
+    pick, spent = bench.replay_asha(curves, order, 3, 1, 6)
+    assert pick == "s8"
+    assert spent > 9 + 3 * 2 + 1 * 3  # ASHA promoted the early students it could not compare yet: more epochs

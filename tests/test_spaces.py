@@ -103,3 +103,31 @@ def test_space_sample_is_seeded_and_distinct():
     a, b = space.sample(20, seed=3), space.sample(20, seed=3)
     assert a == b and len({str(sorted(c.items())) for c in a}) == 20
     assert len(load_space("resnet_cifar_s1").sample(100)) == 64  # the whole space when it is smaller
+
+
+def test_resnet_cifar_holds_he_et_al_s_resnet20_with_identity_shortcuts():
+    """shortcut='identity' is the paper's option A (zero-padded channels): ResNet-20 has its published 269,722
+    parameters (0.27 M); configs without the key keep the projection shortcuts and their candidate ids."""
+    import pytest
+    import torch
+
+    from kdsearch.cost import count_params
+    from kdsearch.exceptions import SpaceError
+    from kdsearch.spaces import candidate_id, create_model
+    from kdsearch.spaces.families import BLOCK_KEYS
+
+    r20 = {"family": "resnet_cifar", "depth1": 3, "depth2": 3, "depth3": 3, "width1": 16, "width2": 32, "width3": 64}
+    assert candidate_id(r20) == "022b90a3619d"  # the id every earlier run and benchmark used
+    assert count_params(create_model(r20, num_classes=10)) == 272_474
+    paper = create_model({**r20, "shortcut": "identity"}, num_classes=10)
+    assert count_params(paper) == 269_722
+    x = torch.zeros(2, 3, 32, 32)
+    x[:, 0] = 1.0
+    assert paper(x).shape == (2, 10)
+    # a narrowing stage cannot be padded: it keeps a projection
+    narrow = create_model({**r20, "width2": 16, "width3": 8, "shortcut": "identity"}, num_classes=10)
+    assert any(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) for m in narrow.modules())
+    keys = BLOCK_KEYS.get("resnet_cifar")({**r20, "shortcut": "identity"}, (3, 32, 32))
+    assert sum(k[0] == "block_pad" for k in keys) == 2 and keys != BLOCK_KEYS.get("resnet_cifar")(r20, (3, 32, 32))
+    with pytest.raises(SpaceError, match="shortcut must be one of projection, identity"):
+        create_model({**r20, "shortcut": "option_c"}, num_classes=10)

@@ -47,8 +47,23 @@ def family_keys(name: str) -> tuple[set[str], set[str]]:
 
 
 # --------------------------------------------------------------------------- CIFAR ResNet
+SHORTCUTS = ("projection", "identity")
+
+
+class _PadShortcut(nn.Module):
+    """He et al.'s option A: identity, subsampled by the stride, channels zero-padded to the block's width (no weights)."""
+
+    def __init__(self, stride: int, extra: int):
+        super().__init__()
+        self.stride, self.extra = stride, extra
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, 0, self.extra)) if self.extra else x
+
+
 class _BasicBlock(nn.Module):
-    def __init__(self, in_planes: int, planes: int, stride: int):
+    def __init__(self, in_planes: int, planes: int, stride: int, shortcut: str = "projection"):
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -56,8 +71,12 @@ class _BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut = nn.Identity()
         if stride != 1 or in_planes != planes:
-            # projection shortcut (option B): works for any width change, unlike zero-padding
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+            if shortcut == "identity" and planes >= in_planes:
+                self.shortcut = _PadShortcut(stride, planes - in_planes)
+            else:
+                # projection shortcut (option B): works for any width change (a narrowing stage needs it: option A
+                # can only pad)
+                self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
         # activation modules (not F.relu) so that hooks can see them: NWOT reads every activation's input
         self.act1, self.act2 = nn.ReLU(), nn.ReLU()
 
@@ -70,7 +89,7 @@ class _BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """He et al.'s CIFAR ResNet: a 3x3 stem and three stages of basic blocks (ResNet-20 = depths 3,3,3)."""
 
-    def __init__(self, depths, widths, num_classes: int = 10, in_chans: int = 3):
+    def __init__(self, depths, widths, num_classes: int = 10, in_chans: int = 3, shortcut: str = "projection"):
         super().__init__()
         self.conv1 = nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
@@ -79,7 +98,7 @@ class CifarResNet(nn.Module):
         for i, (depth, width) in enumerate(zip(depths, widths)):
             blocks = []
             for j in range(depth):
-                blocks.append(_BasicBlock(in_planes, width, 2 if (i > 0 and j == 0) else 1))
+                blocks.append(_BasicBlock(in_planes, width, 2 if (i > 0 and j == 0) else 1, shortcut))
                 in_planes = width
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
@@ -106,9 +125,14 @@ class CifarResNet(nn.Module):
 @register_family
 def resnet_cifar(
     depth1: int, depth2: int, depth3: int, width1: int = 16, width2: int = 32, width3: int = 64,
-    *, num_classes: int = 10, in_chans: int = 3,
+    shortcut: str = "projection", *, num_classes: int = 10, in_chans: int = 3,
 ) -> nn.Module:
-    return CifarResNet((depth1, depth2, depth3), (width1, width2, width3), num_classes, in_chans)
+    """``shortcut``: where a block changes resolution or width, a 1x1 projection (default; configs without the key keep
+    it and their ids) or He et al.'s original identity with zero-padded channels ('identity': the ResNet-20 of the
+    paper, which distils about a point better than the projection version; a narrowing block still projects)."""
+    if shortcut not in SHORTCUTS:
+        raise SpaceError(f"resnet_cifar shortcut must be one of {', '.join(SHORTCUTS)}, not {shortcut!r}; fix the space or candidate.")
+    return CifarResNet((depth1, depth2, depth3), (width1, width2, width3), num_classes, in_chans, shortcut)
 
 
 # --------------------------------------------------------------------------- timm ResNet
@@ -347,7 +371,8 @@ def _resnet_cifar_keys(config: dict, input_shape: tuple) -> list:
     for i, width in enumerate(widths):
         for j in range(config[f"depth{i + 1}"]):
             stride = 2 if (i > 0 and j == 0) else 1
-            keys.append(("block", in_planes, width, stride, h))
+            padded = config.get("shortcut") == "identity" and (stride != 1 or in_planes != width) and width >= in_planes
+            keys.append(("block_pad" if padded else "block", in_planes, width, stride, h))
             h = _half(h) if stride == 2 else h
             in_planes = width
     return keys + [("fc", in_planes)]
