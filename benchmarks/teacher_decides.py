@@ -169,12 +169,17 @@ def replay_asha(curves: dict[str, list[dict]], order: list[str], eta: int, first
     return max(finished, key=lambda c: (finished[c], -order.index(c))), spent
 
 
+_POOL: list = []  # one pool of worker processes for the whole cell: each loads the JPEGs and the teacher once (~80 s)
+
+
 def run_pool(specs: list[dict], workers: int, smoke: bool) -> dict:
     if workers <= 1:
-        _init(smoke)
+        if "setting" not in _WORKER:
+            _init(smoke)
         return {s["key"]: job(s) for s in specs}
-    with multiprocessing.get_context("spawn").Pool(workers, _init, (smoke,)) as procs:
-        return {r["key"]: r for r in procs.imap_unordered(job, specs)}
+    if not _POOL:
+        _POOL.append(multiprocessing.get_context("spawn").Pool(workers, _init, (smoke,)))
+    return {r["key"]: r for r in _POOL[0].imap_unordered(job, specs)}
 
 
 def cell(args, work: Path) -> dict:
@@ -289,7 +294,11 @@ def main() -> None:
     if args.smoke:
         os.environ.setdefault("KDSEARCH_CACHE_DIR", str(tmp / "cache"))
     load = os.getloadavg()[0]
-    row = cell(args, work)
+    try:
+        row = cell(args, work)
+    finally:
+        for procs in _POOL:
+            procs.close()
     path = results / "teacher_decides.json"
     data = json.loads(path.read_text()) if path.exists() else {"cells": []}
     data["cells"] = [c for c in data["cells"] if (c["space"], c["budget"]) != (row["space"], row["budget"])] + [row]

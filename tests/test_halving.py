@@ -228,3 +228,21 @@ def test_bad_halving_settings_are_one_sentence_and_exit_2(tmp_path, capsys, extr
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()  # refused before any work
+
+
+@pytest.mark.slow
+def test_halving_with_two_workers_on_postgres_distils_each_rung_unit_once(postgres, tmp_path):
+    from tests.test_workers import studies
+
+    url = postgres.new_database("halving_workers")
+    out = tmp_path / "run"
+    proc = spawn(*halving_args(out, "--storage", url, "--workers", "2"))
+    _, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-3000:]
+    _, students = studies(url)
+    done = [t for t in students.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    units = [(t.user_attrs["candidate_id"], t.user_attrs.get("rung")) for t in done]
+    assert len(units) == len(set(units)) == 7 + 4 + 2
+    state = json.loads((out / "halving.json").read_text())
+    assert [len(r["members"]) for r in state["rungs"]] == [7, 4, 2]
+    assert pd.read_csv(out / "candidates.csv")["distilled_accuracy"].notna().sum() == 2

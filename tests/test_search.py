@@ -358,3 +358,20 @@ def test_evaluator_with_a_latency_model_times_only_what_is_near_the_limit_or_a_n
     far = evaluator({**base, "width3": 128})  # predicted 20 ms: far over, not timed
     assert len(timed) == 2 and far["latency_source"] == "model" and not parse_budget("10ms").fits(far)
     assert evaluator.predictor.observed == [9.0, 9.0]
+
+
+def test_the_optuna_adapter_counts_and_rereads_trials_through_the_storage(tmp_path):
+    """The one module that touches Optuna's private attributes: an upgrade that moves them fails here first."""
+    import optuna
+
+    from kdsearch.search.optuna_adapter import count_trials, reread_trial
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s", direction="maximize")
+    study.enqueue_trial({}, user_attrs={"candidate_id": "a"})
+    study.enqueue_trial({}, user_attrs={"candidate_id": "b"})
+    assert count_trials(study) == 2 and count_trials(study, optuna.trial.TrialState.WAITING) == 2
+    trial = study.ask()
+    other = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}")
+    other._storage.set_trial_user_attr(trial._trial_id, "seen", True)  # another process writes to the running trial
+    assert reread_trial(study, trial).user_attrs["seen"] is True
+    assert count_trials(study, optuna.trial.TrialState.RUNNING) == 1 and count_trials(study, optuna.trial.TrialState.WAITING) == 1

@@ -59,6 +59,7 @@ from kdsearch.search import (
     run_search,
     scored_candidates,
 )
+from kdsearch.search.optuna_adapter import count_trials
 from kdsearch.spaces import SearchSpace, create_model, default_space_path, load_space
 from kdsearch.supernet import SandwichRule, SupernetRanker, prepare_supernets
 from kdsearch.teacher import Teacher, load_network, load_teacher
@@ -530,7 +531,7 @@ def run_worker(run_dir: str | Path, *, index: int | None = None, device: str | N
         while queue.phase == "preparing" and not stop():
             time.sleep(POLL_S)  # the supernets (if any) are trained by find before scoring opens
         ranker = run_supernets(settings, task, teacher.model, log=log) if settings.supernet is not None and not stop() else None
-        before = queue.search._storage.get_n_trials(queue.search._study_id)
+        before = count_trials(queue.search)
         predictor = _latency_model(settings, task, None, log)  # this worker's device (from the cache on find's machine)
         score = _scorer(settings, task, teacher, folder, log, ranker, predictor, worker=index, wait=False, should_stop=stop)
         try:

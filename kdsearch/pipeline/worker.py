@@ -34,6 +34,7 @@ from kdsearch._util import stable_hash
 from kdsearch.exceptions import StorageError
 from kdsearch.run import STUDY_NAME, RunSettings
 from kdsearch.search import fail_stale_trials, open_study, redact, requeue
+from kdsearch.search.optuna_adapter import count_trials
 from kdsearch.search.storage import is_storage_failure, unreachable
 
 STUDENTS_STUDY = "kdsearch-students"
@@ -105,7 +106,7 @@ class RunQueue:
         """Pop one waiting unit and run ``distil(unit, trial)`` (it may ``trial.report`` each epoch); the candidate
         id, or None when none was waiting."""
         fail_stale_trials(self.students)
-        if not self.students._storage.get_n_trials(self.students._study_id, state=optuna.trial.TrialState.WAITING):
+        if not count_trials(self.students, optuna.trial.TrialState.WAITING):
             return None
         taken: list[str] = []
 

@@ -271,7 +271,7 @@ def halving_lines(state: dict | None, epochs: int) -> list[str]:
     for rung in rungs:
         line = f"  rung {rung['index']}: {len(rung['members'])} to epoch {rung['until_epoch']}, kept {len(rung['survivors'])}"
         if finished and rung is not final:
-            shared = [c for c in final["members"]]
+            shared = final["members"]  # every survivor was scored at every rung
             ours = [rung["scores"][c] for c in shared]
             truth = [final["scores"][c] for c in shared]
             if len(shared) >= 2 and len(set(ours)) > 1 and len(set(truth)) > 1:

@@ -25,11 +25,11 @@ from kdsearch.training import STUDENT_RECIPE, Recipe
 
 IDENTITY_KEYS = (
     "teacher", "teacher_weights_sha", "data", "space", "space_sha", "budget", "proxies", "device", "latency_batch_size",
-    "threads", "seed", "loss", "supernet", "runtime", "latency_model",
+    "threads", "seed", "loss", "supernet", "runtime", "latency_model", "selection",
 )
 # Keys added after runs existed: a value equal to its default is left out of the identity, so older run folders
 # (and their storages' identity hashes) still resume.
-IDENTITY_DEFAULTS = {"runtime": "torch", "latency_model": "auto"}
+IDENTITY_DEFAULTS = {"runtime": "torch", "latency_model": "auto", "selection": {"select": "proxy"}}
 
 
 @dataclass(frozen=True)

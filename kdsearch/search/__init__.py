@@ -25,6 +25,7 @@ from kdsearch.search.evaluate import (
     measure_candidate,
     reference_models,
 )
+from kdsearch.search.optuna_adapter import count_trials, reread_trial
 from kdsearch.search.storage import HEARTBEAT_S, fail_stale_trials, is_storage_failure, make_storage, redact, unreachable
 from kdsearch.spaces import SearchSpace, candidate_id
 
@@ -130,10 +131,9 @@ def filled_slots(trials: list[optuna.trial.FrozenTrial], n_trials: int) -> int:
 
 def has_open_slot(study: optuna.Study, n_trials: int) -> bool:
     """Can a worker take a trial: a retry is waiting, or a new trial would still get a slot below ``n_trials``?"""
-    storage, sid = study._storage, study._study_id
-    if storage.get_n_trials(sid, state=optuna.trial.TrialState.WAITING):
+    if count_trials(study, optuna.trial.TrialState.WAITING):
         return True
-    if storage.get_n_trials(sid) < n_trials:  # cheap: fewer trials than slots (the usual case, until the end)
+    if count_trials(study) < n_trials:  # cheap: fewer trials than slots (the usual case, until the end)
         return True
     trials = study.get_trials(deepcopy=False)
     return sum(1 for t in trials if "failed_trial" not in t.system_attrs) < n_trials
@@ -143,7 +143,7 @@ def requeue(study: optuna.Study, trial: optuna.Trial | optuna.trial.FrozenTrial,
     """Queue a waiting trial for ``trial``'s slot (what Optuna's retry callback does for a worker that stopped
     beating), so that the next worker to look takes it: the same candidate again (an interrupted trial), or with
     ``fresh`` a new draw of the sampler (a trial whose candidate another worker already holds)."""
-    frozen = trial if isinstance(trial, optuna.trial.FrozenTrial) else study._storage.get_trial(trial._trial_id)
+    frozen = trial if isinstance(trial, optuna.trial.FrozenTrial) else reread_trial(study, trial)
     system = {"failed_trial": int(frozen.system_attrs.get("failed_trial", frozen.number)),
               "retry_history": [*frozen.system_attrs.get("retry_history", []), frozen.number]}
     if fresh:
@@ -258,14 +258,13 @@ def _scored_by_another_worker(study: optuna.Study, trial: optuna.Trial, cid: str
     remains possible only when two twins decide within one storage write of each other."""
     import time
 
-    storage, sid = study._storage, study._study_id
     trial.set_user_attr("candidate_id", cid)  # what the others look for
-    if storage.get_n_trials(sid, state=optuna.trial.TrialState.RUNNING) >= 2:  # alone: one cheap count per trial
+    if count_trials(study, optuna.trial.TrialState.RUNNING) >= 2:  # alone: one cheap count per trial
         states = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.COMPLETE)
         twins = [t for t in study.get_trials(deepcopy=False, states=states)
                  if t.user_attrs.get("candidate_id") == cid and t.number != trial.number
                  and (t.state == optuna.trial.TrialState.COMPLETE or t.user_attrs.get("measuring") or t.number < trial.number)]
-        if twins and len(storage.get_trial_system_attrs(trial._trial_id).get("retry_history", [])) < 3:
+        if twins and len(reread_trial(study, trial).system_attrs.get("retry_history", [])) < 3:
             requeue(study, trial, fresh=True)
             trial.set_user_attr("twin_of", twins[0].number)
             raise optuna.TrialPruned()
@@ -276,7 +275,7 @@ def _scored_by_another_worker(study: optuna.Study, trial: optuna.Trial, cid: str
                 polls += 1
                 if polls % 20 == 0:
                     fail_stale_trials(study)  # its worker may have died
-                twin = storage.get_trial(twin._trial_id)
+                twin = reread_trial(study, twin)
             if twin.state == optuna.trial.TrialState.COMPLETE:
                 trial.set_user_attr("served_from", twin.number)
                 return {k: v for k, v in twin.user_attrs.items() if k not in _BOOKKEEPING}
