@@ -227,9 +227,11 @@ def cell(args, work: Path) -> dict:
             order = order_members({c: source[c]["val_accuracy"] for c in ids}, proxy, "accuracy+proxy", n_val)
             designs.append({"design": name, "first_rung_epochs": r, "tau": kendall([-order.index(c) for c in ids], truth),
                             "n": len(ids)})
-    # the stage for real, with find's defaults (restart design, accuracy), and the replays
+    # the stage with both designs: 'restart' run for real (find's code path: distill_student to each rung's end with the
+    # halving recipe), 'snapshot' replayed on the full curves (exact: a snapshot rung continued equals the same student
+    # trained straight through, tests/test_halving.py); then ASHA replayed through Optuna's pruner
     plan = plan_rungs(len(ids), args.top_k, args.eta, args.first_rung, epochs)
-    members, stage_seconds, rungs = list(ids), 0.0, []
+    members, restart_seconds, rungs = list(ids), 0.0, []
     for rung in plan:
         rung_specs = [{"key": f"stage/{c}/{rung.index}", "config": next(p["config"] for p in pool if p["candidate_id"] == c),
                        "epochs": epochs, "seed": 0, "restarts": restarts_for(plan, "restart"), "until_epoch": rung.until_epoch,
@@ -237,24 +239,26 @@ def cell(args, work: Path) -> dict:
         out = run_pool(rung_specs, args.workers, args.smoke)
         before = plan[rung.index - 1].until_epoch if rung.index else 0
         scores = {c: rung_score(out[f"stage/{c}/{rung.index}"]["history"], "accuracy") for c in members}
-        stage_seconds += sum(sum(h["seconds"] for h in out[f"stage/{c}/{rung.index}"]["history"][before:]) for c in members)
+        restart_seconds += sum(sum(h["seconds"] for h in out[f"stage/{c}/{rung.index}"]["history"][before:]) for c in members)
         order = order_members(scores, proxy, "accuracy", n_val)
         rungs.append({"index": rung.index, "until_epoch": rung.until_epoch, "scores": scores})
         members = order if rung.index == len(plan) - 1 else order[: plan[rung.index + 1].members]
-    halving_pick, params_pick = members[0], ids[0]
-    sync_snapshot = replay_sync(curves, proxy, plan, "accuracy", n_val, epochs)
+    stage_picks = {"restart": members[0], "snapshot": replay_sync(curves, proxy, plan, "accuracy", n_val, epochs)}
+    full_epoch_s = statistics.median(sum(h["seconds"] for h in curves[c]) for c in ids) / epochs
+    snapshot_seconds = student_epochs(plan) * full_epoch_s  # the same epochs of the same recipe as the ground truth
+    halving_pick, params_pick = stage_picks[args.rung_design], ids[0]
+    sync_snapshot = stage_picks["snapshot"]
     asha_pick, asha_epochs = replay_asha(curves, ids, args.eta, args.first_rung, epochs)
     # the picks (and ResNet-20 at its own latency) with the full recipe, seeds 0 and 1
-    named = {"params": params_pick, "halving": halving_pick}
+    named = {"params": params_pick, "halving": halving_pick, **{f"halving_{d}": c for d, c in stage_picks.items()}}
     configs = {p["candidate_id"]: p["config"] for p in pool}
-    if args.budget_factor == 1.0 and not args.smoke:
+    if args.budget_factor == 1.0 and not args.smoke and args.space == "resnet_cifar":
         configs["resnet20"] = {**RESNET20, "shortcut": "identity"}  # He et al.'s, zero-padded shortcuts
         named["resnet20"] = "resnet20"
     pick_specs = [{"key": f"full/{c}/{s}", "config": configs[c], "epochs": epochs, "seed": s,
                    "folder": str(folder / "full" / f"{c}-seed{s}")} for c in sorted(set(named.values())) for s in (0, 1)]
     picks = run_pool(pick_specs, args.workers, args.smoke)
     acc = {name: statistics.mean(picks[f"full/{c}/{s}"]["accuracy"] for s in (0, 1)) for name, c in named.items()}
-    full_epoch_s = statistics.median(sum(h["seconds"] for h in curves[c]) for c in ids) / epochs
     top3 = args.top_k * epochs
     first = next(d for d in designs if d["design"] == "restart accuracy" and d["first_rung_epochs"] == args.first_rung)
     return {
@@ -265,7 +269,11 @@ def cell(args, work: Path) -> dict:
         "best_in_pool": max(ids, key=lambda c: final[c]), "best_in_pool_acc_seed0": max(truth),
         "tau_rung1": first["tau"], "tau_params": designs[0]["tau"],
         "cost_student_epochs": student_epochs(plan), "cost_ratio": student_epochs(plan) / top3,
-        "cost_seconds": stage_seconds, "top3_full_seconds_est": full_epoch_s * top3,
+        "cost_seconds": {"restart": restart_seconds, "snapshot": snapshot_seconds}[args.rung_design],
+        "top3_full_seconds_est": full_epoch_s * top3, "rung_design": args.rung_design,
+        "designs_picks": {d: {"pick": c, "acc_2_seeds": acc[f"halving_{d}"],
+                              "truth_rank_seed0": sorted(ids, key=lambda x: -final[x]).index(c) + 1}
+                          for d, c in stage_picks.items()},
         "asha_vs_sync": {"sync_snapshot_pick": sync_snapshot, "sync_snapshot_acc_seed0": final[sync_snapshot],
                          "sync_epochs": student_epochs(plan), "asha_pick": asha_pick, "asha_acc_seed0": final[asha_pick],
                          "asha_epochs": asha_epochs},
@@ -282,6 +290,8 @@ def main() -> None:
     parser.add_argument("--first-rungs", default="1,2", help="first-rung lengths whose designs are measured")
     parser.add_argument("--first-rung", type=int, default=1, help="the stage's first rung (find's default)")
     parser.add_argument("--eta", type=int, default=3)
+    parser.add_argument("--rung-design", default="snapshot", choices=["snapshot", "restart"],
+                        help="the design whose pick is 'halving's pick' (both are measured)")
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--smoke", action="store_true", help="digits, 6 students, 3 epochs, results to a temporary folder")
