@@ -259,6 +259,8 @@ def cell(args, work: Path) -> dict:
                    "folder": str(folder / "full" / f"{c}-seed{s}")} for c in sorted(set(named.values())) for s in (0, 1)]
     picks = run_pool(pick_specs, args.workers, args.smoke)
     acc = {name: statistics.mean(picks[f"full/{c}/{s}"]["accuracy"] for s in (0, 1)) for name, c in named.items()}
+    # seed 1 is a training no rung saw: the snapshot design's rungs are the first epochs of the seed-0 runs themselves
+    seed1 = {name: picks[f"full/{c}/1"]["accuracy"] for name, c in named.items()}
     top3 = args.top_k * epochs
     first = next(d for d in designs if d["design"] == "restart accuracy" and d["first_rung_epochs"] == args.first_rung)
     return {
@@ -271,7 +273,8 @@ def cell(args, work: Path) -> dict:
         "cost_student_epochs": student_epochs(plan), "cost_ratio": student_epochs(plan) / top3,
         "cost_seconds": {"restart": restart_seconds, "snapshot": snapshot_seconds}[args.rung_design],
         "top3_full_seconds_est": full_epoch_s * top3, "rung_design": args.rung_design,
-        "designs_picks": {d: {"pick": c, "acc_2_seeds": acc[f"halving_{d}"],
+        "acc_seed1": seed1,
+        "designs_picks": {d: {"pick": c, "acc_2_seeds": acc[f"halving_{d}"], "acc_seed1": seed1[f"halving_{d}"],
                               "truth_rank_seed0": sorted(ids, key=lambda x: -final[x]).index(c) + 1}
                           for d, c in stage_picks.items()},
         "asha_vs_sync": {"sync_snapshot_pick": sync_snapshot, "sync_snapshot_acc_seed0": final[sync_snapshot],
@@ -290,7 +293,7 @@ def main() -> None:
     parser.add_argument("--first-rungs", default="1,2", help="first-rung lengths whose designs are measured")
     parser.add_argument("--first-rung", type=int, default=1, help="the stage's first rung (find's default)")
     parser.add_argument("--eta", type=int, default=3)
-    parser.add_argument("--rung-design", default="snapshot", choices=["snapshot", "restart"],
+    parser.add_argument("--rung-design", default="restart", choices=["restart", "snapshot"],
                         help="the design whose pick is 'halving's pick' (both are measured)")
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
@@ -325,6 +328,7 @@ def main() -> None:
     print(f"  params' pick {row['acc_params_pick']:.4f}   halving's pick {row['acc_halving_pick']:.4f}"
           + (f"   ResNet-20 {row['acc_reference']:.4f}" if row["acc_reference"] is not None else "")
           + f"   (mean of seeds 0 and 1; halving's pick is #{row['halving_pick_truth_rank']} of the pool by seed-0 truth)")
+    print("  seed 1 alone (no rung saw it): " + ", ".join(f"{k} {v:.4f}" for k, v in row["acc_seed1"].items()))
     print(f"  stage cost {row['cost_student_epochs']} student-epochs = {row['cost_ratio']:.2f}x the top-3 in full")
     print(f"  ASHA (Optuna, one process, proxy order): pick {row['asha_vs_sync']['asha_acc_seed0']:.4f} for "
           f"{row['asha_vs_sync']['asha_epochs']} epochs; sync rungs (snapshot): {row['asha_vs_sync']['sync_snapshot_acc_seed0']:.4f} "

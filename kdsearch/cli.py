@@ -115,9 +115,9 @@ def _find_parser(f: argparse.ArgumentParser, names: dict) -> None:
     f.add_argument("--pool", type=_positive_int, default=27, help="with --select halving: candidates within the budget it starts from")
     f.add_argument("--eta", type=int, default=3, help="with --select halving: each rung keeps the best 1/eta (at least 2)")
     f.add_argument("--first-rung", type=_positive_int, default=1, help="with --select halving: epochs of the first rung")
-    f.add_argument("--rung-design", default="snapshot", choices=["snapshot", "restart"],
-                   help="with --select halving: the full recipe's schedule stopped at each rung's end (snapshot), or each "
-                        "rung a short complete schedule, restarted at the next (restart)")
+    f.add_argument("--rung-design", default="restart", choices=["restart", "snapshot"],
+                   help="with --select halving: each rung a short complete schedule, restarted at the next (restart), or "
+                        "the full recipe's schedule stopped at each rung's end (snapshot)")
     f.add_argument("--rung-signal", default="accuracy", choices=["accuracy", "accuracy+proxy", "kd_loss", "extrapolated"],
                    help="with --select halving: what ranks the students at a rung's end (accuracy+proxy: the proxy "
                         "orders students whose accuracies tie within the validation noise)")

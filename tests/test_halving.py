@@ -96,10 +96,10 @@ def test_a_training_stopped_at_a_rung_and_continued_equals_one_trained_straight_
 # ---------------------------------------------------------------------- find --select halving, end to end
 @pytest.fixture(scope="module")
 def halving_run(tmp_path_factory):
-    """One halving run on digits with a local worker beside find (SQLite): 7 in the pool, eta 2, 4 epochs, the restart
-    design (the default snapshot design runs in the PostgreSQL test)."""
+    """One halving run on digits with a local worker beside find (SQLite): 7 in the pool, eta 2, 4 epochs, the default
+    restart design (the snapshot design runs in the PostgreSQL test)."""
     out = tmp_path_factory.mktemp("halving") / "run"
-    proc = spawn(*halving_args(out, "--workers", "1", "--rung-design", "restart"))
+    proc = spawn(*halving_args(out, "--workers", "1"))
     _, err = proc.communicate(timeout=900)
     assert proc.returncode == 0, err[-3000:]
     return out
@@ -193,7 +193,7 @@ def test_the_report_shows_the_rungs(halving_run, capsys):
 @pytest.mark.slow
 def test_a_find_killed_mid_rung_resumes_and_ends_as_an_uninterrupted_run(halving_run, tmp_path):
     out = tmp_path / "run"
-    proc = spawn(*halving_args(out, "--rung-design", "restart"))
+    proc = spawn(*halving_args(out))
 
     def in_rung_one():
         state = json.loads((out / "halving.json").read_text()) if (out / "halving.json").exists() else {}
@@ -202,7 +202,7 @@ def test_a_find_killed_mid_rung_resumes_and_ends_as_an_uninterrupted_run(halving
     wait_for(in_rung_one, 600, "find to be inside rung 1")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    again = spawn(*halving_args(out, "--rung-design", "restart"))
+    again = spawn(*halving_args(out))
     _, err = again.communicate(timeout=900)
     assert again.returncode == 0, err[-3000:]
     resumed, reference = (json.loads((p / "halving.json").read_text()) for p in (out, halving_run))
@@ -237,7 +237,7 @@ def test_halving_with_two_workers_on_postgres_distils_each_rung_unit_once(postgr
 
     url = postgres.new_database("halving_workers")
     out = tmp_path / "run"
-    proc = spawn(*halving_args(out, "--storage", url, "--workers", "2"))
+    proc = spawn(*halving_args(out, "--storage", url, "--workers", "2", "--rung-design", "snapshot"))
     _, err = proc.communicate(timeout=900)
     assert proc.returncode == 0, err[-3000:]
     _, students = studies(url)

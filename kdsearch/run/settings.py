@@ -79,7 +79,7 @@ class RunSettings:
         front: int = 4, controls: int = 1, proxy: str = "default", sampler: str = "auto", device: str = "auto", latency_batch_size: int = 1, threads: int = 1,
         runtime: str = "torch", latency_model: str = "auto", epochs: int = 10, batch_size: int = 64, loss: str = "kd", loss_options: dict | None = None, storage: str | None = None,
         workers: int = 0, heartbeat_s: int = HEARTBEAT_S, select: str = "proxy", pool: int = 27, eta: int = 3,
-        first_rung: int = 1, rung_design: str = "snapshot", rung_signal: str = "accuracy", subspaces: int = 3, supernet_epochs: int = 5, supernet_anchors: str = "latency", warm_start: bool = False,
+        first_rung: int = 1, rung_design: str = "restart", rung_signal: str = "accuracy", subspaces: int = 3, supernet_epochs: int = 5, supernet_anchors: str = "latency", warm_start: bool = False,
         seed: int = 0, quiet: bool = False,
     ) -> RunSettings:
         """Validate every input before any work: a mistake costs the user one line, not a half-made run."""
