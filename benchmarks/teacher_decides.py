@@ -238,8 +238,10 @@ def cell(args, work: Path) -> dict:
                        "folder": str(folder / "stage" / c)} for c in members]
         out = run_pool(rung_specs, args.workers, args.smoke)
         before = plan[rung.index - 1].until_epoch if rung.index else 0
-        scores = {c: rung_score(out[f"stage/{c}/{rung.index}"]["history"], "accuracy") for c in members}
-        restart_seconds += sum(sum(h["seconds"] for h in out[f"stage/{c}/{rung.index}"]["history"][before:]) for c in members)
+        # a resumed student's history can run past this rung (a survivor's reaches the last epoch): cut it at the rung
+        histories = {c: out[f"stage/{c}/{rung.index}"]["history"][: rung.until_epoch] for c in members}
+        scores = {c: rung_score(histories[c], "accuracy") for c in members}
+        restart_seconds += sum(sum(h["seconds"] for h in histories[c][before:]) for c in members)
         order = order_members(scores, proxy, "accuracy", n_val)
         rungs.append({"index": rung.index, "until_epoch": rung.until_epoch, "scores": scores})
         members = order if rung.index == len(plan) - 1 else order[: plan[rung.index + 1].members]
