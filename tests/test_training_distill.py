@@ -56,7 +56,7 @@ def test_interrupted_training_resumes_exactly(digits_task, tmp_path, monkeypatch
     full = fit(model, digits_task, recipe)
 
     # Same run, killed during epoch 2 (after epoch 1's checkpoint was written).
-    real_evaluate, calls = training.evaluate, {"n": 0}
+    real_evaluate, calls = training.evaluate_scores, {"n": 0}  # what fit scores each epoch with
 
     def dying_evaluate(*args, **kwargs):
         calls["n"] += 1
@@ -67,10 +67,10 @@ def test_interrupted_training_resumes_exactly(digits_task, tmp_path, monkeypatch
     ck = tmp_path / "ck.pt"
     killed = create_model(CFG, num_classes=10, in_chans=1)
     killed.load_state_dict(init)
-    monkeypatch.setattr(training, "evaluate", dying_evaluate)
+    monkeypatch.setattr(training, "evaluate_scores", dying_evaluate)
     with pytest.raises(KeyboardInterrupt):
         fit(killed, digits_task, recipe, checkpoint=ck)
-    monkeypatch.setattr(training, "evaluate", real_evaluate)
+    monkeypatch.setattr(training, "evaluate_scores", real_evaluate)
     assert torch.load(ck, weights_only=True)["epoch"] == 1
 
     resumed_model = create_model(CFG, num_classes=10, in_chans=1)  # a new process: fresh weights
