@@ -217,7 +217,8 @@ def _distill(args) -> int:
     from kdsearch.pipeline import train_student
     from kdsearch.training import Recipe
 
-    # every Recipe field but restarts (successive halving sets it) is a distill option of the same name; None = not given (the run's or Recipe()'s value)
+    # every Recipe field but restarts (halving sets it) is a distill option of the same name; None = not given (the
+    # run's or Recipe()'s value)
     recipe = {f.name: getattr(args, f.name) for f in fields(Recipe) if getattr(args, f.name, None) is not None}
     result = train_student(
         args.teacher, args.student, from_run=args.from_run, trial=args.trial, data=args.data, data_root=args.data_root,

@@ -381,7 +381,7 @@ def _select_by_halving(settings: RunSettings, task: Task, feasible: list[dict], 
     log(f"halving: pool of {len(pool)} (the top by {proxy} within the budget), eta {sel['eta']}, first rung "
         f"{sel['first_rung']} epoch(s), design {sel['rung_design']}, signal {sel['rung_signal']}")
     queue.set_phase("distilling")
-    distil = student_job(settings, task, teacher, folder, log, ranker, pool_size=len(pool))
+    distil = student_job(settings, task, teacher, folder, log, ranker)
     state = run_halving(settings, task, folder, queue, distil, log, pool, {c: float(finalists[c][proxy]) for c in pool})
     reached = {cid: (r["index"], r["until_epoch"]) for r in state["rungs"] for cid in r["members"]}
     for cid in pool:
@@ -447,7 +447,7 @@ def _distil_finalists(settings: RunSettings, task: Task, teacher: Teacher, final
 
 
 def student_job(settings: RunSettings, task: Task, teacher: Teacher, folder: RunFolder, log,
-                ranker: SupernetRanker | None, pool_size: int | None = None):
+                ranker: SupernetRanker | None):
     """``distil(unit, trial) -> accuracy``: one finalist distilled into its student folder (resumed from its
     checkpoint when another worker started it), to the full recipe, or to the end of its rung of successive halving
     (a unit with ``rung``), reporting its validation accuracy to the trial after each epoch."""
@@ -466,9 +466,8 @@ def student_job(settings: RunSettings, task: Task, teacher: Teacher, folder: Run
         started, role = time.perf_counter(), final.get("role", "top")
         options: dict = {}
         recipe = settings.recipe()
-        if rung is not None:
-            size = pool_size or len((folder.halving() or {}).get("pool", [])) or settings.selection["pool"]
-            recipe = halving_recipe(settings, size)
+        if rung is not None:  # halving.json (its plan) is written before any rung unit is queued
+            recipe = halving_recipe(settings, folder.halving())
             if not val_logits:
                 val_logits.append(validation_logits(teacher.model, task, device=torch.device(settings.device)))
             options["val_teacher_logits"] = val_logits[0]
@@ -476,7 +475,7 @@ def student_job(settings: RunSettings, task: Task, teacher: Teacher, folder: Run
             role = f"rung {rung}"
         if trial is not None:
             options["on_epoch"] = lambda h: trial.report(float(h["val_accuracy"]), int(h["epoch"]))
-        try:
+        try:  # ``done``: a last rung whose result was written before its rung record (a kill between the two)
             result = done or distill_student(
                 final["config"], teacher.model, task, student, recipe, loss=settings.loss_name,
                 loss_options=settings.loss_options, device=torch.device(settings.device), progress=not settings.quiet,

@@ -22,19 +22,18 @@ from collections.abc import Callable
 from dataclasses import asdict
 
 from kdsearch.data import Task
-from kdsearch.distill.halving import order_members, plan_rungs, restarts_for, rung_score, student_epochs
+from kdsearch.distill.halving import Rung, order_members, plan_rungs, restarts_for, rung_score, student_epochs
 from kdsearch.exceptions import RunFolderError
 from kdsearch.pipeline.worker import POLL_S, RunQueue
 from kdsearch.run import RunFolder, RunSettings
 from kdsearch.training import Recipe
 
 
-def halving_recipe(settings: RunSettings, pool_size: int) -> Recipe:
-    """The recipe of every pool member: the run's, with the rungs' restarts for the 'restart' design."""
-    sel = settings.selection
-    rungs = plan_rungs(pool_size, settings.top_k, sel["eta"], sel["first_rung"], settings.epochs)
-    base = settings.recipe()
-    return Recipe(**{**base.to_dict(), "restarts": restarts_for(rungs, sel["rung_design"])})
+def halving_recipe(settings: RunSettings, state: dict) -> Recipe:
+    """The recipe of every pool member: the run's, with the rungs' restarts (halving.json's plan) for the 'restart'
+    design."""
+    rungs = [Rung(**r) for r in state["plan"]]
+    return Recipe(**{**settings.recipe().to_dict(), "restarts": restarts_for(rungs, state["design"])})
 
 
 def drain(queue: RunQueue, distil: Callable, settings: RunSettings, log, what: str = "student(s)") -> None:
@@ -106,9 +105,9 @@ def run_halving(settings: RunSettings, task: Task, folder: RunFolder, queue: Run
 
 
 def rung_unit_score(record: dict) -> float:
-    """What a rung unit reports as its trial's value: its last validation accuracy."""
+    """What a rung unit reports as its trial's value: its last validation accuracy (0 for a diverged one)."""
     history = record.get("history") or []
-    return float(history[-1]["val_accuracy"]) if history else 0.0
+    return rung_score(history, "accuracy") if history else 0.0
 
 
 __all__ = ["drain", "halving_recipe", "run_halving", "rung_unit_score"]

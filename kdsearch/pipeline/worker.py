@@ -119,8 +119,6 @@ class RunQueue:
             trial.set_user_attr("host", socket.gethostname())
             try:
                 value = distil(dict(trial.user_attrs), trial)
-            except optuna.TrialPruned:
-                raise
             except Exception as exc:
                 trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:500])
                 raise
