@@ -249,3 +249,19 @@ def test_halving_with_two_workers_on_postgres_distils_each_rung_unit_once(postgr
     assert pd.read_csv(out / "candidates.csv")["distilled_accuracy"].notna().sum() == 2
     result = json.loads((out / "students" / state["survivors"][0] / "result.json").read_text())
     assert "restarts" not in result["recipe"]  # the snapshot design: the survivors' recipe is the run's own
+
+
+def test_the_api_takes_the_same_halving_settings_and_refuses_the_same_mistakes(tmp_path):
+    from kdsearch.exceptions import KdsearchError
+    from kdsearch.pipeline import find
+    from kdsearch.run import RunSettings
+
+    settings = RunSettings.create(TEACHER, "0.3Mparams", select="halving", pool=9, eta=3, top_k=3, epochs=4,
+                                  out=tmp_path / "run")
+    assert settings.selection == {"select": "halving", "pool": 9, "eta": 3, "first_rung": 1, "rung_design": "restart",
+                                  "rung_signal": "accuracy"}
+    assert settings.identity()["selection"] == settings.selection  # a run is not resumed under another selection
+    assert "selection" not in RunSettings.create(TEACHER, "0.3Mparams").identity()  # the default: older runs resume
+    with pytest.raises(KdsearchError, match="--eta must be at least 2"):
+        find(TEACHER, "0.3Mparams", select="halving", eta=1, out=tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
