@@ -12,7 +12,7 @@ Reported: wall time of each half, ``speedup_vs_live_teacher``, and each student'
 the difference is the fp16 rounding of the stored logits, plus float noise). Records the load it ran under.
 
     .venv/bin/python benchmarks/front_cost.py                 # the issue's setting: 15 epochs (~45 min on 2 cores)
-    .venv/bin/python benchmarks/front_cost.py --epochs 5      # what README reports (~15 min)
+    .venv/bin/python benchmarks/front_cost.py --epochs 5      # what docs/benchmarks.md reports (~15 min)
     .venv/bin/python benchmarks/front_cost.py --epochs 5 --seed-reference 1   # seed noise of the live half (~9 min)
 """
 

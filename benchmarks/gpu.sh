@@ -6,7 +6,7 @@
 #   trainer img/s fp32 vs bf16 + channels_last, GPU utilisation, vs torchdistill  → trainer_speed_gpu.json
 #   CKA on CUDA vs torch-cka and ckatorch                                          → cka_speed_gpu.json
 #   the same students in eager torch / TorchScript / ONNX Runtime on CUDA          → latency_runtimes_gpu.{csv,json}
-# Results go to $GPU_RESULTS (default benchmarks/results). On the lent machine (see README, "GPU"):
+# Results go to $GPU_RESULTS (default benchmarks/results). On the lent machine (see CONTRIBUTING.md, "GPU"):
 #   here:  bash benchmarks/gpu_prepare.sh                  (fills .gpu/: wheels + CIFAR archive)
 #   there: run(command="GPU_RESULTS=$OUT bash benchmarks/gpu.sh", carry=[".gpu"], timeout_s=600)
 # Each step has its own time limit; a failed step is reported and the others still run (exit 1 at the end).

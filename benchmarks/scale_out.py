@@ -9,7 +9,7 @@ parameter count: on 2 cores, real latency measurements would disturb each other,
 coordination — does every slot get filled exactly once, is any candidate measured twice, what does a trial cost
 beyond its own work. Bookkeeping per trial = (the time a worker spent in run_search − its 50 ms waits) / its
 trials: the sampler, the storage's writes, the heartbeat, the duplicate check. (Before workers, find's SQLite/WAL
-bookkeeping was measured at 19 ms per trial: README §6.)
+bookkeeping was measured at 19 ms per trial: docs/benchmarks.md.)
 
     .venv/bin/python benchmarks/scale_out.py        # ~6 min on 2 cores, nothing else running -> results/scale_out.json
 """

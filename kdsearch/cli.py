@@ -99,7 +99,7 @@ def _find_parser(f: argparse.ArgumentParser, names: dict) -> None:
     f.add_argument(
         "--proxy", default="default",
         help=f"ranking proxy ({names['proxies']}), or several comma-separated (the first ranks); 'a+b' or '2*a+b' is a "
-        "rank ensemble; 'default' is the proxy chosen on distilled ground truth (README §6; today params)",
+        "rank ensemble; 'default' is the proxy chosen on distilled ground truth (docs/benchmarks.md; today params)",
     )
     f.add_argument("--sampler", default="auto", choices=names["samplers"], help="Optuna sampler; auto = exhaustive when the space has at most --trials candidates, else constrained")
     f.add_argument("--trials", type=_positive_int, default=100, help="candidates to score")

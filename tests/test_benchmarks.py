@@ -1,4 +1,4 @@
-"""Benchmarks that a fresh clone must be able to re-run (their heavy parts are run by hand, see README)."""
+"""Benchmarks that a fresh clone must be able to re-run (their heavy parts are run by hand, see docs/benchmarks.md)."""
 
 import importlib.util
 import sys

@@ -284,7 +284,7 @@ class LatencyModel:
     def in_context(self) -> bool:
         """Eager torch: blocks are timed inside the whole network (hooks), with the caches the blocks before them leave.
         Timed alone, on the warm cache of their own repeats, mobilenetv3's 112-px blocks ran 2-3x faster than in the
-        network (a held-out MAPE of 17 %, README §6). Other runtimes fuse across blocks and have no hooks: there a
+        network (a held-out MAPE of 17 %, docs/benchmarks.md). Other runtimes fuse across blocks and have no hooks: there a
         block is timed alone (OFA's way), and the calibration and the regressor take up what that misses."""
         return self.measure.runtime == "torch"
 
@@ -380,7 +380,7 @@ class LatencyModel:
     def observe(self, config: dict, measured_ms: float) -> None:
         """A candidate timed for real during the run (the search's re-timings): its ratio to the fitted figure
         tracks how much faster or slower the machine runs now than while the sample was timed. On the shared
-        2-core machine that drift reached 10-15 % within minutes (README §6), more than the predictor's own error."""
+        2-core machine that drift reached 10-15 % within minutes (docs/benchmarks.md), more than the predictor's own error."""
         self.ratios.append(float(measured_ms) / float(self.raw_predict([config])[0]))
         del self.ratios[:-DRIFT_WINDOW]
 

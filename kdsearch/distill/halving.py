@@ -10,7 +10,7 @@ survivors (``top_k`` of them) to the full recipe. Two designs of what a rung mea
   and the next rung continues from that checkpoint with a restarted schedule (SGDR).
 - ``snapshot``: the full recipe's schedule, stopped at the rung's end; survivors continue it exactly.
 
-Measured (benchmarks/teacher_decides.py, README §6: CIFAR-10 JPEGs, ResNet-56 teacher, 20 students at ResNet-20's
+Measured (benchmarks/teacher_decides.py, docs/benchmarks.md: CIFAR-10 JPEGs, ResNet-56 teacher, 20 students at ResNet-20's
 latency, 6 epochs, resnet_cifar and nasbench201): a complete 1-epoch schedule ranks the final accuracy at Kendall tau
 0.24 / 0.38 (its KD loss 0.46 / 0.50), the epoch-1 snapshot at 0.43 / -0.19 — and the snapshot's 0.43 is flattered,
 being the first epoch of the very seed-0 run it is scored against. On a seed no rung saw, the restart stage's pick on

@@ -7,7 +7,7 @@ run), and the ensemble is the weighted mean of those percentiles — Borda count
 population, which gives every candidate a score of its own (Optuna needs one per trial).
 
 The weights of the default ensemble are not chosen by taste: benchmarks/proxy_rank.py picks them out
-of sample on distilled ground truth (see DEFAULT_PROXY and README "Proxies").
+of sample on distilled ground truth (see DEFAULT_PROXY and docs/how-it-works.md, "Proxies").
 """
 
 from __future__ import annotations

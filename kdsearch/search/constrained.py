@@ -1,7 +1,7 @@
 """A sampler that aims at the constrained optimum: the best candidate by the proxy among those that fit.
 
 TPE models "good vs bad" trials and knows the budget only as a penalty; on a latency budget it drifts
-towards whatever region it sampled first (README §6: on ``resnet_cifar`` at 2 ms it settled on wide,
+towards whatever region it sampled first (docs/benchmarks.md: on ``resnet_cifar`` at 2 ms it settled on wide,
 shallow networks with 0.4× the parameters of the best that fit). This sampler models the two things that
 decide the answer separately, from the study's own trials:
 
@@ -151,7 +151,7 @@ class ConstrainedSampler(optuna.samplers.BaseSampler):
 
     def _metric_features(self, rows: np.ndarray) -> np.ndarray:
         """The encoding, plus the log of the metric model's prediction when there is one: with the device's latency
-        model the whole pool is screened on a figure within a few percent of a timing (README §6), and the trials
+        model the whole pool is screened on a figure within a few percent of a timing (docs/benchmarks.md), and the trials
         (timed or predicted) calibrate it."""
         encoded = self._encode(rows)
         if self.metric_model is None:
@@ -180,7 +180,7 @@ class ConstrainedSampler(optuna.samplers.BaseSampler):
         gain = np.maximum(values - best, 0.0) if np.isfinite(best) else values - values.min() + 1e-9
         # the caller uses the top-k: "sure" and "probable" count a gain over the k-th best that fits, so that once
         # nothing probably-fitting beats the best, the trials confirm the runners-up instead of idling (regret
-        # simulation: top-3 share at 200 trials 0.33 -> 1.0 in most resnet_cifar cells; README §6)
+        # simulation: top-3 share at 200 trials 0.33 -> 1.0 in most resnet_cifar cells; docs/benchmarks.md)
         kth = feasible[self.top_k - 1] if len(feasible) >= self.top_k else -np.inf
         gain_k = np.maximum(values - kth, 0.0) if np.isfinite(kth) else gain
         # the batch takes turns: the largest gain the model is sure enough fits; the largest expected gain; the

@@ -39,7 +39,7 @@ def predicted_candidate(config: dict, predictor: LatencyModel) -> dict[str, Any]
 CHEAP_PROXIES = ("params", "flops")
 # How many candidates per round the constrained sampler may score exactly, by proxy. SynFlow needs no data but one
 # forward/backward pass (~50 ms on this CPU): exact for the trees' 256 most promising candidates per round lifted
-# nasbench201 at the 10th latency percentile from 98.4 to the top 1 % (README §6).
+# nasbench201 at the 10th latency percentile from 98.4 to the top 1 % (docs/benchmarks.md).
 EXACT_PER_ROUND = {"params": 4096, "flops": 4096, "synflow": 256}
 
 
