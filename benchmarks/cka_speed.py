@@ -27,9 +27,19 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from _smoke import add_smoke, skip, smoke_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def anchors_installed() -> bool:
+    try:
+        import ckatorch  # noqa: F401
+        import torch_cka  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def ensure_anchors(install: bool = True) -> None:
@@ -120,7 +130,7 @@ def hooked_features(model, names, batches):
     return per_batch
 
 
-def feature_pair_case(device, repeats):
+def feature_pair_case(device, repeats, n: int = 2048):
     import timm
     from ckatorch.core import cka_base
     from torch_cka import CKA as TorchCKA
@@ -128,7 +138,7 @@ def feature_pair_case(device, repeats):
     from kdsearch.similarity import linear_cka
 
     torch.manual_seed(0)
-    x = cifar_images(2048).to(device)
+    x = cifar_images(n).to(device)
     with torch.no_grad():
         r18 = timm.create_model("resnet18", pretrained=False, num_classes=0).to(device).eval()
         r50 = timm.create_model("resnet50", pretrained=False, num_classes=0).to(device).eval()
@@ -271,13 +281,19 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cka_speed.json"))
     parser.add_argument("--no-install", action="store_true", help="do not pip-install the anchors (they must be importable)")
+    add_smoke(parser, "1 repeat, 256 images, one batch of 32 for all pairs")
     args = parser.parse_args()
+    sizes = {"n": 2048}, {}
+    if args.smoke:
+        args.repeats, args.out, sizes = 1, str(smoke_dir("cka_speed") / "cka_speed.json"), ({"n": 256}, {"batches": 1, "batch_size": 32})
+        if not anchors_installed():
+            skip("cka_speed: the anchors torch-cka and ckatorch are not installed (a run without --smoke installs them)")
     ensure_anchors(install=not args.no_install)
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(2)
-    features = feature_pair_case(device, args.repeats)
-    pairs = all_pairs_case(device, args.repeats)
+    features = feature_pair_case(device, args.repeats, **sizes[0])
+    pairs = all_pairs_case(device, args.repeats, **sizes[1])
     print("\n| case | library | seconds | ratio (theirs / ours) | error vs fp64 |\n|---|---|---|---|---|")
     for case, rows, err in (("2048×512 vs 2048×2048", features, "abs_err_vs_fp64_biased"),
                             ("ResNet-18 × ResNet-34 all pairs, CKA only", pairs["cka_only"], "max_abs_err_vs_fp64"),

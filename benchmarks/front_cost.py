@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / ".data" / "search_e2e"  # the teacher search_e2e trained (cached by content hash)
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from _smoke import add_smoke, smoke_dir  # noqa: E402
 
 BASE = {"family": "resnet_cifar"}
 STUDENTS = [  # (depths, widths): 8 sizes, ~20 k to ~0.4 M parameters
@@ -78,7 +79,12 @@ def main() -> None:
     parser.add_argument("--seed-reference", type=int, metavar="SEED",
                         help="instead: the live half again with another seed, against the committed live half (how far "
                              "two seeds of the same student differ: the noise the live-vs-shared differences compare to)")
+    add_smoke(parser, "1 epoch, 20 images per class, a 1-epoch teacher")
     args = parser.parse_args()
+    global WORK
+    if args.smoke:
+        WORK = smoke_dir("front_cost")
+        args.epochs, args.per_class, args.teacher_epochs, args.out = 1, 20, 1, WORK / "front_cost.json"
     os.environ.setdefault("KDSEARCH_CACHE_DIR", str(WORK / "cache"))
 
     from proxy_rank import cifar_folder

@@ -22,6 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from _smoke import add_smoke, smoke_dir  # noqa: E402
 from trainer_speed import STUDENT, TEACHER, cifar_folder  # noqa: E402
 
 from kdsearch.data import load_task  # noqa: E402
@@ -37,7 +38,11 @@ def main() -> None:
     parser.add_argument("--teacher-epochs", type=int, default=40)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    add_smoke(parser, "200 images, 1 epoch, a 1-epoch teacher, one seed")
     args = parser.parse_args()
+    if args.smoke:
+        args.train_samples, args.epochs, args.teacher_epochs, args.seeds = 200, 1, 1, [0]
+        args.out = str(smoke_dir("kd_sanity"))
     torch.set_num_threads(2)
     task = load_task(str(cifar_folder()), train_samples=args.train_samples)
     started = time.perf_counter()

@@ -24,12 +24,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers
+from _smoke import add_smoke, smoke_dir  # noqa: E402
 
 SPACES = {"mobilenetv3": 224, "resnet_cifar": 32}
 
@@ -96,7 +100,7 @@ def run_space(name: str, size: int, args) -> dict:
     space = load_space(name)
     measure = MeasureSettings(input_shape=(3, size, size), num_classes=10, in_chans=3, runtime=args.runtime, threads=1)
     started = time.perf_counter()
-    model = fit_latency_model(space, measure, seed=0, log=print)
+    model = fit_latency_model(space, measure, seed=0, n=args.sample, log=print)
     fit_s = time.perf_counter() - started
     held_out = held_out_timings(model, space, measure, args.held_out, seed=777)
     configs, measured, second = held_out["configs"], held_out["first"], held_out["second"]
@@ -136,8 +140,13 @@ def main() -> None:
     parser.add_argument("--predict", type=int, default=5000, help="candidates predicted one at a time for the rate")
     parser.add_argument("--time", type=int, default=20, help="candidates timed with the search's settings for the rate")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "latency_model.json"))
+    add_smoke(parser, "resnet_cifar only, a sample of 24, 5 held out")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    args.sample = None  # fit_latency_model's own sample size
+    if args.smoke:
+        args.spaces, args.held_out, args.predict, args.time, args.sample = "resnet_cifar", 5, 100, 2, 24
+        args.out = str(smoke_dir("latency_model") / "latency_model.json")
     load_before = os.getloadavg()
     cache = tempfile.mkdtemp(prefix="kdsearch-latency-model-")  # an empty cache: the fit's full price (kept to study)
     os.environ["KDSEARCH_CACHE_DIR"] = cache

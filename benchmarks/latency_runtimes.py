@@ -16,12 +16,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers
+from _smoke import add_smoke, smoke_dir  # noqa: E402
 
 SPACES = {"resnet_cifar": 32, "mobilenetv3": 224}
 SETTINGS = {"max_time_s": 0.5, "rel_precision": 0.02, "min_repeats": 20, "warmup_s": 0.05}
@@ -91,7 +95,11 @@ def main() -> None:
     parser.add_argument("--skip", default="", help="runtimes to leave out, comma-separated (e.g. compile)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    add_smoke(parser, "resnet_cifar, 2 students, 1 round, no torch.compile")
     args = parser.parse_args()
+    if args.smoke:
+        args.spaces, args.students, args.rounds, args.skip = "resnet_cifar", 2, 1, "compile"
+        args.out = str(smoke_dir("latency_runtimes"))
     torch.set_num_threads(1)
     load_before, rows, prep = os.getloadavg(), [], {}
     for name in args.spaces.split(","):

@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers
+from _smoke import add_smoke, smoke_dir  # noqa: E402
 
 from kdsearch.cost import measure_latency
 from kdsearch.cost.latency import pinned_threads
@@ -52,7 +56,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    add_smoke(parser, "2 rounds")
     args = parser.parse_args()
+    if args.smoke:
+        args.rounds, args.out = 2, str(smoke_dir("latency_stability"))
     rows = []
     for name, cfg in MODELS.items():
         model = create_model({"family": "resnet_cifar", **cfg}, num_classes=10).eval().to(args.device)

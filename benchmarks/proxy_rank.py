@@ -32,6 +32,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers
+from _smoke import add_smoke, smoke_dir  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 WORK = ROOT / "benchmarks" / ".data" / "proxy_rank"
@@ -87,6 +90,10 @@ def sample_students(n_resnet: int, n_nb201: int, seed: int = 0) -> list[dict]:
     return out
 
 
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def load_or_train_teacher(epochs: int, per_class: int, log=print):
     """The ground truth's teacher: read from benchmarks/.data, or trained there (seeded) when it is missing.
 
@@ -113,7 +120,7 @@ def load_or_train_teacher(epochs: int, per_class: int, log=print):
         load_model(teacher, str(teacher_file))
         t_info = json.loads(teacher_meta.read_text())
     else:
-        log(f"teacher weights {teacher_file.relative_to(ROOT)} not found: training the teacher ({epochs} epochs on "
+        log(f"teacher weights {_shown(teacher_file)} not found: training the teacher ({epochs} epochs on "
             f"{len(task.train_labels):,} images, seeded) and keeping it there for later runs")
         result = fit(teacher, task, Recipe(epochs=epochs, lr=0.1, batch_size=64), checkpoint=teacher_partial, progress=True,
                      desc="teacher")
@@ -441,7 +448,13 @@ def main() -> None:
     parser.add_argument("--shard", default="0/1", help="K/N: train only students i with i %% N == K (run N at once, "
                         "e.g. with --threads 1 each on a 2-core machine), then once without --shard to gather")
     parser.add_argument("--threads", type=int, default=2)
+    add_smoke(parser, "5 students, 1 epoch on 200 images, a 1-epoch teacher on 20 images per class")
     args = parser.parse_args()
+    global WORK
+    if args.smoke:
+        WORK = args.results = smoke_dir("proxy_rank")
+        args.resnet, args.nb201, args.seed_students, args.epochs, args.train_samples = 3, 2, 5, 1, 200
+        args.teacher_epochs, args.teacher_per_class, args.reuse, args.shard = 1, 20, False, "0/1"
     args.results.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     if args.reuse:

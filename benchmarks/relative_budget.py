@@ -27,11 +27,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers
+from _smoke import add_smoke, smoke_dir  # noqa: E402
 
 FACTOR = 0.9
 RESNET20 = {"family": "resnet_cifar", "depth1": 3, "depth2": 3, "depth3": 3, "width1": 16, "width2": 32, "width3": 64}
@@ -64,7 +68,10 @@ def main() -> None:
     parser.add_argument("--truth-rounds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "relative_budget.json"))
+    add_smoke(parser, "2 students, 1 round of ground truth")
     args = parser.parse_args()
+    if args.smoke:
+        args.students, args.truth_rounds, args.out = 2, 1, str(smoke_dir("relative_budget") / "relative_budget.json")
     torch.set_num_threads(1)
     load_before, started = os.getloadavg(), time.time()
     reference = create_model(RESNET20, num_classes=10).eval()

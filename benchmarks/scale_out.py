@@ -28,6 +28,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _smoke import add_smoke, smoke_dir  # noqa: E402
+
 TRIALS, EVAL_S, BUDGET = 500, 0.05, "0.3Mparams"
 
 
@@ -112,7 +115,11 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2,4")
     parser.add_argument("--trials", type=int, default=TRIALS)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale_out.json"))
+    add_smoke(parser, "random sampler, 1 and 2 workers, 16 trials")
     args = parser.parse_args()
+    if args.smoke:
+        args.samplers, args.workers, args.trials = "random", "1,2", 16
+        args.out = str(smoke_dir("scale_out") / "scale_out.json")
     if args.child:
         url, worker, n, out, sampler = args.child
         return _child(url, int(worker), int(n), out, sampler)

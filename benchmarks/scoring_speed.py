@@ -20,6 +20,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from _smoke import add_smoke, smoke_dir  # noqa: E402
 
 
 def main() -> None:
@@ -40,7 +41,10 @@ def main() -> None:
     parser.add_argument("--sampler", default="random", choices=["random", "tpe"],
                         help="random: every space region equally (the anchor); tpe: what find uses on large spaces")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scoring_speed.json"))
+    add_smoke(parser, "10 candidates")
     args = parser.parse_args()
+    if args.smoke:
+        args.candidates, args.out = 10, str(smoke_dir("scoring_speed") / "scoring_speed.json")
     torch.set_num_threads(2)
     task = load_task(str(cifar_folder()))
     space = load_space("resnet_cifar")

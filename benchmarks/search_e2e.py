@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / ".data" / "search_e2e"
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT / "benchmarks"))
-
+from _smoke import add_smoke, smoke_dir  # noqa: E402
 from proxy_rank import TEACHER, cifar_folder  # noqa: E402
 from search_regret import load_ground_truth, percentile_among  # noqa: E402
 
@@ -158,7 +158,12 @@ def main() -> None:
     parser.add_argument("--proxy", default="params", help="find's ranking proxy (params, or supernet)")
     parser.add_argument("--supernet-epochs", type=int, default=5)
     parser.add_argument("--subspaces", type=int, default=3)
+    add_smoke(parser, "12 trials, 1 epoch, one seed, 20 images per class, a 1-epoch teacher")
     args = parser.parse_args()
+    global WORK, RESULTS
+    if args.smoke:
+        WORK = RESULTS = smoke_dir("search_e2e")
+        args.per_class, args.trials, args.epochs, args.teacher_epochs, args.seeds = 20, 12, 1, 1, [0]
     os.environ.setdefault("KDSEARCH_CACHE_DIR", str(WORK / "cache"))
     WORK.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

@@ -41,6 +41,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers
+from _smoke import add_smoke, smoke_dir  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / ".data" / "search_regret"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -168,7 +171,8 @@ def load_ground_truth(space: str):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="command", required=True)
+    add_smoke(parser, "simulate: random sampler, 20 trials, one seed, resnet_cifar's committed ground truth")
+    sub = parser.add_subparsers(dest="command")
     m = sub.add_parser("measure")
     m.add_argument("--space", choices=SPACES, required=True)
     m.add_argument("--limit", type=int, help="stop after this many new candidates (a smoke run)")
@@ -186,6 +190,11 @@ def main() -> None:
     s.add_argument("--out", type=Path, default=RESULTS / "search_regret.json")
     s.add_argument("--workers", type=int, default=2, help="processes, one thread each")
     args = parser.parse_args()
+    if args.smoke:
+        args = argparse.Namespace(command="simulate", seeds=1, trials=[20], strategies=["random"], spaces=["resnet_cifar"],
+                                  workers=1, out=smoke_dir("search_regret") / "search_regret.json")
+    elif args.command is None:
+        parser.error("choose measure, recheck or simulate (or --smoke)")
     if args.command == "measure":
         k, n = (int(v) for v in args.shard.split("/"))
         measure(args.space, args.limit, (k, n), args.latency_only)

@@ -48,12 +48,13 @@ WORK = ROOT / "benchmarks" / ".data" / "supernet_rank"
 E2E_CACHE = ROOT / "benchmarks" / ".data" / "search_e2e" / "cache"
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from _smoke import add_smoke, smoke_dir  # noqa: E402
 
 TEACHER_EPOCHS = 30  # search_e2e's default: the same cache key, so its teacher is reused
 SUPERNET_EPOCHS = 5  # find's default --supernet-epochs
 
 
-def setting(per_class: int):
+def setting(per_class: int, teacher_epochs: int = TEACHER_EPOCHS):
     """The task and teacher of search_e2e (cached there), and find's supernet recipe and latency settings."""
     os.environ.setdefault("KDSEARCH_CACHE_DIR", str(E2E_CACHE))
     from proxy_rank import cifar_folder
@@ -62,7 +63,7 @@ def setting(per_class: int):
     from kdsearch.teacher import load_teacher
 
     task = load_task(DataSpec(data=str(cifar_folder(per_class)), seed=0))
-    teacher = load_teacher("search_e2e:resnet56", task, epochs=TEACHER_EPOCHS, measure=False, log=lambda *_: None)
+    teacher = load_teacher("search_e2e:resnet56", task, epochs=teacher_epochs, measure=False, log=lambda *_: None)
     return task, teacher
 
 
@@ -91,10 +92,11 @@ def sample_students(family: str, count: int, upper_ms: float, seed: int = 0) -> 
 _WORKER: dict = {}
 
 
-def _worker_setting(per_class: int) -> None:
+def _worker_setting(per_class: int, teacher_epochs: int = TEACHER_EPOCHS, work: Path = WORK) -> None:
     """Each worker loads the JPEGs and the teacher once (per job it cost ~80 s of a ~115 s student)."""
     torch.set_num_threads(1)
-    _WORKER["setting"] = setting(per_class)
+    _WORKER["setting"] = setting(per_class, teacher_epochs)
+    _WORKER["work"] = work
 
 
 def distil_job(job: tuple) -> dict:
@@ -103,7 +105,7 @@ def distil_job(job: tuple) -> dict:
     from kdsearch.pipeline.student import distill_student
 
     task, teacher = _WORKER["setting"]
-    record = distill_student(config, teacher.model, task, WORK / "students" / f"{candidate_id}-e{epochs}-seed{seed}",
+    record = distill_student(config, teacher.model, task, _WORKER["work"] / "students" / f"{candidate_id}-e{epochs}-seed{seed}",
                              student_recipe(epochs, seed), loss="kd")
     return {"candidate_id": candidate_id, "seed": seed, "accuracy": float(record["val_accuracy"]),
             "seconds": float(record["seconds"])}
@@ -182,10 +184,17 @@ def main() -> None:
                         help="torch threads of the supernet training (1: two variants can run side by side, as students do)")
     parser.add_argument("--anchors", default="latency", choices=["latency", "span", "uniform"],
                         help="the sandwich's anchors (SandwichRule.anchors); uniform runs 4 random members instead")
+    add_smoke(parser, "4 students, one seed, 1 epoch, 20 images per class, a 1-epoch teacher and supernet")
     args = parser.parse_args()
+    global WORK, RESULTS
+    args.teacher_epochs = TEACHER_EPOCHS
+    if args.smoke:
+        WORK = RESULTS = smoke_dir("supernet_rank")
+        args.students, args.seeds, args.epochs, args.per_class, args.teacher_epochs = 4, [0], 1, 20, 1
+        args.supernet_epochs, args.workers = 1, 1
     started = time.perf_counter()
     load1 = os.getloadavg()[0]
-    task, teacher = setting(args.per_class)
+    task, teacher = setting(args.per_class, args.teacher_epochs)
 
     # the K-band supernets first, only the first band (limit 0 ms): its upper edge decides which students are drawn
     ranker = prepare(args.family, task, teacher, args.subspaces, limit_ms=0.0, epochs=args.supernet_epochs, anchors=args.anchors,
@@ -201,7 +210,7 @@ def main() -> None:
     jobs = [(s["candidate_id"], s["config"], seed, args.epochs, args.per_class) for seed in args.seeds for s in students]
     accuracy: dict[str, dict[int, float]] = {}
     student_seconds = []
-    with multiprocessing.get_context("spawn").Pool(args.workers, _worker_setting, (args.per_class,)) as pool:
+    with multiprocessing.get_context("spawn").Pool(args.workers, _worker_setting, (args.per_class, args.teacher_epochs, WORK)) as pool:
         for i, done in enumerate(pool.imap_unordered(distil_job, jobs), 1):
             accuracy.setdefault(done["candidate_id"], {})[done["seed"]] = done["accuracy"]
             student_seconds.append(done["seconds"])

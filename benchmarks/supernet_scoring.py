@@ -15,17 +15,40 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers
+from _smoke import add_smoke, smoke_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / ".data" / "search_e2e"
 RUN = WORK / "run-2.37ms_supernet"
 
 
+def smoke_run(work: Path) -> Path:
+    """A small run with the supernet proxy on the digits (a 1-epoch test_resnet teacher, 1-epoch supernets)."""
+    from kdsearch.pipeline import find
+
+    result = find(teacher="test_resnet", teacher_epochs=1, budget="0.3Mparams", data="digits", proxy="supernet",
+                  subspaces=2, supernet_epochs=1, trials=12, top_k=1, front=0, controls=0, epochs=1, out=work / "run", quiet=True)
+    return result.run_dir
+
+
 def main(candidates: int = 30) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_smoke(parser, "a small supernet run on the digits made first, 4 candidates")
+    args = parser.parse_args()
+    global RUN
+    results = ROOT / "benchmarks" / "results"
+    if args.smoke:
+        results = smoke_dir("supernet_scoring")
+        RUN, candidates = smoke_run(results), 4
     os.environ.setdefault("KDSEARCH_CACHE_DIR", str(WORK / "cache"))
     import pandas as pd
 
@@ -62,7 +85,7 @@ def main(candidates: int = 30) -> None:
               "max_accuracy_difference": max(agree), "holdout_images": len(ranker.task.val_labels),
               "load1": os.getloadavg()[0], "torch": torch.__version__, "python": platform.python_version(),
               "mean_params": float(pd.to_numeric(rows["params"]).mean())}
-    atomic_write_json(ROOT / "benchmarks" / "results" / "supernet_scoring.json", record)
+    atomic_write_json(results / "supernet_scoring.json", record)
     print(pd.DataFrame(stats).T.to_string(float_format=lambda v: f"{v:.3f}"))
     print(f"speedup vs anchor {record['speedup_vs_anchor']:.2f}x; max accuracy difference {max(agree):.4f}")
 

@@ -36,7 +36,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -46,6 +45,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from _smoke import add_smoke, smoke_dir  # noqa: E402
 
 from kdsearch._util import atomic_write_json  # noqa: E402
 from kdsearch.distill.halving import order_members, plan_rungs, restarts_for, rung_score, student_epochs  # noqa: E402
@@ -299,15 +299,13 @@ def main() -> None:
                         help="the design whose pick is 'halving's pick' (both are measured)")
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--smoke", action="store_true", help="digits, 6 students, 3 epochs, results to a temporary folder")
+    add_smoke(parser, "digits, 6 students, 3 epochs")
     args = parser.parse_args()
     args.first_rungs = [int(r) for r in args.first_rungs.split(",")]
     if args.smoke:
         args.pool, args.epochs, args.first_rungs, args.workers, args.top_k = 6, 3, [1], 1, 2
-    tmp = Path(tempfile.mkdtemp(prefix="teacher_decides_")) if args.smoke else None
+    tmp = smoke_dir("teacher_decides") if args.smoke else None
     work, results = (tmp, tmp) if tmp else (WORK, RESULTS)
-    if args.smoke:
-        os.environ.setdefault("KDSEARCH_CACHE_DIR", str(tmp / "cache"))
     load = os.getloadavg()[0]
     try:
         row = cell(args, work)

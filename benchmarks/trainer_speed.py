@@ -23,6 +23,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers
+from _smoke import add_smoke, smoke_dir  # noqa: E402
+
 from kdsearch.data import load_task
 from kdsearch.distill import distill
 from kdsearch.spaces import create_model
@@ -159,7 +162,10 @@ def main():
     parser.add_argument("--train-per-class", type=int, default=256,
                         help="training images per class (a GPU needs more than the CPU default to fill an epoch)")
     parser.add_argument("--no-install", action="store_true", help="do not pip-install the torchdistill anchor")
+    add_smoke(parser, "1 warm-up + 1 timed epoch on 20 images per class; torchdistill only if installed")
     args = parser.parse_args()
+    if args.smoke:
+        args.epochs, args.train_per_class, args.no_install, args.out = 2, 20, True, str(smoke_dir("trainer_speed"))
     torch.set_num_threads(max(1, torch.get_num_threads()))
     anchor = ensure_torchdistill(install=not args.no_install)
     task = load_task(str(cifar_folder(args.train_per_class)))
@@ -171,14 +177,14 @@ def main():
     rows["kdsearch_cpu"] = statistics.median(ours(task, device, args.epochs))
     # the same trainer without channels_last, to show where the gain comes from
     rows["kdsearch_cpu_channels_last_off"] = statistics.median(ours(task, device, args.epochs, channels_last="off"))
-    td = {w: statistics.median(torchdistill_run(task, device, args.epochs, w)) for w in (0, 2)}
-    rows["torchdistill_cpu"] = max(td.values())
+    td = {w: statistics.median(torchdistill_run(task, device, args.epochs, w)) for w in (0, 2)} if anchor else {}
+    rows["torchdistill_cpu"] = max(td.values()) if td else None
     rows["torchdistill_cpu_by_workers"] = td
     result = {
         "device": "cpu", "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
         "batch_size": 128, "teacher": "resnet_cifar 9-9-9 (ResNet-56-sized)", "student": "resnet_cifar 3-3-3 (ResNet-20)",
         "train_images": len(task.train_labels), "img_per_s": rows,
-        "ratio_vs_torchdistill": rows["kdsearch_cpu"] / rows["torchdistill_cpu"],
+        "ratio_vs_torchdistill": rows["kdsearch_cpu"] / rows["torchdistill_cpu"] if td else None,
     }
     if torch.cuda.is_available():
         result["cuda"] = cuda_rows(task, args.epochs, anchor)

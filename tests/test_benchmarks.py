@@ -90,3 +90,31 @@ def test_teacher_decides_replays_asha_and_synchronous_rungs_on_recorded_curves()
     pick, spent = bench.replay_asha(curves, order, 3, 1, 6)
     assert pick == "s8"
     assert spent > 9 + 3 * 2 + 1 * 3  # ASHA promoted the early students it could not compare yet: more epochs
+
+
+SCRIPTS = sorted(p.stem for p in BENCHMARKS.glob("*.py") if not p.stem.startswith("_"))
+
+
+def _results_state() -> dict:
+    return {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in (BENCHMARKS / "results").iterdir()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_benchmark_runs_its_smoke_mode_to_the_end_without_touching_the_results(script, tmp_path):
+    """Each script's --smoke (a few candidates or images, results in a temporary folder) runs to its end: a
+    benchmark that stopped working fails here, not in the hands of the next person who runs it."""
+    import os
+    import subprocess
+
+    before = _results_state()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp_path)}
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / f"{script}.py"), "--smoke"], cwd=BENCHMARKS.parent, env=env,
+                          capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    skipped = [line for line in proc.stdout.splitlines() if line.startswith("SKIP: ")]
+    if proc.returncode == 0 and skipped:
+        pytest.skip(skipped[0][len("SKIP: "):])
+    assert proc.returncode == 0 and "Traceback" not in out, out[-4000:]
+    assert "smoke run: results in" in proc.stdout
+    assert _results_state() == before, "a smoke run wrote into benchmarks/results/"
