@@ -131,3 +131,23 @@ def test_resnet_cifar_holds_he_et_al_s_resnet20_with_identity_shortcuts():
     assert sum(k[0] == "block_pad" for k in keys) == 2 and keys != BLOCK_KEYS.get("resnet_cifar")(r20, (3, 32, 32))
     with pytest.raises(SpaceError, match="shortcut must be one of projection, identity"):
         create_model({**r20, "shortcut": "option_c"}, num_classes=10)
+
+
+def test_one_encoding_of_configs_for_every_model_of_the_space():
+    """SearchSpace.encode (config dicts) and encode_indices (choice indices, the constrained sampler's rows) are
+    the same features: numbers for ordered keys, one-hot for the others, in the order of the choices."""
+    import numpy as np
+
+    for name in ("resnet_cifar", "nasbench201", "mobilenetv3"):
+        space = load_space(name)
+        configs = space.sample(6, seed=1)
+        rows = np.array([[space.choices[k].index(c[k]) for k in space.choices] for c in configs])
+        encoded = space.encode(configs)
+        assert np.array_equal(encoded, space.encode_indices(rows))
+        width = sum(1 if space.is_numeric(k) else len(v) for k, v in space.choices.items())
+        assert encoded.shape == (6, width)
+    resnet = load_space("resnet_cifar")  # every key a number: the features are the values themselves
+    configs = resnet.sample(4, seed=2)
+    assert np.array_equal(resnet.encode(configs), [[float(c[k]) for k in resnet.choices] for c in configs])
+    nb201 = load_space("nasbench201")  # every key an operation: one 1 per key
+    assert (nb201.encode(nb201.sample(4, seed=2)).sum(axis=1) == len(nb201.choices)).all()

@@ -70,12 +70,9 @@ class ConfigRegressor:
 
     def __init__(self, space: SearchSpace, seed: int = 0):
         self.space, self.seed = space, seed
-        self.columns: list[tuple[str, Any]] = []  # (key, None) numeric; (key, value) one-hot
-        for key, values in space.choices.items():
-            self.columns += [(key, None)] if space.is_numeric(key) else [(key, v) for v in values]
 
     def encode(self, configs: list[dict]) -> np.ndarray:
-        return np.array([[float(c[k]) if v is None else float(c[k] == v) for k, v in self.columns] for c in configs])
+        return self.space.encode(configs)
 
     def fit(self, configs: list[dict], latency_ms: np.ndarray) -> ConfigRegressor:
         from sklearn.ensemble import GradientBoostingRegressor

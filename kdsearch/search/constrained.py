@@ -239,14 +239,7 @@ class ConstrainedSampler(optuna.samplers.BaseSampler):
             self._pool = np.concatenate([self._pool, np.array(extra, dtype=np.int16)])
 
     def _encode(self, rows: np.ndarray) -> np.ndarray:
-        columns = []
-        for j, key in enumerate(self.keys):
-            values = self.space.choices[key]
-            if self.space.is_numeric(key):
-                columns.append(np.asarray(values, dtype=np.float64)[rows[:, j]][:, None])
-            else:
-                columns.append(np.eye(len(values))[rows[:, j]])
-        return np.concatenate(columns, axis=1)
+        return self.space.encode_indices(rows)  # self.keys is list(space.choices): the same column order
 
     def _forest(self, x: np.ndarray, y: np.ndarray, x_pool: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         from sklearn.ensemble import ExtraTreesRegressor

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch.nn as nn
 import yaml
 
@@ -61,6 +62,28 @@ class SearchSpace:
     def is_numeric(self, key: str) -> bool:
         """Are ``key``'s choices numbers (ordered: depth, width, kernel), not categories (ops, block types)?"""
         return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in self.choices[key])
+
+    def encode(self, configs: list[dict]) -> np.ndarray:
+        """Configs as model features — numeric keys as their numbers, the others one-hot over their choices — in the
+        order of ``choices``: the one encoding of the latency model, the supernet bands and the constrained sampler."""
+        columns = []
+        for key, values in self.choices.items():
+            if self.is_numeric(key):
+                columns.append(np.array([[float(c[key])] for c in configs], dtype=np.float64).reshape(-1, 1))
+            else:
+                columns.append(np.array([[float(c[key] == v) for v in values] for c in configs], dtype=np.float64)
+                               .reshape(-1, len(values)))
+        return np.concatenate(columns, axis=1)
+
+    def encode_indices(self, rows: np.ndarray) -> np.ndarray:
+        """``encode`` for configs given as choice indices (one column per key, in the order of ``choices``)."""
+        columns = []
+        for j, (key, values) in enumerate(self.choices.items()):
+            if self.is_numeric(key):
+                columns.append(np.asarray(values, dtype=np.float64)[rows[:, j]][:, None])
+            else:
+                columns.append(np.eye(len(values))[rows[:, j]])
+        return np.concatenate(columns, axis=1)
 
     def config(self, values: dict[str, Any]) -> dict[str, Any]:
         return {"family": self.family, **self.fixed, **values}
@@ -120,17 +143,10 @@ def _resolve_path(spec: str | Path) -> Path:
     )
 
 
-def load_space(spec: str | Path) -> SearchSpace:
-    """Read and validate a search-space YAML (a path, or the name of a bundled space), or an NNI model space
-    ('nni:NasBench201', 'nni:package.module:SpaceOrFactory'; the nni extra)."""
-    if str(spec).startswith("nni:"):
-        from kdsearch.spaces.nni_spaces import nni_space_fields
-
-        return SearchSpace(**nni_space_fields(str(spec)))
-    path = _resolve_path(spec)
+def _read_yaml(path: Path):
     where = str(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
         raise SpaceError(f"{where}: is not UTF-8 text (byte {exc.start}); save the search space as a UTF-8 YAML file.") from None
     except yaml.YAMLError as exc:
@@ -138,25 +154,10 @@ def load_space(spec: str | Path) -> SearchSpace:
         line = f" line {mark.line + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or (str(exc).strip().splitlines() or ["unreadable"])[0]  # one line
         raise SpaceError(f"{where}:{line} is not valid YAML ({problem}); fix the syntax.") from None
-    if not isinstance(raw, dict):
-        raise SpaceError(f"{where}: a search space must be a mapping with keys 'family' and 'choices'.")
-    unknown = set(raw) - _TOP_KEYS
-    if unknown:
-        key = sorted(unknown)[0]
-        raise SpaceError(f"{where}: unknown key {key!r};{suggest(key, _TOP_KEYS)} allowed: {', '.join(sorted(_TOP_KEYS))}.")
-    family = raw.get("family")
-    if family not in list_families():
-        raise SpaceError(
-            f"{where}: key 'family' is {family!r};{suggest(str(family), list_families())} allowed: "
-            f"{', '.join(list_families())}."
-        )
-    keys, required = family_keys(family)
-    choices = raw.get("choices") or {}
-    fixed = raw.get("fixed") or {}
-    if not isinstance(choices, dict) or not choices:
-        raise SpaceError(f"{where}: key 'choices' must map at least one of {', '.join(sorted(keys))} to a list of values.")
-    if not isinstance(fixed, dict):
-        raise SpaceError(f"{where}: key 'fixed' must be a mapping of key: value.")
+
+
+def _check_keys(where: str, family: str, keys, required, choices: dict, fixed: dict) -> None:
+    """Every key a parameter of the family, every choice a non-empty list of distinct plain values, nothing missing."""
     for key in {**choices, **fixed}:
         if key not in keys:
             raise SpaceError(
@@ -176,6 +177,38 @@ def load_space(spec: str | Path) -> SearchSpace:
     missing = required - set(choices) - set(fixed)
     if missing:
         raise SpaceError(f"{where}: family {family!r} needs key(s) {', '.join(sorted(missing))} in 'choices' or 'fixed'.")
+
+
+def load_space(spec: str | Path) -> SearchSpace:
+    """Read and validate a search-space YAML (a path, or the name of a bundled space), or an NNI model space
+    ('nni:NasBench201', 'nni:package.module:SpaceOrFactory'; the nni extra)."""
+    if str(spec).startswith("nni:"):
+        from kdsearch.spaces.nni_spaces import nni_space_fields
+
+        return SearchSpace(**nni_space_fields(str(spec)))
+    path = _resolve_path(spec)
+    where = str(path)
+    raw = _read_yaml(path)
+    if not isinstance(raw, dict):
+        raise SpaceError(f"{where}: a search space must be a mapping with keys 'family' and 'choices'.")
+    unknown = set(raw) - _TOP_KEYS
+    if unknown:
+        key = sorted(unknown)[0]
+        raise SpaceError(f"{where}: unknown key {key!r};{suggest(key, _TOP_KEYS)} allowed: {', '.join(sorted(_TOP_KEYS))}.")
+    family = raw.get("family")
+    if family not in list_families():
+        raise SpaceError(
+            f"{where}: key 'family' is {family!r};{suggest(str(family), list_families())} allowed: "
+            f"{', '.join(list_families())}."
+        )
+    keys, required = family_keys(family)
+    choices = raw.get("choices") or {}
+    fixed = raw.get("fixed") or {}
+    if not isinstance(choices, dict) or not choices:
+        raise SpaceError(f"{where}: key 'choices' must map at least one of {', '.join(sorted(keys))} to a list of values.")
+    if not isinstance(fixed, dict):
+        raise SpaceError(f"{where}: key 'fixed' must be a mapping of key: value.")
+    _check_keys(where, family, keys, required, choices, fixed)
     resolution = raw.get("resolution", [1, 100000])
     if not (isinstance(resolution, list) and len(resolution) == 2 and all(isinstance(r, int) for r in resolution)):
         raise SpaceError(f"{where}: key 'resolution' must be [min, max] input sizes in pixels, e.g. [16, 64].")

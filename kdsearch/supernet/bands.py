@@ -21,17 +21,6 @@ from kdsearch.data import Task
 from kdsearch.spaces import SearchSpace, create_model
 
 
-def encode(space: SearchSpace, configs: list[dict]) -> np.ndarray:
-    """Numeric keys as numbers, the others one-hot (the features of the latency model)."""
-    columns = []
-    for key, choices in space.choices.items():
-        if space.is_numeric(key):
-            columns.append(np.array([[float(c[key])] for c in configs]))
-        else:
-            columns.append(np.array([[float(c[key] == v) for v in choices] for c in configs]))
-    return np.concatenate(columns, axis=1)
-
-
 @dataclass
 class LatencyBands:
     """K bands of a space by latency on the device: ``edges`` are the K - 1 inner boundaries (ms)."""
@@ -100,8 +89,8 @@ class BandPool:
         self.configs = list(space.enumerate()) if space.size <= size else space.sample(size, seed=seed)
         timed = bands.sample
         model = ExtraTreesRegressor(n_estimators=100, random_state=seed, n_jobs=1, min_samples_leaf=2)
-        model.fit(encode(space, [r["config"] for r in timed]), np.log([r["latency_ms"] for r in timed]))
-        self.predicted_ms = np.exp(model.predict(encode(space, self.configs)))
+        model.fit(space.encode([r["config"] for r in timed]), np.log([r["latency_ms"] for r in timed]))
+        self.predicted_ms = np.exp(model.predict(space.encode(self.configs)))
         self.members = {b: np.flatnonzero([bands.band_of(v) == b for v in self.predicted_ms]) for b in range(bands.count)}
         self._anchors: dict[tuple[int, str], list[dict]] = {}  # asked for at every training step; fixed per band
 
@@ -133,4 +122,4 @@ class BandPool:
         return [self.configs[int(by_latency[-1])], self.configs[int(by_latency[0])]]
 
 
-__all__ = ["ANCHORS", "BandPool", "LatencyBands", "check_anchors", "encode", "measure_bands"]
+__all__ = ["ANCHORS", "BandPool", "LatencyBands", "check_anchors", "measure_bands"]
