@@ -100,7 +100,7 @@ def run_space(name: str, size: int, args) -> dict:
     space = load_space(name)
     measure = MeasureSettings(input_shape=(3, size, size), num_classes=10, in_chans=3, runtime=args.runtime, threads=1)
     started = time.perf_counter()
-    model = fit_latency_model(space, measure, seed=0, n=args.sample, log=print)
+    model = fit_latency_model(space, measure, seed=0, n=args.sample)
     fit_s = time.perf_counter() - started
     held_out = held_out_timings(model, space, measure, args.held_out, seed=777)
     configs, measured, second = held_out["configs"], held_out["first"], held_out["second"]
@@ -133,6 +133,9 @@ def run_space(name: str, size: int, args) -> dict:
 
 
 def main() -> None:
+    from kdsearch._util import configure_logging
+
+    configure_logging()  # the library's progress lines, as the CLI shows them
     parser = argparse.ArgumentParser()
     parser.add_argument("--spaces", default=",".join(SPACES))
     parser.add_argument("--runtime", default="torch")

@@ -199,7 +199,7 @@ def main() -> None:
     from kdsearch.data import load_task
 
     task = load_task(settings.data)
-    teacher = load_teacher(settings.teacher, task, epochs=settings.teacher_epochs, measure=False, log=lambda *_: None)
+    teacher = load_teacher(settings.teacher, task, epochs=settings.teacher_epochs, measure=False)
     recipe = settings.recipe()
     accuracy = {"pick": {}, "resnet20": {}}
     for seed in args.seeds:

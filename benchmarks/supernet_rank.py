@@ -63,7 +63,7 @@ def setting(per_class: int, teacher_epochs: int = TEACHER_EPOCHS):
     from kdsearch.teacher import load_teacher
 
     task = load_task(DataSpec(data=str(cifar_folder(per_class)), seed=0))
-    teacher = load_teacher("search_e2e:resnet56", task, epochs=teacher_epochs, measure=False, log=lambda *_: None)
+    teacher = load_teacher("search_e2e:resnet56", task, epochs=teacher_epochs, measure=False)
     return task, teacher
 
 
@@ -121,7 +121,7 @@ def prepare(family: str, task, teacher, subspaces: int, limit_ms: float | None, 
     torch.set_num_threads(threads)
     return prepare_supernets(load_space(family), task, teacher.model, bands=subspaces, limit_ms=limit_ms,
                              recipe=student_recipe(epochs, 0), rule=SandwichRule.with_anchors(anchors),
-                             latency={"batch_size": 1, "threads": 1, **LATENCY_SEARCH}, seed=0, progress=True, log=print)
+                             latency={"batch_size": 1, "threads": 1, **LATENCY_SEARCH}, seed=0, progress=True)
 
 
 def score(ranker, students: list[dict]) -> dict:
@@ -170,6 +170,9 @@ def key_taus(students: list[dict], truth, supernet) -> dict:
 
 
 def main() -> None:
+    from kdsearch._util import configure_logging
+
+    configure_logging()  # the library's progress lines, as the CLI shows them
     parser = argparse.ArgumentParser()
     parser.add_argument("--family", default="resnet_cifar", choices=["resnet_cifar", "nasbench201"])
     parser.add_argument("--students", type=int, default=30)

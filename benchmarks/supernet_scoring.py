@@ -61,7 +61,7 @@ def main(candidates: int = 30) -> None:
     run = RunFolder.open(RUN, need_candidates=True)
     settings = run.settings()
     task = load_task(settings.data)
-    teacher = load_teacher(settings.teacher, task, epochs=settings.teacher_epochs, measure=False, log=lambda *_: None)
+    teacher = load_teacher(settings.teacher, task, epochs=settings.teacher_epochs, measure=False)
     ranker = run_supernets(settings, task, teacher.model)  # cached by find: trains nothing
     table = run.candidates()
     rows = table[table["latency_p50_ms"] <= ranker.bands.span(max(ranker.supernets))[1]].head(candidates)

@@ -7,6 +7,7 @@ import difflib
 import errno
 import hashlib
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -207,14 +208,29 @@ def resolve_device(device: str) -> torch.device:
     raise DeviceError(f"Unknown device '{device}'; use auto, cpu or cuda[:N].")
 
 
-def stderr_logger(quiet: bool):
-    """``log(message)``: one line to stderr, or nothing when quiet (stdout is left for results)."""
+class _StderrHandler(logging.Handler):
+    """Each record as one line on the stderr of the moment (looked up per record: a test's captured stream, or the
+    terminal); stdout is left for results."""
 
-    def log(message: str) -> None:
-        if not quiet:
-            print(message, file=sys.stderr, flush=True)
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(self.format(record), file=sys.stderr, flush=True)
+        except Exception:  # a closed stream must not turn a log line into a crash
+            self.handleError(record)
 
-    return log
+
+def configure_logging(verbosity: int = 0) -> None:
+    """The ``kdsearch`` loggers' one configuration, made by the CLI: ``verbosity`` -1 (``-q``: warnings only),
+    0 (the progress lines) or 1 (``-v``: debug lines too, and Optuna's own). The library itself never configures
+    logging: from Python, ``logging.basicConfig(level=logging.INFO)`` shows the same lines."""
+    logger = logging.getLogger("kdsearch")
+    for handler in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
+        logger.removeHandler(handler)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel({-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG))
+    logger.propagate = False  # an application's root handlers would print every line twice
 
 
 def cache_dir() -> Path:

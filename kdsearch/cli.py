@@ -17,24 +17,6 @@ EXAMPLES = """examples:
 """
 
 
-def _whole_number(minimum: int):
-    """argparse type: an int of at least ``minimum``, with a one-line message otherwise."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected a number of at least {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-_positive_int, _non_negative_int = _whole_number(1), _whole_number(0)
-
-
 class _Parser(argparse.ArgumentParser):
     """A usage error is one line and exit 2 (argparse would print the whole usage block first)."""
 
@@ -64,102 +46,47 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _names() -> dict:
     """The choices each option lists, generated from the registries so help never falls behind them."""
-    from kdsearch.cost import list_runtimes
     from kdsearch.data import LOADERS
     from kdsearch.distill import list_losses
     from kdsearch.export import FORMATS
-    from kdsearch.proxies import list_proxies
-    from kdsearch.search import sampler_names
     from kdsearch.training import RECIPE_CHOICES
 
-    return {"data": " | ".join(LOADERS.names()), "losses": ", ".join(list_losses()), "proxies": ", ".join(list_proxies()),
-            "samplers": sampler_names(), "formats": FORMATS.names(), "recipe": RECIPE_CHOICES,
-            "runtimes": list_runtimes()}
+    return {"data": " | ".join(LOADERS.names()), "losses": ", ".join(list_losses()), "formats": FORMATS.names(),
+            "recipe": RECIPE_CHOICES}
 
 
-def _teacher_and_data_options(p: argparse.ArgumentParser, names: dict, *, from_run: bool) -> None:
-    run_default = " (default: the --from-run run's)" if from_run else ""
-    p.add_argument("--teacher", required=not from_run, help="timm model name, package.module:callable, or a TorchScript/torch.export file" + run_default)
-    p.add_argument("--teacher-weights", help="checkpoint for the teacher (state_dict, {'state_dict'|'model': …}, safetensors)")
-    p.add_argument("--no-pretrained", dest="pretrained", action="store_false", default=None if from_run else True,
-                   help="do not fetch timm's pretrained teacher weights")
-    p.add_argument("--teacher-epochs", type=_positive_int, help="epochs to prepare (fine-tune or train) the teacher when needed")
-    p.add_argument("--data", default=None if from_run else "digits", help=f"{names['data']} | an ImageFolder directory" + run_default)
-    p.add_argument("--data-root", help="folder for fashion-mnist IDX files or torchvision CIFAR downloads")
-    p.add_argument("--input-size", type=_positive_int, help="resize images to this many pixels square (default: native ≤64 px, else 224)")
-    p.add_argument("--train-samples", type=_positive_int, help="class-balanced subset of the training images")
-    p.add_argument("--val-samples", type=_positive_int, help="class-balanced subset of the validation images")
+def _teacher_and_data_options(p: argparse.ArgumentParser, names: dict) -> None:
+    """distill's teacher and data options: find's, each defaulting to the --from-run run's value."""
+    from kdsearch.run.options import TEACHER_AND_DATA
+
+    for option in TEACHER_AND_DATA:
+        listed = f" ({names['data']})" if option.name == "data" else ""
+        extra = {"help": f"{option.help}{listed} (default: the --from-run run's)"} if option.name in ("teacher", "data") else {}
+        option.add_to(p, default=None, required=False, **extra)
 
 
 def _find_parser(f: argparse.ArgumentParser, names: dict) -> None:
-    _teacher_and_data_options(f, names, from_run=False)
-    f.add_argument("--budget", required=True, help="latency (10ms, 500us), FLOPs (300MFLOPs), parameters (5Mparams), or a "
-                   "factor of a network you ship: 0.8x:<timm name | candidate JSON | module:callable | model file>")
-    f.add_argument("--space", help="search-space YAML or bundled name (default follows the input resolution)")
-    f.add_argument(
-        "--proxy", default="default",
-        help=f"ranking proxy ({names['proxies']}), or several comma-separated (the first ranks); 'a+b' or '2*a+b' is a "
-        "rank ensemble; 'default' is the proxy chosen on distilled ground truth (docs/benchmarks.md; today params)",
-    )
-    f.add_argument("--sampler", default="auto", choices=names["samplers"], help="Optuna sampler; auto = exhaustive when the space has at most --trials candidates, else constrained")
-    f.add_argument("--trials", type=_positive_int, default=100, help="candidates to score")
-    f.add_argument("--timeout", type=float, help="stop scoring after this many seconds")
-    f.add_argument("--top-k", type=_positive_int, default=3, help="best candidates (by the proxy) within the budget to distil")
-    f.add_argument("--front", type=_non_negative_int, default=4,
-                   help="latency bands between the fastest candidate and the budget; the best of each is distilled too (0: off)")
-    f.add_argument("--controls", type=_non_negative_int, default=1,
-                   help="candidates within the budget drawn at random and distilled, to check the proxy's picks against (0: off)")
-    f.add_argument("--select", default="proxy", choices=["proxy", "halving"],
-                   help="how the students that get the full recipe are chosen: the proxy's --top-k, or successive "
-                        "halving: the proxy's top --pool distilled briefly, the best 1/--eta kept at each rung, --top-k survivors")
-    f.add_argument("--pool", type=_positive_int, default=27, help="with --select halving: candidates within the budget it starts from")
-    f.add_argument("--eta", type=int, default=3, help="with --select halving: each rung keeps the best 1/eta (at least 2)")
-    f.add_argument("--first-rung", type=_positive_int, default=1, help="with --select halving: epochs of the first rung")
-    f.add_argument("--rung-design", default="restart", choices=["restart", "snapshot"],
-                   help="with --select halving: each rung a short complete schedule, restarted at the next (restart), or "
-                        "the full recipe's schedule stopped at each rung's end (snapshot)")
-    f.add_argument("--rung-signal", default="accuracy", choices=["accuracy", "accuracy+proxy", "kd_loss", "extrapolated"],
-                   help="with --select halving: what ranks the students at a rung's end (accuracy+proxy: the proxy "
-                        "orders students whose accuracies tie within the validation noise)")
-    f.add_argument("--subspaces", type=_positive_int, default=3,
-                   help="with --proxy supernet: latency bands of the space, one supernet each (only bands holding candidates within the budget are trained)")
-    f.add_argument("--supernet-epochs", type=_positive_int, default=5, help="with --proxy supernet: epochs of each band's supernet")
-    f.add_argument("--supernet-anchors", default="latency", choices=["latency", "span", "uniform"],
-                   help="with --proxy supernet: the subnets each training step runs besides 2 random ones: the band's "
-                        "slowest and fastest (latency), its per-key largest and smallest configs (span), or none: 4 random (uniform)")
-    f.add_argument("--warm-start", action="store_true", help="with --proxy supernet: start each student from its subnet's inherited weights")
-    f.add_argument("--epochs", type=_positive_int, default=10, help="distillation epochs per student")
-    f.add_argument("--batch-size", type=_positive_int, default=64, help="training batch size of the distilled students")
-    f.add_argument("--loss", default="kd", help=f"distillation loss: {names['losses']} (ce = no KD)")
-    f.add_argument("--loss-opt", action="append", default=[], metavar="KEY=VALUE", help="override a loss setting, e.g. temperature=2")
-    f.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]: where latency is measured and training runs")
-    f.add_argument("--latency-batch-size", type=_positive_int, default=1, help="batch size the latency budget is measured at")
-    f.add_argument("--threads", type=_positive_int, default=1, help="CPU threads for latency measurement (pinned and recorded)")
-    f.add_argument("--runtime", default="torch", choices=names["runtimes"],
-                   help="the runtime latency is measured in (and exported for): eager torch, torchscript (trace + freeze), "
-                        "compile (torch.compile), onnxruntime (CPU provider; CUDA provider on a GPU)")
-    f.add_argument("--latency-model", default="auto", choices=["auto", "on", "off"],
-                   help="screen candidates with a latency model fitted on this device (finalists are still timed); "
-                        "auto: for spaces of 100,000+ candidates, or --runtime compile")
-    f.add_argument("--storage", help="Optuna storage URL, e.g. postgresql://user@host/db for workers on several machines "
-                                     "(password from PGPASSWORD or ~/.pgpass; default: SQLite in the run folder)")
-    f.add_argument("--workers", type=_non_negative_int, default=0,
-                   help="local worker processes to start beside find; they take trials and students from the run's storage")
-    f.add_argument("--heartbeat", type=_positive_int, default=10, metavar="SECONDS",
-                   help="workers beat this often; a dead worker's trial or student is retried 3 beats after its last one")
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--out", help="run folder (default runs/<teacher>-<budget>-<time>); an existing one is resumed")
-    f.add_argument("-q", "--quiet", action="store_true", help="no progress bars or log lines")
+    from kdsearch.run.options import add_find_options
+
+    add_find_options(f)  # every option, its default, type, choices and help: kdsearch.run.options.FIND_OPTIONS
+    _verbose(f)
+
+
+def _verbose(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="store_true", help="debug lines too, and Optuna's own log")
 
 
 def _worker_parser(w: argparse.ArgumentParser) -> None:
+    from kdsearch.run.options import POSITIVE
+
     w.add_argument("run_dir", help="the run folder of 'kdsearch find' (shared with this machine); its storage is read from it")
     w.add_argument("--device", help="auto | cpu | cuda[:N] (default: the run's device)")
-    w.add_argument("--index", type=_positive_int, help="this worker's number (its sampler's seed); default from host and process")
+    w.add_argument("--index", type=POSITIVE, help="this worker's number (its sampler's seed); default from host and process")
     w.add_argument("--parent", type=int, help=argparse.SUPPRESS)  # find's local workers leave when find is gone
     w.add_argument("--until-idle", action="store_true",
                    help="leave once nothing is left to take, instead of waiting until the run is done")
     w.add_argument("-q", "--quiet", action="store_true", help="no log lines")
+    _verbose(w)
 
 
 def _export_parser(e: argparse.ArgumentParser, names: dict) -> None:
@@ -173,16 +100,18 @@ def _export_parser(e: argparse.ArgumentParser, names: dict) -> None:
 
 
 def _distill_parser(d: argparse.ArgumentParser, names: dict) -> None:
+    from kdsearch.run.options import POSITIVE
+
     choices = names["recipe"]
-    _teacher_and_data_options(d, names, from_run=True)
+    _teacher_and_data_options(d, names)
     d.add_argument("--student", help="a timm model name or a candidate config as JSON")
     d.add_argument("--from-run", help="take the student config and, unless given here, every setting of the run (teacher, data, loss, recipe)")
     d.add_argument("--trial", type=int, help="with --from-run: the trial whose candidate to distil")
     d.add_argument("--loss", help=f"{names['losses']} (ce = no KD); default kd, or the --from-run run's")
     d.add_argument("--loss-opt", action="append", default=[], metavar="KEY=VALUE", help="override a loss setting, e.g. beta=8")
     # Recipe settings default to None: "not given" lets --from-run supply the run's value, else Recipe()'s.
-    d.add_argument("--epochs", type=_positive_int, help="default 10, or the run's")
-    d.add_argument("--batch-size", type=_positive_int, help="training batch size, per process under torchrun (default 64, or the run's)")
+    d.add_argument("--epochs", type=POSITIVE, help="default 10, or the run's")
+    d.add_argument("--batch-size", type=POSITIVE, help="training batch size, per process under torchrun (default 64, or the run's)")
     d.add_argument("--optimizer", choices=choices["optimizer"], help="default sgd")
     d.add_argument("--lr", type=float, help="default 0.05")
     d.add_argument("--weight-decay", type=float, help="default 5e-4")
@@ -198,7 +127,8 @@ def _distill_parser(d: argparse.ArgumentParser, names: dict) -> None:
     d.add_argument("--seed", type=int, help="default 0, or the run's")
     d.add_argument("--out", default="student", help="student folder (weights, metadata, metrics; the checkpoint while training)")
     d.add_argument("--resume", action="store_true", help="continue the distillation held in --out")
-    d.add_argument("-q", "--quiet", action="store_true")
+    d.add_argument("-q", "--quiet", action="store_true", help="no progress bars or log lines")
+    _verbose(d)
 
 
 def _loss_options(pairs: list[str]) -> dict:
@@ -235,20 +165,11 @@ def _distill(args) -> int:
 
 def _find(args) -> int:
     from kdsearch.pipeline import find
+    from kdsearch.run.options import FIND_OPTIONS
 
-    result = find(
-        teacher=args.teacher, budget=args.budget, data=args.data, data_root=args.data_root, input_size=args.input_size,
-        train_samples=args.train_samples, val_samples=args.val_samples, space=args.space, out=args.out,
-        teacher_weights=args.teacher_weights, pretrained=args.pretrained, teacher_epochs=args.teacher_epochs,
-        trials=args.trials, timeout=args.timeout, top_k=args.top_k, front=args.front, controls=args.controls, subspaces=args.subspaces,
-        supernet_epochs=args.supernet_epochs, supernet_anchors=args.supernet_anchors, warm_start=args.warm_start, proxy=args.proxy, sampler=args.sampler,
-        device=args.device, latency_batch_size=args.latency_batch_size, threads=args.threads, runtime=args.runtime,
-        latency_model=args.latency_model, epochs=args.epochs,
-        batch_size=args.batch_size, loss=args.loss, loss_options=_loss_options(args.loss_opt), storage=args.storage,
-        workers=args.workers, heartbeat_s=args.heartbeat, select=args.select, pool=args.pool, eta=args.eta,
-        first_rung=args.first_rung, rung_design=args.rung_design, rung_signal=args.rung_signal, seed=args.seed,
-        quiet=args.quiet,
-    )
+    options = {o.name: getattr(args, o.name) for o in FIND_OPTIONS}
+    options["loss_options"] = _loss_options(options["loss_options"] or [])
+    result = find(**options)
     print(result.report.to_text())
     return 0
 
@@ -286,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # a usage error (its one line is printed already), --help or --version
         return exc.code if isinstance(exc.code, int) else 2
     handlers = {"find": _find, "worker": _worker, "report": _report, "export": _export, "distill": _distill}
+    from kdsearch._util import configure_logging
+
+    configure_logging(-1 if getattr(args, "quiet", False) else 1 if getattr(args, "verbose", False) else 0)
     try:
         code = handlers[args.command](args)
     except KdsearchError as exc:

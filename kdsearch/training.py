@@ -396,6 +396,10 @@ def fit(
         bar.close()
     if run.world > 1:
         _check_ranks_agree(model, run.device)
+    return _result(run, model, task, end, began)
+
+
+def _result(run: _Session, model: nn.Module, task: Task, end: int, began: float) -> TrainResult:
     accuracy = run.history[-1]["val_accuracy"] if run.history else evaluate(model, task, device=run.device)
     source = "none" if run.teacher is None else "live"
     if run.teacher_outputs is not None:

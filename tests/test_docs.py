@@ -30,3 +30,11 @@ def test_every_relative_link_and_anchor_exists(doc):
         if anchor and linked.suffix == ".md":
             headings = {_anchor(h) for h in re.findall(r"^#+ (.+)$", linked.read_text(), flags=re.M)}
             assert anchor in headings, f"{doc.name} links to {target}: no such heading in {linked.name}"
+
+
+def test_every_find_option_is_documented_in_the_usage_page():
+    from kdsearch.run.options import FIND_OPTIONS
+
+    usage = (ROOT / "docs" / "usage.md").read_text()
+    missing = [flag for option in FIND_OPTIONS for flag in option.cli_flags if flag.startswith("--") and f"`{flag}" not in usage]
+    assert missing == []

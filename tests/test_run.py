@@ -23,6 +23,7 @@ def settings(tmp_path, budget="0.3Mparams", **overrides):
         ({"loss": "kd", "loss_options": {"temp": "2"}}, LossError, "has no setting 'temp'"),
         ({"runtime": "tensorrt"}, KdsearchError, "Unknown runtime 'tensorrt'"),
         ({"latency_model": "maybe"}, KdsearchError, "--latency-model must be one of auto, on, off"),
+        ({"top_kk": 3}, KdsearchError, "find has no option 'top_kk'; Did you mean 'top_k'"),
     ],
 )
 def test_every_option_is_validated_before_any_work(tmp_path, overrides, error, message):
@@ -100,3 +101,25 @@ def test_student_folder_result_marks_done_and_drops_the_checkpoint(tmp_path):
     assert student.has_work()
     student.write_result({"status": "distilled", "val_accuracy": 0.5})
     assert student.result()["val_accuracy"] == 0.5 and not student.checkpoint.exists()
+
+
+def test_every_option_has_one_source_for_the_cli_the_api_and_the_defaults():
+    """kdsearch.run.options.FIND_OPTIONS generates find's flags (with their defaults) and the API's keywords: every
+    option parses on the command line to the value the API takes by default."""
+    from kdsearch.cli import build_parser
+    from kdsearch.run.options import FIND_OPTIONS, find_keywords
+
+    parser = build_parser()
+    parsed = vars(parser.parse_args(["find", "--teacher", "t", "--budget", "1ms"]))
+    defaults = find_keywords({})
+    for option in FIND_OPTIONS:
+        expected = [] if option.action == "append" else defaults[option.name]
+        if option.name not in ("teacher", "budget"):
+            assert parsed[option.name] == expected, option.name
+    help_text = parser._subparsers._group_actions[0].choices["find"].format_help()
+    assert all(flag in help_text for option in FIND_OPTIONS for flag in option.cli_flags)
+    assert "taid" in help_text and "synflow" in help_text and "constrained" in help_text  # listed from the registries
+    with_flags = vars(parser.parse_args(["find", "--teacher", "t", "--budget", "1ms", "--top-k", "5", "--no-pretrained",
+                                         "--heartbeat", "3", "--loss-opt", "temperature=2", "-q"]))
+    assert (with_flags["top_k"], with_flags["pretrained"], with_flags["heartbeat_s"], with_flags["loss_options"],
+            with_flags["quiet"]) == (5, False, 3, ["temperature=2"], True)

@@ -50,7 +50,7 @@ def test_callable_teacher_with_task_weights_is_not_prepared(digits_task, tmp_pat
     model = tiny_teacher(10, 1)
     path = tmp_path / "teacher.pt"
     torch.save({"state_dict": model.state_dict()}, path)
-    teacher = load_teacher("tests.test_teacher:tiny_teacher", digits_task, weights=str(path), measure=False, log=lambda _m: None)
+    teacher = load_teacher("tests.test_teacher:tiny_teacher", digits_task, weights=str(path), measure=False)
     assert not teacher.prepared and teacher.source == "checkpoint:teacher.pt"
     assert torch.equal(teacher.model.fc.weight, model.fc.weight)
 
@@ -65,9 +65,9 @@ def test_checkpoint_of_another_architecture_is_refused(digits_task, tmp_path):
 
 def test_preparation_trains_and_is_cached(digits_task):
     recipe = Recipe(epochs=5, optimizer="adamw", lr=5e-3, weight_decay=0.0, warmup_epochs=0.5)
-    first = load_teacher("tests.test_teacher:tiny_teacher", digits_task, recipe=recipe, measure=False, log=lambda _m: None)
+    first = load_teacher("tests.test_teacher:tiny_teacher", digits_task, recipe=recipe, measure=False)
     assert first.prepared and first.accuracy > 0.5  # 10 classes: chance is 0.1
-    second = load_teacher("tests.test_teacher:tiny_teacher", digits_task, recipe=recipe, measure=True, log=lambda _m: None)
+    second = load_teacher("tests.test_teacher:tiny_teacher", digits_task, recipe=recipe, measure=True)
     assert any("reused from cache" in n for n in second.notes)
     assert second.accuracy == pytest.approx(first.accuracy)
     assert second.latency.p50_ms > 0

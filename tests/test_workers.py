@@ -192,6 +192,40 @@ def test_ctrl_c_and_sigterm_hand_the_unit_back_and_say_how_to_resume(tmp_path):
     assert filled_slots(search.get_trials(deepcopy=False), 25) == 25
 
 
+@pytest.mark.slow
+def test_sigterm_stops_a_worker_s_student_at_its_next_epoch_boundary_and_nothing_is_lost(tmp_path):
+    out = tmp_path / "run"
+    url = f"sqlite:///{out / 'study.db'}"
+    coordinator = spawn(*find_args(out, trials=12, epochs=6, space="resnet_cifar_s1", top_k=3))
+    wait_for(lambda: (out / "config.yaml").exists(), 300, "the run folder")
+    worker = spawn("worker", out)
+    _, students = wait_for(lambda: try_studies(url), 60, "the run's studies")
+
+    def held_by_worker():
+        for t in students.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            cid = t.user_attrs.get("candidate_id")
+            if t.user_attrs.get("pid") == worker.pid and (out / "students" / cid / "checkpoint.pt").exists():
+                return cid, t.number
+        return None
+
+    victim, number = wait_for(held_by_worker, 400, "the worker to checkpoint a student")
+    done_before = torch.load(out / "students" / victim / "checkpoint.pt", weights_only=True)["epoch"]
+    worker.send_signal(signal.SIGTERM)
+    _, err = worker.communicate(timeout=300)
+    assert worker.returncode == 0 and "stopping after this epoch's checkpoint" in err and "went back to the queue" in err, err
+    _, err = coordinator.communicate(timeout=600)
+    assert coordinator.returncode == 0, err[-3000:]
+    history = sorted((t for t in students.get_trials(deepcopy=False) if t.user_attrs.get("candidate_id") == victim),
+                     key=lambda t: t.number)
+    assert history[0].number == number and [t.state.name for t in history] == ["FAIL", "COMPLETE"]
+    stopped_at = max(history[0].intermediate_values)  # the worker's last epoch: it finished the one it was in
+    assert done_before < stopped_at < 6
+    # the retry resumed from that epoch's checkpoint: no epoch lost, none run twice
+    assert sorted(history[1].intermediate_values) == list(range(stopped_at + 1, 7))
+    result = json.loads((out / "students" / victim / "result.json").read_text())
+    assert [h["epoch"] for h in result["history"]] == list(range(1, 7))
+
+
 def test_a_retry_keeps_its_slot_and_a_fresh_trial_fills_the_slot_it_used_a_number_of():
     """The case a restarted database left behind: trial 19 failed with its worker and was retried as trial 20
     (slot 19); the fresh trials after it take slots 20, 21, ...; the search needs trial 40 to fill slot 39."""

@@ -19,6 +19,7 @@ starts without measuring them again. Every finalist and distilled student is sti
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import time
 from collections.abc import Callable
@@ -35,6 +36,8 @@ from kdsearch.cost.budget import LATENCY
 from kdsearch.cost.latency import measure_latency, pinned_threads
 from kdsearch.spaces import SearchSpace, create_model
 from kdsearch.spaces.families import BLOCK_KEYS, latency_blocks
+
+logger = logging.getLogger(__name__)
 
 LATENCY_MODEL_CHOICES = ("auto", "on", "off")
 AUTO_MIN_SPACE = 100_000  # auto: a space this large is screened with the model (timing each would take hours)
@@ -209,16 +212,16 @@ class LatencyModel:
                 and all(config.get(k) in v for k, v in space.choices.items()))
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, n: int | None = None, log=None) -> LatencyModel:
+    def fit(self, n: int | None = None) -> LatencyModel:
         """Measure the sample of ``n`` (default SAMPLE_SIZE; what the cache lacks), fit both predictors, keep the
         better on held-out candidates."""
         started, n = time.perf_counter(), n or SAMPLE_SIZE
         self.cache_path.parent.mkdir(parents=True, exist_ok=True)
         self._load()
-        configs = self._measure_sample(n, log)
+        configs = self._measure_sample(n)
         latency = np.array([self.samples[cid][1] for cid in configs])
         listed = list(configs.values())
-        lut = self._lookup_table(listed, log)
+        lut = self._lookup_table(listed)
         order = np.random.default_rng(self.seed).permutation(len(listed))
         held, train = order[: len(order) // 4], order[len(order) // 4:]
         fitted: dict[str, Any] = {"regressor": ConfigRegressor(self.space, self.seed)}
@@ -232,7 +235,7 @@ class LatencyModel:
         self.seconds = time.perf_counter() - started
         return self
 
-    def _measure_sample(self, n: int, log) -> dict[str, dict]:
+    def _measure_sample(self, n: int) -> dict[str, dict]:
         """The seeded sample (cached figures reused), measured one candidate after another."""
         from kdsearch.spaces import candidate_id
 
@@ -240,8 +243,8 @@ class LatencyModel:
         # figures cached from other runs of the same space also train the model
         configs.update({cid: c for cid, (c, _) in self.samples.items() if self._in_space(c)})
         todo = [cid for cid in configs if cid not in self.samples]
-        if todo and log:
-            log(f"latency model: measuring {len(todo)} of {len(configs)} sample candidates ({self.measure.runtime}, "
+        if todo:
+            logger.info(f"latency model: measuring {len(todo)} of {len(configs)} sample candidates ({self.measure.runtime}, "
                 f"{self.measure.threads} thread(s))")
         for i, cid in enumerate(todo):
             torch.manual_seed(self.seed)
@@ -251,7 +254,7 @@ class LatencyModel:
                 self._save()  # an interrupted fit keeps what it measured
         return configs
 
-    def _lookup_table(self, configs: list[dict], log) -> LookupTable | None:
+    def _lookup_table(self, configs: list[dict]) -> LookupTable | None:
         if self.space.family not in BLOCK_KEYS:
             self.notes.append(f"no lookup table: family {self.space.family!r} declares no latency blocks")
             return None
@@ -260,8 +263,8 @@ class LatencyModel:
             return None
         lut = LookupTable(BLOCK_KEYS.get(self.space.family), self.measure.input_shape, self.table)
         try:
-            self.fill(lut, configs, log, every=True)
-            self.fill(lut, self._covering_configs(lut), log)
+            self.fill(lut, configs, every=True)
+            self.fill(lut, self._covering_configs(lut))
         except Exception as exc:  # a block the runtime cannot run alone: the regressor still works
             self.notes.append(f"no lookup table: a block could not be timed alone ({type(exc).__name__}: {str(exc)[:120]})")
             return None
@@ -285,7 +288,7 @@ class LatencyModel:
         block is timed alone (OFA's way), and the calibration and the regressor take up what that misses."""
         return self.measure.runtime == "torch"
 
-    def fill(self, lut: LookupTable, configs: list[dict], log=None, *, every: bool = False) -> int:
+    def fill(self, lut: LookupTable, configs: list[dict], *, every: bool = False) -> int:
         """Time the blocks of ``configs`` the table lacks (``every``: in context, every config not profiled yet, so
         that a block's figure is the median over the networks it appears in); returns how many configs were run."""
         from kdsearch.spaces import candidate_id
@@ -294,8 +297,8 @@ class LatencyModel:
             todo = [c for c in configs if candidate_id(c) not in self.profiled] if every else [c for c in configs if lut.missing(c)]
         else:
             todo = [c for c in configs if lut.missing(c)]
-        if todo and log:
-            log(f"latency model: timing the blocks of {len(todo)} candidate(s) for the lookup table"
+        if todo:
+            logger.info(f"latency model: timing the blocks of {len(todo)} candidate(s) for the lookup table"
                 + (" (inside each network)" if self.in_context else " (each block alone)"))
         for config in todo:
             model = create_model(config, num_classes=self.measure.num_classes, in_chans=self.measure.in_chans).eval()
@@ -401,10 +404,9 @@ class LatencyModel:
                 "cache": str(self.cache_path), "key": self.measure.key(self.space.family)}
 
 
-def fit_latency_model(space: SearchSpace, measure: MeasureSettings, *, seed: int = 0, n: int | None = None,
-                      log=None) -> LatencyModel:
+def fit_latency_model(space: SearchSpace, measure: MeasureSettings, *, seed: int = 0, n: int | None = None) -> LatencyModel:
     """The fitted latency model of ``space`` on this device (from the cache where it holds the measurements)."""
-    return LatencyModel(space, measure, seed=seed).fit(n, log=log)
+    return LatencyModel(space, measure, seed=seed).fit(n)
 
 
 __all__ = ["AUTO_MIN_SPACE", "LATENCY_MODEL_CHOICES", "ConfigRegressor", "LatencyModel", "LookupTable", "MeasureSettings",

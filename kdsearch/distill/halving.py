@@ -24,9 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kdsearch.distill.ranking import NOISE_Z, ties
+
 RUNG_DESIGNS = ("restart", "snapshot")
 RUNG_SIGNALS = ("accuracy", "accuracy+proxy", "kd_loss", "extrapolated")
-NOISE_Z = 1.0  # accuracy+proxy: rung accuracies closer than this many standard errors of their difference tie
 
 
 @dataclass(frozen=True)
@@ -103,15 +104,10 @@ def order_members(scores: dict[str, float], proxy: dict[str, float], signal: str
     ordered: list[str] = []
     while ranked:
         leader = scores[ranked[0]]
-        group = [c for c in ranked if leader - scores[c] <= NOISE_Z * _difference_se(leader, scores[c], n_val)]
+        group = [c for c in ranked if ties(leader, scores[c], n_val)]
         ordered += sorted(group, key=lambda c: (-proxy.get(c, 0.0), -scores[c], c))
         ranked = [c for c in ranked if c not in group]
     return ordered
-
-
-def _difference_se(a: float, b: float, n: int) -> float:
-    n = max(n, 1)
-    return math.sqrt((a * (1 - a) + b * (1 - b)) / n)
 
 
 __all__ = ["NOISE_Z", "RUNG_DESIGNS", "RUNG_SIGNALS", "Rung", "order_members", "plan_rungs", "restarts_for", "rung_score",

@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from kdsearch._util import atomic_path
 from kdsearch.cost import get_runtime
+from kdsearch.distill.ranking import best_first
 from kdsearch.exceptions import ExportError
 from kdsearch.registry import Registry
 from kdsearch.run import RunFolder, StudentFolder
@@ -51,7 +52,7 @@ def _pick(folder: RunFolder, trial: int | None) -> dict:
             trials = ", ".join(str(t) for t in distilled["trial"])
             raise ExportError(f"Trial {trial} of {folder.path} was not distilled; export one of trials {trials}, or use --best.")
         return row.iloc[0].to_dict()
-    return distilled.sort_values(["distilled_accuracy", "latency_p50_ms"], ascending=[False, True]).iloc[0].to_dict()
+    return best_first(distilled, folder.data_record().get("val_size")).iloc[0].to_dict()
 
 
 def load_run_student(run_dir: str | Path | RunFolder, *, best: bool = True, trial: int | None = None) -> tuple[nn.Module, dict]:

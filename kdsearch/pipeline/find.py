@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import signal
 import time
@@ -19,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from kdsearch._util import resolve_device, seed_everything, stable_hash, stderr_logger
+from kdsearch._util import resolve_device, seed_everything, stable_hash
 from kdsearch.cost import (
     LatencyModel,
     LatencyTimer,
@@ -31,6 +32,7 @@ from kdsearch.cost import (
 )
 from kdsearch.data import Task, load_task
 from kdsearch.distill import create_loss
+from kdsearch.distill.ranking import best_first
 from kdsearch.exceptions import BudgetError, RunFolderError, RuntimeUnavailable, TrainingDiverged
 from kdsearch.pipeline.halving import drain, halving_recipe, run_halving, rung_unit_score
 from kdsearch.pipeline.student import distill_student
@@ -39,9 +41,11 @@ from kdsearch.pipeline.worker import (
     RunQueue,
     StopFlag,
     WorkerResult,
+    epoch_boundaries,
     run_identity,
     start_local_workers,
     stop_local_workers,
+    stop_point,
     storage_guard,
     work,
 )
@@ -62,9 +66,11 @@ from kdsearch.search import (
 from kdsearch.search.optuna_adapter import count_trials
 from kdsearch.spaces import SearchSpace, create_model, default_space_path, load_space
 from kdsearch.supernet import SandwichRule, SupernetRanker, prepare_supernets
-from kdsearch.teacher import Teacher, load_network, load_teacher
+from kdsearch.teacher import Teacher, check_network, load_network, load_teacher
 from kdsearch.teacher.teacher import teacher_summary
 from kdsearch.training import validation_logits
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -78,10 +84,10 @@ class FindResult:
 
     @property
     def students(self) -> pd.DataFrame:
-        """Distilled students within budget, best first."""
+        """Distilled students within budget, best first (accuracies that tie within the validation noise: the faster first)."""
         df = self.candidates
         df = df[df["distilled_accuracy"].notna() & df["within_budget"]]
-        return df.sort_values("distilled_accuracy", ascending=False)
+        return best_first(df, RunFolder(self.run_dir).data_record().get("val_size"))
 
     @property
     def best(self) -> dict | None:
@@ -106,30 +112,34 @@ def find(teacher: str = "resnet101", budget: str = "10ms", **options) -> FindRes
 def run_find(settings: RunSettings) -> FindResult:
     """Run (or resume) the stages for validated settings; with ``settings.workers``, that many local worker
     processes take trials and students beside this one (and any ``kdsearch worker`` joined on other machines)."""
-    log = stderr_logger(settings.quiet)
+    _check_named_networks(settings)
     task = load_task(settings.data, progress=not settings.quiet)
-    log(f"data: {task.description}")
-    settings = _choose_space(settings, task, log)
+    logger.info(f"data: {task.description}")
+    settings = _choose_space(settings, task)
     _check_runtime(settings, task)
     folder = RunFolder(settings.out)
     folder.check_can_start(settings)
     seed_everything(settings.seed)
-    teacher = _load_teacher(settings, task, log)
-    settings = _resolve_budget(settings, task, log)
+    teacher = _load_teacher(settings, task)
+    settings = _resolve_budget(settings, task)
+    budget, teacher_ms = settings.budget, teacher.latency.p50_ms if teacher.latency else None
+    if teacher_ms is not None and budget.metric == "latency_p50_ms" and budget.resolved and teacher_ms <= budget.limit:
+        logger.info(f"budget: the teacher itself meets {budget.text} ({teacher_ms:.3g} ms p50); students slower than it are "
+            "allowed and flagged in the report")
     # The run folder is written only once the inputs, teacher included, are known to be good.
     resumed = folder.write_start(settings, task, teacher)
     url = folder.storage_url(settings)
     with storage_guard(url):
         queue = RunQueue(url, settings.heartbeat_s)
         queue.claim(run_identity(settings))  # a storage that holds another run's study is refused
-    log(f"run folder: {folder.path}{' (resuming)' if resumed else ''}; storage {redact(url)}")
-    interrupt = StopFlag().install((signal.SIGINT,))  # Ctrl-C lands outside database calls (see StopFlag)
+    logger.info(f"run folder: {folder.path}{' (resuming)' if resumed else ''}; storage {redact(url)}")
+    interrupt = StopFlag().install((signal.SIGINT,))  # Ctrl-C stops where nothing is lost (see StopFlag)
     procs = start_local_workers(folder.path, settings.workers, device=settings.device, storage=url) if settings.workers else []
     if procs:
-        log(f"workers: {len(procs)} local worker process(es) started (kdsearch worker {folder.path})")
+        logger.info(f"workers: {len(procs)} local worker process(es) started (kdsearch worker {folder.path})")
     try:
         with storage_guard(url):
-            table = _stages(settings, task, teacher, folder, queue, log)
+            table = _stages(settings, task, teacher, folder, queue)
     except KeyboardInterrupt:
         raise KeyboardInterrupt(f"interrupted; the run folder keeps everything done so far: resume with "
                                 f"kdsearch find ... --out {folder.path} (the same options)") from None
@@ -137,31 +147,40 @@ def run_find(settings: RunSettings) -> FindResult:
         interrupt.restore()
         codes = stop_local_workers(procs)
         if any(code not in (0, 130, -signal.SIGTERM) for code in codes):
-            log(f"workers: exit codes {codes} (each one's unit went back to the queue; the run is complete without them)")
+            logger.info(f"workers: exit codes {codes} (each one's unit went back to the queue; the run is complete without them)")
     return FindResult(run_dir=folder.path, candidates=table, teacher=teacher.record(), budget=settings.budget.text,
                       notes=teacher.notes, report=build_report(folder.path))
 
 
-def _stages(settings: RunSettings, task: Task, teacher: Teacher, folder: RunFolder, queue: RunQueue, log) -> pd.DataFrame:
+def _check_named_networks(settings: RunSettings) -> None:
+    """Every option that names a network is checked before any work starts (data, teacher, folder)."""
+    check_network(settings.teacher, "--teacher")
+    if settings.budget.reference is not None:
+        check_network(settings.budget.reference, f"--budget {settings.budget.text}")
+
+
+def _stages(settings: RunSettings, task: Task, teacher: Teacher, folder: RunFolder, queue: RunQueue) -> pd.DataFrame:
     queue.set_phase("preparing")
-    ranker = _supernets(settings, task, teacher, folder, log)
-    predictor = _latency_model(settings, task, folder, log)  # fitted (or read from the cache) before any worker scores
+    ranker = _supernets(settings, task, teacher, folder)
+    predictor = _latency_model(settings, task, folder)  # fitted (or read from the cache) before any worker scores
     queue.set_phase("scoring")
-    rows = _search(settings, task, teacher, folder, log, ranker, predictor)
-    finalists = _choose_finalists(settings, task, rows, folder, log, queue, teacher, ranker)
-    _distil_finalists(settings, task, teacher, finalists, folder, log, ranker, queue)
+    rows = _search(settings, task, teacher, folder, ranker, predictor)
+    stop_point()  # a Ctrl-C that landed in a database call during the search
+    finalists = _choose_finalists(settings, task, rows, folder, queue, teacher, ranker)
+    stop_point()
+    _distil_finalists(settings, task, teacher, finalists, folder, ranker, queue)
     queue.set_phase("done")
     table = candidates_table(rows, finalists, folder, settings)
     folder.write_candidates(table)
     return table
 
 
-def _choose_space(settings: RunSettings, task: Task, log) -> RunSettings:
+def _choose_space(settings: RunSettings, task: Task) -> RunSettings:
     if settings.space is not None:
-        log(f"space: {settings.space.name} ({settings.space.size:,} candidates)")
+        logger.info(f"space: {settings.space.name} ({settings.space.size:,} candidates)")
         return settings
     space = load_space(default_space_path(task.input_shape[1]))
-    log(f"space: {space.name} (default for {task.input_shape[1]}x{task.input_shape[2]} inputs; --space to change)")
+    logger.info(f"space: {space.name} (default for {task.input_shape[1]}x{task.input_shape[2]} inputs; --space to change)")
     return settings.with_space(space)
 
 
@@ -179,18 +198,18 @@ def _check_runtime(settings: RunSettings, task: Task) -> None:
                                  f"(family {settings.space.family}): {exc}") from None
 
 
-def _load_teacher(settings: RunSettings, task: Task, log) -> Teacher:
+def _load_teacher(settings: RunSettings, task: Task) -> Teacher:
     started = time.perf_counter()
     teacher = load_teacher(
         settings.teacher, task, weights=settings.teacher_weights, device=torch.device(settings.device),
         pretrained=settings.pretrained, epochs=settings.teacher_epochs, latency_kwargs=settings.latency("final"),
-        progress=not settings.quiet, log=log,
+        progress=not settings.quiet,
     )
-    log(f"teacher: {teacher_summary(teacher)} [{time.perf_counter() - started:.0f} s]")
+    logger.info(f"teacher: {teacher_summary(teacher)} [{time.perf_counter() - started:.0f} s]")
     return teacher
 
 
-def _resolve_budget(settings: RunSettings, task: Task, log) -> RunSettings:
+def _resolve_budget(settings: RunSettings, task: Task) -> RunSettings:
     """A relative budget ('0.8x:<network>'): the reference network timed in the run's runtime, the limit set from it
     for the search; each finalist is then timed in alternation with the reference and compared with that figure."""
     budget = settings.budget
@@ -199,36 +218,35 @@ def _resolve_budget(settings: RunSettings, task: Task, log) -> RunSettings:
     reference = load_network(budget.reference, task)
     stats = measure_latency(reference, task.input_shape, device=settings.device, **settings.latency("final"))
     settings = settings.with_reference_latency(stats.p50_ms)
-    log(f"budget: {budget.factor:g} x {budget.reference} = {budget.factor:g} x {stats.p50_ms:.3g} ms = "
+    logger.info(f"budget: {budget.factor:g} x {budget.reference} = {budget.factor:g} x {stats.p50_ms:.3g} ms = "
         f"{settings.budget.limit:.3g} ms (each finalist is timed against the reference again)")
     return settings
 
 
-def run_supernets(settings: RunSettings, task: Task, teacher: torch.nn.Module, *, progress: bool = False, log=None) -> SupernetRanker:
+def run_supernets(settings: RunSettings, task: Task, teacher: torch.nn.Module, *, progress: bool = False) -> SupernetRanker:
     """The run's supernets as its settings define them (bands, budget, recipe, latency settings, seed): trained, or
     read from the cache when a run with the same settings trained them (as for a warm start after the run)."""
     return prepare_supernets(
         settings.space, task, teacher, bands=settings.supernet["subspaces"], limit_ms=settings.budget.latency_limit_ms,
         recipe=settings.supernet_recipe(), rule=SandwichRule.with_anchors(settings.supernet.get("anchors", "latency")),
         device=torch.device(settings.device), latency=settings.latency("search"), seed=settings.seed, progress=progress,
-        log=log,
     )
 
 
-def _supernets(settings: RunSettings, task: Task, teacher: Teacher, folder: RunFolder, log) -> SupernetRanker | None:
+def _supernets(settings: RunSettings, task: Task, teacher: Teacher, folder: RunFolder) -> SupernetRanker | None:
     """With a supernet proxy: the latency bands and a supernet per band that holds candidates within the budget,
     distilled from the teacher (or reused from the cache), recorded in the run folder."""
     if settings.supernet is None:
         return None
     started = time.perf_counter()
-    ranker = run_supernets(settings, task, teacher.model, progress=not settings.quiet, log=log)
+    ranker = run_supernets(settings, task, teacher.model, progress=not settings.quiet)
     folder.write_supernets({**ranker.record(), "recipe": settings.supernet_recipe().to_dict()}, ranker.histories,
                            ranker.weights_files())
-    log(f"supernet: {len(ranker.supernets)} of {ranker.bands.count} band(s) ready [{time.perf_counter() - started:.0f} s]")
+    logger.info(f"supernet: {len(ranker.supernets)} of {ranker.bands.count} band(s) ready [{time.perf_counter() - started:.0f} s]")
     return ranker
 
 
-def _latency_model(settings: RunSettings, task: Task, folder: RunFolder | None, log) -> LatencyModel | None:
+def _latency_model(settings: RunSettings, task: Task, folder: RunFolder | None) -> LatencyModel | None:
     """With a latency model (--latency-model, or auto for a large space): fitted on this device from a measured
     sample, or from the cache of an earlier run on it; its record written to the run folder."""
     space = settings.space
@@ -237,16 +255,16 @@ def _latency_model(settings: RunSettings, task: Task, folder: RunFolder | None, 
     measure = MeasureSettings(input_shape=task.input_shape, num_classes=task.num_classes, in_chans=task.in_chans,
                               device=settings.device, runtime=settings.runtime, threads=settings.threads,
                               batch_size=settings.latency_batch_size)
-    model = fit_latency_model(space, measure, seed=settings.seed, log=log)
+    model = fit_latency_model(space, measure, seed=settings.seed)
     best = model.validation[model.chosen]
-    log(f"latency model: {model.chosen} (of {', '.join(model.validation)}), held-out MAPE {best['mape']:.1%}, "
+    logger.info(f"latency model: {model.chosen} (of {', '.join(model.validation)}), held-out MAPE {best['mape']:.1%}, "
         f"Kendall tau {best['kendall_tau']:.2f}, {best['within_10pct']:.0%} within ±10 % [{model.seconds:.0f} s]")
     if folder is not None:
         folder.write_latency_model(model.record())
     return model
 
 
-def _proxy_context(settings: RunSettings, task: Task, teacher: Teacher, space: SearchSpace, log,
+def _proxy_context(settings: RunSettings, task: Task, teacher: Teacher, space: SearchSpace,
                    ranker: SupernetRanker | None = None) -> ProxyContext:
     device = torch.device(settings.device)
     images, labels = task.sample_batch(64, seed=settings.seed)
@@ -260,17 +278,17 @@ def _proxy_context(settings: RunSettings, task: Task, teacher: Teacher, space: S
         started = time.perf_counter()
         for component in components:
             ctx.reference_scores(component)
-        log(f"proxies: reference population of {REFERENCE_SIZE} candidates scored for {', '.join(components)} "
+        logger.info(f"proxies: reference population of {REFERENCE_SIZE} candidates scored for {', '.join(components)} "
             f"[{time.perf_counter() - started:.0f} s]")
     return ctx
 
 
-def _scorer(settings: RunSettings, task: Task, teacher: Teacher, folder: RunFolder, log, ranker: SupernetRanker | None,
+def _scorer(settings: RunSettings, task: Task, teacher: Teacher, folder: RunFolder, ranker: SupernetRanker | None,
             predictor: LatencyModel | None,
             *, worker: int = 0, wait: bool = True, should_stop=None):
     """``score()``: take trials of the run's study (this process as worker ``worker``) until its slots are filled."""
     space, budget = settings.space, settings.budget
-    ctx = _proxy_context(settings, task, teacher, space, log, ranker)
+    ctx = _proxy_context(settings, task, teacher, space, ranker)
     evaluate = CandidateEvaluator(task, ctx, list(settings.proxies), torch.device(settings.device), settings.latency("search"),
                                   seed=settings.seed, budget=budget, recheck=settings.latency("final"), predictor=predictor)
     cheap = exact_proxy(settings.ranking_proxy, task, ctx, settings.device, settings.seed)
@@ -281,23 +299,24 @@ def _scorer(settings: RunSettings, task: Task, teacher: Teacher, folder: RunFold
             study_name=STUDY_NAME, n_trials=settings.trials, timeout=settings.timeout, seed=settings.seed,
             sampler=settings.sampler, progress=not settings.quiet and worker == 0, cheap_score=cheap, top_k=settings.top_k,
             metric_model=predictor.predict if predictor is not None and budget.latency_limit_ms is not None else None,
-            worker=worker, wait=wait, heartbeat_s=settings.heartbeat_s, should_stop=should_stop, log=log,
+            worker=worker, wait=wait, heartbeat_s=settings.heartbeat_s,
+            should_stop=should_stop or (lambda: StopFlag.active is not None and StopFlag.active()),
         )
 
     return score
 
 
-def _search(settings: RunSettings, task: Task, teacher: Teacher, folder: RunFolder, log,
+def _search(settings: RunSettings, task: Task, teacher: Teacher, folder: RunFolder,
             ranker: SupernetRanker | None = None, predictor: LatencyModel | None = None) -> dict[str, dict]:
     """Score candidates in the study until its ``trials`` slots are filled; the scored candidates by id."""
     space, budget = settings.space, settings.budget
     started = time.perf_counter()
-    study = _scorer(settings, task, teacher, folder, log, ranker, predictor)()
+    study = _scorer(settings, task, teacher, folder, ranker, predictor)()
     rows = scored_candidates(study)
     if not rows:
         raise RunFolderError(f"No candidate of {space.name} could be scored; see the errors above and check the space.")
     feasible = sum(budget.fits(r) for r in rows.values())
-    log(f"search: {len(rows)} distinct candidates scored, {feasible} within {budget.text} [{time.perf_counter() - started:.0f} s]")
+    logger.info(f"search: {len(rows)} distinct candidates scored, {feasible} within {budget.text} [{time.perf_counter() - started:.0f} s]")
     if not feasible:
         smallest = min(rows.values(), key=lambda r: r[budget.metric])
         raise BudgetError(
@@ -336,7 +355,7 @@ def band_covered(finalists: dict[str, dict], band: int, edges: list[float], metr
     return False
 
 
-def _choose_finalists(settings: RunSettings, task: Task, rows: dict[str, dict], folder: RunFolder, log,
+def _choose_finalists(settings: RunSettings, task: Task, rows: dict[str, dict], folder: RunFolder,
                       queue: RunQueue | None = None, teacher: Teacher | None = None,
                       ranker: SupernetRanker | None = None) -> dict[str, dict]:
     """The students to distil, each re-measured with the finalists' latency settings and kept only if it still fits:
@@ -346,9 +365,9 @@ def _choose_finalists(settings: RunSettings, task: Task, rows: dict[str, dict], 
     budget, proxy = settings.budget, settings.ranking_proxy
     finalists = folder.finalists()
     feasible = sorted((r for r in rows.values() if budget.fits(r)), key=lambda r: r[proxy], reverse=True)
-    chooser = _Chooser(settings, task, finalists, folder, log)
+    chooser = _Chooser(settings, task, finalists, folder)
     if settings.selection["select"] == "halving":
-        _select_by_halving(settings, task, feasible, chooser, folder, log, queue, teacher, ranker)
+        _select_by_halving(settings, task, feasible, chooser, folder, queue, teacher, ranker)
     else:
         chooser.take("top", feasible, settings.top_k)
     edges = band_edges(rows, settings)
@@ -365,7 +384,7 @@ def _choose_finalists(settings: RunSettings, task: Task, rows: dict[str, dict], 
     return finalists
 
 
-def _select_by_halving(settings: RunSettings, task: Task, feasible: list[dict], chooser: _Chooser, folder: RunFolder, log,
+def _select_by_halving(settings: RunSettings, task: Task, feasible: list[dict], chooser: _Chooser, folder: RunFolder,
                        queue: RunQueue, teacher: Teacher, ranker: SupernetRanker | None) -> None:
     """The pool (the proxy's top ``pool`` that still fit when re-measured) distilled in rungs; the survivors become
     the run's top picks (role 'top'), the others stay 'pool' with the rung that cut them."""
@@ -378,11 +397,11 @@ def _select_by_halving(settings: RunSettings, task: Task, feasible: list[dict], 
     else:  # resumed: the pool the stage started with (its survivors may already be 'top')
         pool = state["pool"]
     sel = settings.selection
-    log(f"halving: pool of {len(pool)} (the top by {proxy} within the budget), eta {sel['eta']}, first rung "
+    logger.info(f"halving: pool of {len(pool)} (the top by {proxy} within the budget), eta {sel['eta']}, first rung "
         f"{sel['first_rung']} epoch(s), design {sel['rung_design']}, signal {sel['rung_signal']}")
     queue.set_phase("distilling")
-    distil = student_job(settings, task, teacher, folder, log, ranker)
-    state = run_halving(settings, task, folder, queue, distil, log, pool, {c: float(finalists[c][proxy]) for c in pool})
+    distil = student_job(settings, task, teacher, folder, ranker)
+    state = run_halving(settings, task, folder, queue, distil, pool, {c: float(finalists[c][proxy]) for c in pool})
     reached = {cid: (r["index"], r["until_epoch"]) for r in state["rungs"] for cid in r["members"]}
     for cid in pool:
         final = finalists[cid]
@@ -394,8 +413,8 @@ def _select_by_halving(settings: RunSettings, task: Task, feasible: list[dict], 
 class _Chooser:
     """Re-measures candidates for one role until it holds ``count`` that fit (skipping any already chosen)."""
 
-    def __init__(self, settings: RunSettings, task: Task, finalists: dict, folder: RunFolder, log):
-        self.settings, self.task, self.finalists, self.folder, self.log = settings, task, finalists, folder, log
+    def __init__(self, settings: RunSettings, task: Task, finalists: dict, folder: RunFolder):
+        self.settings, self.task, self.finalists, self.folder = settings, task, finalists, folder
         budget = settings.budget
         self.reference = load_network(budget.reference, task) if budget.factor is not None else None
 
@@ -425,28 +444,39 @@ class _Chooser:
             if final["within_budget"]:
                 accepted += 1
             else:
-                self.log(f"finalist {cid} ({role}): {budget.describe(final[budget.metric])} on re-measurement exceeds "
+                logger.info(f"finalist {cid} ({role}): {budget.describe(final[budget.metric])} on re-measurement exceeds "
                          f"{budget.text}; taking the next one")
             self.folder.write_finalists(self.finalists)
 
 
-def _distil_finalists(settings: RunSettings, task: Task, teacher: Teacher, finalists: dict, folder: RunFolder, log,
+def _distil_finalists(settings: RunSettings, task: Task, teacher: Teacher, finalists: dict, folder: RunFolder,
                       ranker: SupernetRanker | None, queue: RunQueue) -> None:
     """Queue the accepted finalists in the storage and distil them here and on every worker that takes one; wait
     until none is left waiting or being distilled. Halving's survivors are done already; its cut pool is not distilled."""
     accepted = [cid for cid, f in finalists.items() if f["within_budget"] and f.get("role") != "pool"]
     roles = ", ".join(finalists[c].get("role", "top") for c in accepted)
     if not create_loss(settings.loss_name, **settings.loss_options).logits_only:
-        log(f"students: {len(accepted)} ({roles}); the loss {settings.loss_name!r} needs the teacher's features, so each "
+        logger.info(f"students: {len(accepted)} ({roles}); the loss {settings.loss_name!r} needs the teacher's features, so each "
             "student runs the live teacher")
     else:
-        log(f"students: {len(accepted)} ({roles}); the teacher's logits are computed once and shared by all of them")
+        logger.info(f"students: {len(accepted)} ({roles}); the teacher's logits are computed once and shared by all of them")
     queue.enqueue([{"candidate_id": cid} for cid in accepted], lambda unit: folder.student(unit["candidate_id"]).result() is not None)
     queue.set_phase("distilling")
-    drain(queue, student_job(settings, task, teacher, folder, log, ranker), settings, log)
+    drain(queue, student_job(settings, task, teacher, folder, ranker), settings)
 
 
-def student_job(settings: RunSettings, task: Task, teacher: Teacher, folder: RunFolder, log,
+def _epoch_reporter(trial):
+    """After each epoch's checkpoint: the validation accuracy to the unit's trial (Optuna's intermediate values), then
+    the stop point — a SIGTERM or Ctrl-C during the epoch hands the unit back here, nothing lost."""
+    def on_epoch(h: dict) -> None:
+        if trial is not None:
+            trial.report(float(h["val_accuracy"]), int(h["epoch"]))
+        stop_point()
+
+    return on_epoch
+
+
+def student_job(settings: RunSettings, task: Task, teacher: Teacher, folder: RunFolder,
                 ranker: SupernetRanker | None):
     """``distil(unit, trial) -> accuracy``: one finalist distilled into its student folder (resumed from its
     checkpoint when another worker started it), to the full recipe, or to the end of its rung of successive halving
@@ -473,31 +503,32 @@ def student_job(settings: RunSettings, task: Task, teacher: Teacher, folder: Run
             options["val_teacher_logits"] = val_logits[0]
             options["until_epoch"] = int(unit["until_epoch"])
             role = f"rung {rung}"
-        if trial is not None:
-            options["on_epoch"] = lambda h: trial.report(float(h["val_accuracy"]), int(h["epoch"]))
+        options["on_epoch"] = _epoch_reporter(trial)
         try:  # ``done``: a last rung whose result was written before its rung record (a kill between the two)
-            result = done or distill_student(
-                final["config"], teacher.model, task, student, recipe, loss=settings.loss_name,
-                loss_options=settings.loss_options, device=torch.device(settings.device), progress=not settings.quiet,
-                desc=f"distilling {cid} ({role})",
-                extra={"candidate_id": cid, "role": final.get("role", "top"), "band": final.get("band"), "warm_start": bool(warm)},
-                initial=ranker.subnet(final["config"], final["latency_p50_ms"]) if warm else None, **options,
-            )
+            with epoch_boundaries():
+                result = done or distill_student(
+                    final["config"], teacher.model, task, student, recipe, loss=settings.loss_name,
+                    loss_options=settings.loss_options, device=torch.device(settings.device), progress=not settings.quiet,
+                    desc=f"distilling {cid} ({role})",
+                    extra={"candidate_id": cid, "role": final.get("role", "top"), "band": final.get("band"), "warm_start": bool(warm)},
+                    initial=ranker.subnet(final["config"], final["latency_p50_ms"]) if warm else None, **options,
+                )
         except TrainingDiverged as exc:
-            log(f"student {cid}: {exc} — marked failed")
+            logger.info(f"student {cid}: {exc} — marked failed")
+            record = {"candidate_id": cid, "status": "diverged", "error": str(exc)}
             if rung is not None:
-                student.write_rung(rung, {"candidate_id": cid, "status": "diverged", "error": str(exc), "history": []})
+                student.write_rung(rung, {**record, "history": []})
             else:
-                student.write_result({"candidate_id": cid, "status": "diverged", "error": str(exc)})
+                student.write_result(record)
             return 0.0
         if rung is not None:
             record = {"candidate_id": cid, "rung": rung, "until_epoch": int(unit["until_epoch"]), "status": result["status"],
                       "history": result["history"], "seconds": result.get("seconds")}
             student.write_rung(rung, record)
-            log(f"student {cid} ({role}): val acc {result['val_accuracy']:.4f} at epoch {unit['until_epoch']} "
+            logger.info(f"student {cid} ({role}): val acc {result['val_accuracy']:.4f} at epoch {unit['until_epoch']} "
                 f"[{time.perf_counter() - started:.0f} s]")
             return rung_unit_score(record)
-        log(f"student {cid} ({role}): val acc {result['val_accuracy']:.4f} at {final['latency_p50_ms']:.3f} ms "
+        logger.info(f"student {cid} ({role}): val acc {result['val_accuracy']:.4f} at {final['latency_p50_ms']:.3f} ms "
             f"[{time.perf_counter() - started:.0f} s]")
         return float(result["val_accuracy"])
 
@@ -512,7 +543,6 @@ def run_worker(run_dir: str | Path, *, index: int | None = None, device: str | N
     when that process is gone (find's local workers do not outlive a find that was killed)."""
     import socket
 
-    log = stderr_logger(quiet)
     folder = RunFolder.open(run_dir)
     settings = folder.settings()
     if device:
@@ -521,26 +551,30 @@ def run_worker(run_dir: str | Path, *, index: int | None = None, device: str | N
     index = index if index is not None else 1 + int(stable_hash([socket.gethostname(), os.getpid()], 8), 16) % 10_000
     url = folder.storage_url(settings)
     stop = StopFlag(parent).install()
-    with storage_guard(url):
-        queue = RunQueue(url, settings.heartbeat_s)
-        queue.check(run_identity(settings))
-    task = load_task(settings.data, progress=False)
-    teacher = _load_teacher(settings, task, log)
-    with storage_guard(url):
-        while queue.phase == "preparing" and not stop():
-            time.sleep(POLL_S)  # the supernets (if any) are trained by find before scoring opens
-        ranker = run_supernets(settings, task, teacher.model, log=log) if settings.supernet is not None and not stop() else None
-        before = count_trials(queue.search)
-        predictor = _latency_model(settings, task, None, log)  # this worker's device (from the cache on find's machine)
-        score = _scorer(settings, task, teacher, folder, log, ranker, predictor, worker=index, wait=False, should_stop=stop)
-        try:
-            distilled = work(queue, score=score, distil=student_job(settings, task, teacher, folder, log, ranker),
-                             until_done=until_done, should_stop=stop)
-        except KeyboardInterrupt:
-            distilled = []
-        scored = sum(1 for t in queue.search.get_trials(deepcopy=False) if t.number >= before and
-                     t.user_attrs.get("worker") == index)
-    log(f"worker {index}: {'stopped; its unit went back to the queue' if stop() else 'done'} "
+    try:
+        with storage_guard(url):
+            queue = RunQueue(url, settings.heartbeat_s)
+            queue.check(run_identity(settings))
+        task = load_task(settings.data, progress=False)
+        teacher = _load_teacher(settings, task)
+        stop.check()
+        with storage_guard(url):
+            while queue.phase == "preparing" and not stop():
+                time.sleep(POLL_S)  # the supernets (if any) are trained by find before scoring opens
+            ranker = run_supernets(settings, task, teacher.model) if settings.supernet is not None and not stop() else None
+            before = count_trials(queue.search)
+            predictor = _latency_model(settings, task, None)  # this worker's device (from the cache on find's machine)
+            score = _scorer(settings, task, teacher, folder, ranker, predictor, worker=index, wait=False, should_stop=stop)
+            try:
+                distilled = work(queue, score=score, distil=student_job(settings, task, teacher, folder, ranker),
+                                 until_done=until_done, should_stop=stop)
+            except KeyboardInterrupt:
+                distilled = []
+            scored = sum(1 for t in queue.search.get_trials(deepcopy=False) if t.number >= before and
+                         t.user_attrs.get("worker") == index)
+    finally:
+        stop.restore()
+    logger.info(f"worker {index}: {'stopped; its unit went back to the queue' if stop() else 'done'} "
         f"({scored} trial(s) scored, {len(distilled)} student(s) distilled)")
     return WorkerResult(scored=scored, distilled=distilled)
 

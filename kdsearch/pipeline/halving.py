@@ -17,6 +17,7 @@ Resume: each finished rung of a student is a file (``rung<r>.json`` in its folde
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -24,9 +25,11 @@ from dataclasses import asdict
 from kdsearch.data import Task
 from kdsearch.distill.halving import Rung, order_members, plan_rungs, restarts_for, rung_score, student_epochs
 from kdsearch.exceptions import RunFolderError
-from kdsearch.pipeline.worker import POLL_S, RunQueue
+from kdsearch.pipeline.worker import POLL_S, RunQueue, stop_point
 from kdsearch.run import RunFolder, RunSettings
 from kdsearch.training import Recipe
+
+logger = logging.getLogger(__name__)
 
 
 def halving_recipe(settings: RunSettings, state: dict) -> Recipe:
@@ -36,23 +39,24 @@ def halving_recipe(settings: RunSettings, state: dict) -> Recipe:
     return Recipe(**{**settings.recipe().to_dict(), "restarts": restarts_for(rungs, state["design"])})
 
 
-def drain(queue: RunQueue, distil: Callable, settings: RunSettings, log, what: str = "student(s)") -> None:
+def drain(queue: RunQueue, distil: Callable, settings: RunSettings, what: str = "student(s)") -> None:
     """Take units from the queue until none is left waiting or being distilled (here or on another worker)."""
     told = False
     while True:
+        stop_point()  # a Ctrl-C that landed in a database call
         if queue.take_student(distil) is not None:
             continue
         pending = queue.pending()
         if not pending:
             return
         if not told:
-            log(f"waiting for {pending} {what} other workers are distilling (a worker that died frees its unit "
+            logger.info(f"waiting for {pending} {what} other workers are distilling (a worker that died frees its unit "
                 f"{settings.heartbeat_s * 3} s after its last heartbeat)")
             told = True
         time.sleep(POLL_S)
 
 
-def run_halving(settings: RunSettings, task: Task, folder: RunFolder, queue: RunQueue, distil: Callable, log,
+def run_halving(settings: RunSettings, task: Task, folder: RunFolder, queue: RunQueue, distil: Callable,
                 pool: list[str], proxy: dict[str, float]) -> dict:
     """Distil ``pool`` (candidate ids, the proxy's order) in rungs; the record written to halving.json, with
     ``survivors`` best first. ``proxy``: each member's ranking-proxy score (ties, and the report's comparison)."""
@@ -77,7 +81,7 @@ def run_halving(settings: RunSettings, task: Task, folder: RunFolder, queue: Run
         started = time.perf_counter()
         queue.enqueue([{"candidate_id": c, "rung": rung.index, "until_epoch": rung.until_epoch} for c in members],
                       lambda unit: folder.student(unit["candidate_id"]).rung(unit["rung"]) is not None)
-        drain(queue, distil, settings, log, what=f"rung-{rung.index} student(s)")
+        drain(queue, distil, settings, what=f"rung-{rung.index} student(s)")
         before = rungs[rung.index - 1].until_epoch if rung.index else 0
         scores = {}
         for cid in members:
@@ -96,7 +100,7 @@ def run_halving(settings: RunSettings, task: Task, folder: RunFolder, queue: Run
                                "scores": scores, "order": order, "survivors": survivors,
                                "seconds": time.perf_counter() - started})
         folder.write_halving(state)
-        log(f"halving: rung {rung.index} — {len(members)} students to epoch {rung.until_epoch}, "
+        logger.info(f"halving: rung {rung.index} — {len(members)} students to epoch {rung.until_epoch}, "
             f"{'final order' if last else f'kept {keep}'} [{time.perf_counter() - started:.0f} s]")
         members = survivors
     state["survivors"] = members

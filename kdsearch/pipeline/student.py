@@ -4,6 +4,7 @@ each finalist) and ``train_student`` (``kdsearch distill``: one student, optiona
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from kdsearch._util import resolve_device, stderr_logger
+from kdsearch._util import resolve_device
 from kdsearch.data import DataSpec, Task, load_task
 from kdsearch.distill import create_loss, distill
 from kdsearch.exceptions import KdsearchError, RunFolderError, SpaceError
@@ -20,6 +21,8 @@ from kdsearch.spaces import create_model
 from kdsearch.teacher import load_teacher
 from kdsearch.teacher.teacher import teacher_summary
 from kdsearch.training import Recipe, distributed_context
+
+logger = logging.getLogger(__name__)
 
 
 def distill_student(
@@ -146,30 +149,36 @@ def train_student(
         raise KdsearchError("No teacher given; pass --teacher (or --from-run RUN to use that run's teacher).")
     spec = _data_spec(base, data=data, data_root=data_root, input_size=input_size, train_samples=train_samples,
                       val_samples=val_samples)
-    loss_name = loss or (base.loss_name if base else "kd")
-    if loss_options is None and base and loss_name == base.loss_name:
-        loss_options = base.loss_options
-    create_loss(loss_name, **(loss_options or {}))  # validate before any work
+    loss_name, loss_options = _loss(base, loss, loss_options)
     recipe = _recipe(base, recipe)
     folder = StudentFolder(out)
     if not resume and folder.has_work():
         raise RunFolderError(f"{folder.path} already holds a distillation; pass --resume to continue it, or choose another --out.")
-    log = stderr_logger(quiet)
     torch_device = resolve_device(device)
     task = load_task(spec, progress=not quiet)
-    log(f"data: {task.description}")
+    logger.info(f"data: {task.description}")
     teacher_obj = load_teacher(
         teacher, task, weights=teacher_weights or (base.teacher_weights if base else None), device=torch_device,
         pretrained=pretrained if pretrained is not None else (base.pretrained if base else True),
-        epochs=teacher_epochs or (base.teacher_epochs if base else None), measure=False, progress=not quiet, log=log,
+        epochs=teacher_epochs or (base.teacher_epochs if base else None), measure=False, progress=not quiet,
     )
-    log(f"teacher: {teacher_summary(teacher_obj)}")
+    logger.info(f"teacher: {teacher_summary(teacher_obj)}")
     result = distill_student(
         config, teacher_obj.model, task, folder, recipe, loss=loss_name, loss_options=loss_options, device=torch_device,
         progress=not quiet, desc=f"distilling ({loss_name})", extra={"teacher": teacher_obj.record(), "data": task.record()},
     )
-    log(f"student: val acc {result['val_accuracy']:.4f} after {result['epochs']} epochs ({loss_name}); written to {folder.path}")
+    logger.info(f"student: val acc {result['val_accuracy']:.4f} after {result['epochs']} epochs ({loss_name}); written to {folder.path}")
     return result
+
+
+def _loss(base: RunSettings | None, loss: str | None, options: dict | None) -> tuple[str, dict | None]:
+    """The loss and its settings: as given, else the run's (its settings only when the loss is the run's); validated
+    before any work."""
+    name = loss or (base.loss_name if base else "kd")
+    if options is None and base and name == base.loss_name:
+        options = base.loss_options
+    create_loss(name, **(options or {}))
+    return name, options
 
 
 def _data_spec(base: RunSettings | None, **given) -> DataSpec:

@@ -5,7 +5,7 @@ A run's storage holds two studies. ``kdsearch`` is the search: one trial per sco
 find enqueues one waiting trial per finalist, and a worker takes one by popping it (Optuna's RDB storage hands a
 waiting trial to exactly one process). Every unit runs under Optuna's heartbeat: when a worker dies, its unit is
 failed after the grace period and a copy goes back to the queue; the next worker resumes a student from its last
-epoch checkpoint. SIGTERM or Ctrl-C hands the current unit back at once and leaves.
+epoch checkpoint. SIGTERM or Ctrl-C hands the current unit back (a student at its next epoch boundary) and leaves.
 
 The search study's user attributes say what the run is (``identity``: a worker never joins another run's study)
 and what it is doing (``phase``: preparing, scoring, distilling, done); a worker polls them.
@@ -219,19 +219,27 @@ def _in_storage(frame) -> bool:
 
 
 class StopFlag:
-    """SIGTERM (and SIGINT) → stop: the current unit is interrupted and handed back (KeyboardInterrupt's path), then
-    the worker leaves. The interrupt waits (20 ms at a time) while a database call is in progress."""
+    """SIGTERM and Ctrl-C → stop, at a point where nothing is lost.
+
+    While a student is being distilled (``epoch_boundaries()``) the signal only sets the flag; the student stops at its
+    next epoch boundary, after that epoch's checkpoint (``stop_point()`` there), and its unit goes back to the queue.
+    Elsewhere it interrupts at once, unless the main thread is inside a database call: a KeyboardInterrupt raised there
+    can leave SQLite's write lock held by a connection the traceback still references. There it only sets the flag,
+    which every loop that calls the database polls. A second Ctrl-C interrupts at once, wherever it lands."""
+
+    active: StopFlag | None = None  # the installed one: signal handlers are per process, so is the flag
 
     def __init__(self, parent: int | None = None):
-        self.stopped, self.parent, self._pending, self._previous = False, parent, None, {}
+        self.stopped, self.parent, self.signal_name, self._deferring, self._previous = False, parent, "", 0, {}
 
     def install(self, signals=(signal.SIGTERM, signal.SIGINT)) -> StopFlag:
         import threading
 
         if threading.current_thread() is not threading.main_thread():
             return self  # signal handlers belong to the main thread (the API called from another: default handling)
-        for signum in (*signals, signal.SIGALRM):
+        for signum in signals:
             self._previous[signum] = signal.signal(signum, self._handler)
+        StopFlag.active = self
         return self
 
     def restore(self) -> None:
@@ -239,18 +247,35 @@ class StopFlag:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous = {}
+        if StopFlag.active is self:
+            StopFlag.active = None
 
     def _handler(self, signum, frame):
-        if signum != signal.SIGALRM:
-            self.stopped, self._pending = True, signum
-        if self._pending is None:
+        name = signal.Signals(signum).name
+        if self.stopped and signum == signal.SIGINT:  # pressed again: the person wants out now
+            raise KeyboardInterrupt("")
+        if self.stopped:
             return
-        if _in_storage(frame):
-            signal.setitimer(signal.ITIMER_REAL, 0.02)  # look again once the call is done
+        self.stopped, self.signal_name = True, name
+        if self._deferring:
+            os.write(2, f"kdsearch: {name}: stopping after this epoch's checkpoint (Ctrl-C again: stop now)\n".encode())
             return
-        name = signal.Signals(self._pending).name
-        self._pending = None
-        raise KeyboardInterrupt(name if name != "SIGINT" else "")
+        if not _in_storage(frame):
+            raise KeyboardInterrupt(name if name != "SIGINT" else "")
+
+    @contextlib.contextmanager
+    def epoch_boundaries(self):
+        """Within: a signal waits for ``stop_point()`` (called after each epoch's checkpoint)."""
+        self._deferring += 1
+        try:
+            yield
+        finally:
+            self._deferring -= 1
+
+    def check(self) -> None:
+        """Raise the interrupt a signal asked for (at a point where stopping loses nothing)."""
+        if self():
+            raise KeyboardInterrupt(self.signal_name if self.signal_name != "SIGINT" else "")
 
     def __call__(self) -> bool:
         if self.parent is not None and os.getppid() != self.parent:
@@ -258,5 +283,21 @@ class StopFlag:
         return self.stopped
 
 
+def stop_point() -> None:
+    """Where work may stop without loss (an epoch's checkpoint is written): raise if SIGTERM or Ctrl-C asked for it."""
+    if StopFlag.active is not None:
+        StopFlag.active.check()
+
+
+@contextlib.contextmanager
+def epoch_boundaries():
+    """A student's distillation: SIGTERM or Ctrl-C stop it at its next ``stop_point()``, not mid-epoch."""
+    if StopFlag.active is None:
+        yield
+        return
+    with StopFlag.active.epoch_boundaries():
+        yield
+
+
 __all__ = ["PHASES", "STUDENTS_STUDY", "RunQueue", "StopFlag", "WorkerResult", "run_identity", "start_local_workers",
-           "stop_local_workers", "storage_guard", "unit_key", "work"]
+           "stop_local_workers", "stop_point", "epoch_boundaries", "storage_guard", "unit_key", "work"]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from kdsearch.distill.ranking import best_first
 from kdsearch.run import RunFolder, RunSettings
 
 TABLE_COLUMNS = ["candidate_id", "role", "band", "distilled_accuracy", "latency_p50_ms", "latency_p90_ms", "params", "flops",
@@ -31,9 +32,14 @@ def human_count(value) -> str:
     return f"{value:.0f}"
 
 
+Z95 = 1.96  # the self-check's intervals are 95 % (normal approximation of the binomial validation noise)
+
+
 @dataclass
 class SelfCheck:
-    """Did the ranking proxy pick well on this data? Its picks vs random controls, and rank correlations."""
+    """Did the ranking proxy pick well on this data? Its picks vs random controls, and rank correlations — each with
+    the interval that the validation set's size allows (binomial noise of every student's accuracy on ``n_val``
+    images), so a difference of one image is not reported as a finding."""
 
     picks_mean: float | None
     controls_mean: float | None
@@ -41,36 +47,64 @@ class SelfCheck:
     n_controls: int
     taus: dict[str, tuple[float, float, int]]  # recorded proxy -> (Kendall tau, p-value, n) vs distilled accuracy
     ranking_proxy: str
+    n_val: int | None = None  # validation images each accuracy was measured on
+    difference_se: float | None = None  # binomial standard error of picks_mean - controls_mean
+    tau_intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # 95 % under the validation noise
 
     @property
     def difference(self) -> float | None:
         return None if self.picks_mean is None or self.controls_mean is None else self.picks_mean - self.controls_mean
 
+    def verdict(self) -> str | None:
+        """'better', 'worse', or 'indistinguishable' (within the 95 % interval of the validation noise)."""
+        if self.difference is None:
+            return None
+        if self.difference_se is not None and abs(self.difference) <= Z95 * self.difference_se:
+            return "indistinguishable"
+        return "better" if self.difference > 0 else "worse"
+
     def lines(self) -> list[str]:
         out = []
+        images = f"{self.n_val:,} validation images" if self.n_val else "this validation set"
         if self.difference is None:
             out.append("picks vs controls: no control student distilled (--controls 0, or no candidate within budget was "
                        "left once the picks and the front were chosen: more --trials) — nothing to compare")
         else:
-            out.append(f"picks vs controls: mean distilled accuracy {self.picks_mean:.4f} (n={self.n_picks}) vs "
-                       f"{self.controls_mean:.4f} (n={self.n_controls}), difference {self.difference:+.4f}")
-            if self.difference < 0:
+            spread = f" ± {100 * Z95 * self.difference_se:.1f}" if self.difference_se is not None else ""
+            says = {"indistinguishable": f"not distinguishable on {images}",
+                    "better": "the picks did better than the random controls",
+                    "worse": "the picks did WORSE than the random controls"}[self.verdict()]
+            out.append(f"picks vs controls: {100 * self.picks_mean:.1f} % (n={self.n_picks}) vs {100 * self.controls_mean:.1f} % "
+                       f"(n={self.n_controls}): {100 * self.difference:+.1f}{spread} points — {says}")
+            if self.verdict() == "worse":
                 better = [name for name, (tau, _, _) in self.taus.items()
                           if name != self.ranking_proxy and tau > self.taus.get(self.ranking_proxy, (-2,))[0]]
-                out.append("  the ranking did WORSE than random controls here"
-                           + (f"; recorded proxies that ranked the students better: {', '.join(better)}" if better else ""))
+                if better:
+                    out.append(f"  recorded proxies that ranked the students better: {', '.join(better)}")
         for name, (tau, p, n) in self.taus.items():
-            note = " — too few students to mean anything" if n < MIN_TAU_N else f" (p = {p:.2f})"
+            low, high = self.tau_intervals.get(name, (None, None))
+            if n < MIN_TAU_N:
+                note = " — too few students to mean anything"
+            elif low is not None and low <= 0 <= high:
+                note = f" (95 % under validation noise {low:+.2f}..{high:+.2f}: no relation that {images} can show)"
+            elif low is not None:
+                note = f" (95 % under validation noise {low:+.2f}..{high:+.2f}; p = {p:.2f})"
+            else:
+                note = f" (p = {p:.2f})"
             out.append(f"Kendall τ of {name} vs distilled accuracy: {tau:+.2f} over n={n}{note}")
         return out
 
 
-def self_check(table: pd.DataFrame, settings: RunSettings) -> SelfCheck:
+def self_check(table: pd.DataFrame, settings: RunSettings, n_val: int | None = None, *, repeats: int = 400) -> SelfCheck:
+    """The self-check of a run's distilled students; ``n_val``: the validation images behind each accuracy (the
+    intervals' noise: each student's accuracy redrawn as binomial(n_val, accuracy) / n_val, ``repeats`` times, seeded)."""
+    import numpy as np
     from scipy.stats import kendalltau
 
     roles = table["role"].fillna("top") if "role" in table else pd.Series("top", index=table.index)
     picks, controls = table[roles == "top"], table[roles == "control"]
-    taus = {}
+    taus, intervals = {}, {}
+    rng = np.random.default_rng(0)
     recorded = [f"proxy_{p}" for p in settings.proxies] + ["params", "flops", "latency_p50_ms"]
     for column in dict.fromkeys(recorded):
         if column not in table:
@@ -78,11 +112,25 @@ def self_check(table: pd.DataFrame, settings: RunSettings) -> SelfCheck:
         pairs = table[[column, "distilled_accuracy"]].dropna()
         if len(pairs) >= 2 and pairs[column].nunique() > 1 and pairs["distilled_accuracy"].nunique() > 1:
             tau, p = kendalltau(pairs[column], pairs["distilled_accuracy"])
-            taus[column.removeprefix("proxy_")] = (float(tau), float(p), len(pairs))
+            name = column.removeprefix("proxy_")
+            taus[name] = (float(tau), float(p), len(pairs))
+            if n_val:
+                acc = pairs["distilled_accuracy"].to_numpy(float).clip(0, 1)
+                draws = rng.binomial(int(n_val), acc, size=(repeats, len(acc))) / n_val
+                sampled = [kendalltau(pairs[column], d).statistic for d in draws]
+                sampled = np.nan_to_num(np.asarray(sampled, dtype=float))  # a draw with all accuracies equal: no order
+                intervals[name] = (float(np.percentile(sampled, 2.5)), float(np.percentile(sampled, 97.5)))
+    se = None
+    if n_val and len(picks) and len(controls):
+        def var_of_mean(accs: pd.Series) -> float:  # each accuracy binomial on n_val images
+            return float(sum(a * (1 - a) / n_val for a in accs)) / len(accs) ** 2
+
+        se = (var_of_mean(picks["distilled_accuracy"]) + var_of_mean(controls["distilled_accuracy"])) ** 0.5
     return SelfCheck(
         picks_mean=float(picks["distilled_accuracy"].mean()) if len(picks) else None,
         controls_mean=float(controls["distilled_accuracy"].mean()) if len(controls) else None,
         n_picks=len(picks), n_controls=len(controls), taus=taus, ranking_proxy=settings.ranking_proxy,
+        n_val=n_val, difference_se=se, tau_intervals=intervals,
     )
 
 
@@ -328,6 +376,17 @@ def supernet_lines(supernets: dict | None) -> list[str]:
     return lines
 
 
+def teacher_fits_lines(table: pd.DataFrame, teacher: dict, settings: RunSettings) -> list[str]:
+    """A budget that the teacher itself meets: students slower than their teacher are allowed, and named."""
+    budget, latency = settings.budget, (teacher.get("latency") or {}).get("p50_ms")
+    if latency is None or budget.metric != "latency_p50_ms" or not budget.resolved or latency > budget.limit:
+        return []
+    slower = table[table["latency_p50_ms"] > latency]["candidate_id"].tolist() if not table.empty else []
+    line = (f"the teacher itself meets the budget ({latency:.3g} ms p50 within {budget.text}): a student slower than it "
+            "is allowed but buys no speed")
+    return [line + (f"; slower than the teacher: {', '.join(slower)}" if slower else "")]
+
+
 def latency_lines(candidates: pd.DataFrame, settings: RunSettings, model: dict | None) -> list[str]:
     """Where latency was measured, and how the latency model's predictions held up against the finalists' timings."""
     budget = settings.budget
@@ -360,11 +419,13 @@ def build_report(run_dir: str | Path) -> Report:
         if column not in table:
             table[column] = "top" if column == "role" else None
     table["pareto"] = pareto_mask(table["latency_p50_ms"], table["distilled_accuracy"]) if not table.empty else []
-    table = table.sort_values("distilled_accuracy", ascending=False, ignore_index=True)
+    n_val = folder.data_record().get("val_size")
+    table = best_first(table, n_val).reset_index(drop=True)
     report = Report(
-        run_dir=folder.path, table=table, check=self_check(table, settings), candidates=within,
+        run_dir=folder.path, table=table, check=self_check(table, settings, n_val), candidates=within,
         excluded=int(len(candidates) - len(within)), teacher=teacher, settings=settings, html_path=folder.report_html,
-        supernets=folder.supernets(), halving=folder.halving(), latency_notes=latency_lines(candidates, settings, folder.latency_model()),
+        supernets=folder.supernets(), halving=folder.halving(),
+        latency_notes=latency_lines(candidates, settings, folder.latency_model()) + teacher_fits_lines(table, teacher, settings),
     )
     folder.write_report(_html(report, folder.data_record()))
     return report
@@ -393,4 +454,4 @@ Ranking proxy: {e(', '.join(settings.proxies))}. {len(report.candidates)} candid
 </body></html>"""
 
 
-__all__ = ["Report", "SelfCheck", "build_report", "human_count", "pareto_mask", "self_check"]
+__all__ = ["Report", "SelfCheck", "build_report", "human_count", "pareto_mask", "self_check", "teacher_fits_lines"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from kdsearch._util import file_sha256, resolve_device, stable_hash
@@ -18,6 +19,7 @@ from kdsearch.data import DataSpec
 from kdsearch.distill import create_loss
 from kdsearch.exceptions import KdsearchError
 from kdsearch.proxies import needs_supernet, parse_proxies
+from kdsearch.run.options import find_keywords
 from kdsearch.search import check_sampler
 from kdsearch.search.storage import HEARTBEAT_S, check_storage, without_password
 from kdsearch.spaces import SearchSpace, load_space
@@ -71,61 +73,37 @@ class RunSettings:
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def create(
-        cls, teacher: str = "resnet101", budget: str = "10ms", *, data: str = "digits", data_root: str | None = None,
-        input_size: int | None = None, train_samples: int | None = None, val_samples: int | None = None,
-        space: str | None = None, out: str | Path | None = None, teacher_weights: str | None = None, pretrained: bool = True,
-        teacher_epochs: int | None = None, trials: int = 100, timeout: float | None = None, top_k: int = 3,
-        front: int = 4, controls: int = 1, proxy: str = "default", sampler: str = "auto", device: str = "auto", latency_batch_size: int = 1, threads: int = 1,
-        runtime: str = "torch", latency_model: str = "auto", epochs: int = 10, batch_size: int = 64, loss: str = "kd", loss_options: dict | None = None, storage: str | None = None,
-        workers: int = 0, heartbeat_s: int = HEARTBEAT_S, select: str = "proxy", pool: int = 27, eta: int = 3,
-        first_rung: int = 1, rung_design: str = "restart", rung_signal: str = "accuracy", subspaces: int = 3, supernet_epochs: int = 5, supernet_anchors: str = "latency", warm_start: bool = False,
-        seed: int = 0, quiet: bool = False,
-    ) -> RunSettings:
-        """Validate every input before any work: a mistake costs the user one line, not a half-made run."""
-        parsed_budget = parse_budget(budget)
-        proxies = tuple(parse_proxies(proxy))
-        sampler = check_sampler(sampler)
-        for name, value in (("trials", trials), ("top_k", top_k), ("epochs", epochs), ("batch_size", batch_size),
-                            ("latency_batch_size", latency_batch_size), ("threads", threads), ("teacher_epochs", teacher_epochs),
-                            ("subspaces", subspaces), ("supernet_epochs", supernet_epochs), ("heartbeat", heartbeat_s)):
-            if value is not None and value < 1:
-                raise KdsearchError(f"--{name.replace('_', '-')} must be at least 1 (got {value}).")
-        for name, value in (("front", front), ("controls", controls), ("workers", workers)):
-            if value < 0:
-                raise KdsearchError(f"--{name} must be 0 or more (got {value}).")
-        selection = check_selection(select, pool=pool, eta=eta, first_rung=first_rung, rung_design=rung_design,
-                                    rung_signal=rung_signal, top_k=top_k, epochs=epochs)
-        supernet = {"subspaces": subspaces, "epochs": supernet_epochs, "warm_start": warm_start} if needs_supernet(list(proxies)) else None
-        from kdsearch.supernet.bands import ANCHORS  # the supernet stage loads only for runs that use it
+    def create(cls, teacher: str = "resnet101", budget: str = "10ms", **options) -> RunSettings:
+        """Validate every input before any work: a mistake costs the user one line, not a half-made run.
 
-        if supernet_anchors not in ANCHORS:
-            raise KdsearchError(f"--supernet-anchors must be one of {', '.join(ANCHORS)} (got {supernet_anchors!r}).")
-        if supernet is not None and supernet_anchors != "latency":  # absent = the default, so older runs still resume
-            supernet["anchors"] = supernet_anchors
-        if warm_start and supernet is None:
-            raise KdsearchError("--warm-start starts each student from its subnet's inherited weights; it needs a supernet "
-                                "proxy (--proxy supernet).")
-        loss_config = create_loss(loss, **(loss_options or {})).config()
-        torch_device = resolve_device(device)
-        get_runtime(runtime).check(torch_device)  # not installed here: one line now, not after the teacher
-        if latency_model not in LATENCY_MODEL_CHOICES:
-            raise KdsearchError(f"--latency-model must be one of {', '.join(LATENCY_MODEL_CHOICES)} (got {latency_model!r}).")
-        space_obj = load_space(space) if space else None
-        if supernet is not None and space_obj is not None:
-            from kdsearch.supernet import SHARING
-
-            SHARING.get(space_obj.family)  # a space without a weight-sharing rule fails now, not after the teacher
-        run_dir = Path(out) if out else Path("runs") / f"{Path(str(teacher)).stem}-{parsed_budget.text}-{datetime.now():%Y%m%d-%H%M%S}"
-        sha = file_sha256(teacher_weights) if teacher_weights and Path(teacher_weights).is_file() else None
+        ``options``: the keywords of :data:`kdsearch.run.options.FIND_OPTIONS` (``kdsearch find``'s flags, with their
+        defaults); an unknown keyword is refused."""
+        o = SimpleNamespace(**find_keywords({"teacher": teacher, "budget": budget, **options}))
+        parsed_budget = parse_budget(o.budget)
+        proxies = tuple(parse_proxies(o.proxy))
+        _check_counts(o)
+        selection = check_selection(o.select, pool=o.pool, eta=o.eta, first_rung=o.first_rung, rung_design=o.rung_design,
+                                    rung_signal=o.rung_signal, top_k=o.top_k, epochs=o.epochs)
+        space_obj = load_space(o.space) if o.space else None
+        supernet = _supernet_settings(o, proxies, space_obj)
+        loss_config = create_loss(o.loss, **(o.loss_options or {})).config()
+        torch_device = resolve_device(o.device)
+        get_runtime(o.runtime).check(torch_device)  # not installed here: one line now, not after the teacher
+        if o.latency_model not in LATENCY_MODEL_CHOICES:
+            raise KdsearchError(f"--latency-model must be one of {', '.join(LATENCY_MODEL_CHOICES)} (got {o.latency_model!r}).")
+        run_dir = Path(o.out) if o.out else Path("runs") / f"{Path(str(o.teacher)).stem}-{parsed_budget.text}-{datetime.now():%Y%m%d-%H%M%S}"
+        weights = o.teacher_weights
         return cls(
-            teacher=teacher, budget=parsed_budget, space=space_obj, out=run_dir, teacher_weights=teacher_weights,
-            teacher_weights_sha=sha, pretrained=pretrained, teacher_epochs=teacher_epochs, trials=trials, timeout=timeout,
-            top_k=top_k, front=front, controls=controls, proxies=proxies, sampler=sampler, device=str(torch_device), latency_batch_size=latency_batch_size,
-            threads=threads, runtime=get_runtime(runtime).name, latency_model=latency_model, epochs=epochs, batch_size=batch_size, loss=loss_config, storage=check_storage(storage), supernet=supernet, seed=seed, quiet=quiet,
-            workers=workers, heartbeat_s=heartbeat_s, selection=selection,
-            data=DataSpec(data=data, data_root=data_root, input_size=input_size, train_samples=train_samples,
-                          val_samples=val_samples, seed=seed),
+            teacher=o.teacher, budget=parsed_budget, space=space_obj, out=run_dir, teacher_weights=weights,
+            teacher_weights_sha=file_sha256(weights) if weights and Path(weights).is_file() else None,
+            pretrained=o.pretrained, teacher_epochs=o.teacher_epochs, trials=o.trials, timeout=o.timeout, top_k=o.top_k,
+            front=o.front, controls=o.controls, proxies=proxies, sampler=check_sampler(o.sampler), device=str(torch_device),
+            latency_batch_size=o.latency_batch_size, threads=o.threads, runtime=get_runtime(o.runtime).name,
+            latency_model=o.latency_model, epochs=o.epochs, batch_size=o.batch_size, loss=loss_config,
+            storage=check_storage(o.storage), supernet=supernet, seed=o.seed, quiet=o.quiet, workers=o.workers,
+            heartbeat_s=o.heartbeat_s, selection=selection,
+            data=DataSpec(data=o.data, data_root=o.data_root, input_size=o.input_size, train_samples=o.train_samples,
+                          val_samples=o.val_samples, seed=o.seed),
         )
 
     def with_space(self, space: SearchSpace) -> RunSettings:
@@ -202,6 +180,38 @@ class RunSettings:
             epochs=config["epochs"], batch_size=config["batch_size"], loss=dict(config["loss"]), storage=config["storage"],
             supernet=config.get("supernet"), selection=dict(config.get("selection") or {"select": "proxy"}), seed=config["seed"], heartbeat_s=config.get("heartbeat_s", HEARTBEAT_S),
         )
+
+
+def _check_counts(o: SimpleNamespace) -> None:
+    for name, value in (("trials", o.trials), ("top_k", o.top_k), ("epochs", o.epochs), ("batch_size", o.batch_size),
+                        ("latency_batch_size", o.latency_batch_size), ("threads", o.threads), ("teacher_epochs", o.teacher_epochs),
+                        ("subspaces", o.subspaces), ("supernet_epochs", o.supernet_epochs), ("heartbeat", o.heartbeat_s)):
+        if value is not None and value < 1:
+            raise KdsearchError(f"--{name.replace('_', '-')} must be at least 1 (got {value}).")
+    for name, value in (("front", o.front), ("controls", o.controls), ("workers", o.workers)):
+        if value < 0:
+            raise KdsearchError(f"--{name} must be 0 or more (got {value}).")
+
+
+def _supernet_settings(o: SimpleNamespace, proxies: tuple[str, ...], space: SearchSpace | None) -> dict | None:
+    """With a supernet proxy: {"subspaces", "epochs", "warm_start"[, "anchors" other than latency]}, checked."""
+    from kdsearch.supernet.bands import ANCHORS  # the supernet stage loads only for runs that use it
+
+    if o.supernet_anchors not in ANCHORS:
+        raise KdsearchError(f"--supernet-anchors must be one of {', '.join(ANCHORS)} (got {o.supernet_anchors!r}).")
+    if not needs_supernet(list(proxies)):
+        if o.warm_start:
+            raise KdsearchError("--warm-start starts each student from its subnet's inherited weights; it needs a supernet "
+                                "proxy (--proxy supernet).")
+        return None
+    supernet = {"subspaces": o.subspaces, "epochs": o.supernet_epochs, "warm_start": o.warm_start}
+    if o.supernet_anchors != "latency":  # absent = the default, so older runs still resume
+        supernet["anchors"] = o.supernet_anchors
+    if space is not None:
+        from kdsearch.supernet import SHARING
+
+        SHARING.get(space.family)  # a space without a weight-sharing rule fails now, not after the teacher
+    return supernet
 
 
 SELECT_CHOICES = ("proxy", "halving")

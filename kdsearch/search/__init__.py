@@ -6,6 +6,7 @@ Trial metrics are the study's user_attrs — there is no side database.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import numpy as np
@@ -28,6 +29,8 @@ from kdsearch.search.evaluate import (
 from kdsearch.search.optuna_adapter import count_trials, reread_trial
 from kdsearch.search.storage import HEARTBEAT_S, fail_stale_trials, is_storage_failure, make_storage, redact, unreachable
 from kdsearch.spaces import SearchSpace, candidate_id
+
+logger = logging.getLogger(__name__)
 
 _NATIVE_CONSTRAINTS = hasattr(optuna.trial.Trial, "set_constraint")
 # Optuna ≥ 5 reads constraints that the trial sets itself; older releases need constraints_func.
@@ -89,9 +92,8 @@ def _keep(record) -> bool:
 
 def open_study(storage: str, study_name: str, sampler: optuna.samplers.BaseSampler | None = None,
                heartbeat_s: int = HEARTBEAT_S) -> optuna.Study:
-    import logging
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if not logging.getLogger("kdsearch").isEnabledFor(logging.DEBUG):  # -v keeps Optuna's own lines
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     for handler in logging.getLogger("optuna").handlers:  # child loggers' records meet the filter at the handler
         if _keep not in handler.filters:
             handler.addFilter(_keep)
@@ -174,7 +176,6 @@ def run_search(
     wait: bool = True,
     heartbeat_s: int = HEARTBEAT_S,
     should_stop: Callable[[], bool] | None = None,
-    log=None,
 ) -> optuna.Study:
     """Take trials of the study until its slots ``0 .. n_trials - 1`` are all filled (``filled_slots``).
 
@@ -189,7 +190,6 @@ def run_search(
     budget's metric (the device's latency model) that the constrained sampler screens its whole pool with. ``evaluate(config) -> metrics`` returns JSON-able
     numbers including ``objective`` and the budget's metric. Repeated configs are served from earlier trials.
     """
-    log = log or (lambda message: None)
     study = open_study(storage, study_name, heartbeat_s=heartbeat_s)
     try:
         trials = study.get_trials(deepcopy=False)
@@ -207,7 +207,7 @@ def run_search(
 
         bar = tqdm(total=n_trials, initial=done, desc="scoring candidates", disable=None if progress else True, leave=False)
         _take_slots(study, space, objective_fn, n_trials, bar, timeout=timeout, wait=wait, heartbeat_s=heartbeat_s,
-                    should_stop=should_stop or (lambda: False), log=log)
+                    should_stop=should_stop or (lambda: False))
         bar.close()
     except Exception as exc:
         if isinstance(storage, str) and is_storage_failure(exc):
@@ -216,7 +216,7 @@ def run_search(
     return study
 
 
-def _take_slots(study, space, objective_fn, n_trials, bar, *, timeout, wait, heartbeat_s, should_stop, log) -> None:
+def _take_slots(study, space, objective_fn, n_trials, bar, *, timeout, wait, heartbeat_s, should_stop) -> None:
     import time
 
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -243,7 +243,7 @@ def _take_slots(study, space, objective_fn, n_trials, bar, *, timeout, wait, hea
         if missing <= 0:
             return
         if not told:
-            log(f"search: waiting for {missing} trial(s) other workers hold (a worker that died frees its trial "
+            logger.info(f"search: waiting for {missing} trial(s) other workers hold (a worker that died frees its trial "
                 f"{heartbeat_s * 3} s after its last heartbeat)")
             told = True
         time.sleep(min(2.0, heartbeat_s / 2))

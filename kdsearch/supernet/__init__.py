@@ -13,6 +13,7 @@ hash (teacher, data, space, bands, recipe), so a second ``find`` with the same i
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,8 @@ from kdsearch.supernet.weights import SHARING, Supernet, recalibrate
 from kdsearch.taps import as_logits
 from kdsearch.teacher.outputs import teacher_outputs, weights_sha
 from kdsearch.training import STUDENT_RECIPE, Recipe, memory_format_for
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 # The supernet's own recipe unless the caller gives one: short (it is trained once per band) and the same SGD
@@ -112,16 +115,15 @@ def prepare_supernets(
     space: SearchSpace, task: Task, teacher: nn.Module, *, bands: int = 3, limit_ms: float | None = None,
     recipe: Recipe | None = None, rule: SandwichRule | None = None, device: torch.device | str = "cpu",
     latency: dict[str, Any] | None = None, root: str | Path | None = None, seed: int = 0, progress: bool = False,
-    log=None,
 ) -> SupernetRanker:
     """Measure the bands, train (or load) a supernet for each band that holds candidates within ``limit_ms``."""
     SHARING.get(space.family)  # a clear error before anything is timed or trained
-    device, log = torch.device(device), log or (lambda message: None)
+    device = torch.device(device)
     recipe = recipe or Recipe(**DEFAULT_RECIPE, seed=seed)
     rule = rule or SandwichRule()
     latency = latency or LATENCY_SEARCH
     bands_folder = Path(root or cache_dir() / "supernets") / _bands_key(space, task, bands, device, latency, seed)
-    measured = _cached_bands(space, task, bands, device, latency, seed, bands_folder / "bands.json", log)
+    measured = _cached_bands(space, task, bands, device, latency, seed, bands_folder / "bands.json")
     holdout_task = carve_holdout(task, seed=seed)
     key = stable_hash({"teacher": weights_sha(teacher), "data": holdout_task.fingerprint, "bands": measured.edges,
                        "space": space.record(), "recipe": recipe.to_dict(), "rule": rule.to_dict(),
@@ -134,7 +136,7 @@ def prepare_supernets(
     supernets, histories = {}, {}
     for band in trained:
         supernets[band], histories[band] = _band_supernet(space, holdout_task, pool, band, outputs, recipe, rule,
-                                                          folder / f"band{band}", device, progress, log)
+                                                          folder / f"band{band}", device, progress)
     return SupernetRanker(measured, supernets, holdout_task, _teacher_logits(teacher, holdout_task, device), device,
                           rule.temperature, histories, folder)
 
@@ -146,22 +148,22 @@ def _bands_key(space: SearchSpace, task: Task, bands: int, device: torch.device,
                         "latency": latency, "bands": bands, "seed": seed}, length=16)
 
 
-def _cached_bands(space, task, bands, device, latency, seed, path: Path, log) -> LatencyBands:
+def _cached_bands(space, task, bands, device, latency, seed, path: Path) -> LatencyBands:
     """Band edges are measured once per (space, device, settings) and reused: retimed, they would move a little and
     every supernet keyed on them would be trained again."""
     import json
 
     if path.exists():
         measured = LatencyBands.from_dict(json.loads(path.read_text()))
-        log(f"supernet: {measured.count} latency band(s) reused from {path.parent.name} "
+        logger.info(f"supernet: {measured.count} latency band(s) reused from {path.parent.name} "
             f"(edges {', '.join(f'{e:.2f}' for e in measured.edges) or 'none'} ms)")
         return measured
-    measured = measure_bands(space, task, bands, device=device, latency=latency, seed=seed, log=log)
+    measured = measure_bands(space, task, bands, device=device, latency=latency, seed=seed)
     atomic_write_json(path, measured.to_dict())
     return measured
 
 
-def _band_supernet(space, task, pool, band, outputs, recipe, rule, folder: Path, device, progress, log):
+def _band_supernet(space, task, pool, band, outputs, recipe, rule, folder: Path, device, progress):
     import json
 
     from safetensors.torch import load_file
@@ -171,12 +173,12 @@ def _band_supernet(space, task, pool, band, outputs, recipe, rule, folder: Path,
     if weights.exists():
         supernet.shared.load_state_dict(load_file(str(weights), device=str(device)))
         history = json.loads((folder / "history.json").read_text())
-        log(f"supernet band {band + 1}: reused ({len(history)} epochs, cache {folder.parent.name})")
+        logger.info(f"supernet band {band + 1}: reused ({len(history)} epochs, cache {folder.parent.name})")
         return supernet.eval(), history
     started = time.perf_counter()
     history = train_band(supernet, pool, band, task, outputs, recipe, rule, folder=folder, device=device, progress=progress)
     last = history[-1]
-    log(f"supernet band {band + 1}: {len(pool.members[band])} candidates of the pool, {recipe.epochs} epochs, "
+    logger.info(f"supernet band {band + 1}: {len(pool.members[band])} candidates of the pool, {recipe.epochs} epochs, "
         f"hold-out accuracy largest {last['holdout_accuracy_largest']:.3f} / smallest {last['holdout_accuracy_smallest']:.3f} "
         f"[{time.perf_counter() - started:.0f} s]")
     return supernet.eval(), history

@@ -10,6 +10,7 @@ random ones between — is drawn from a pool of candidates placed that way.
 from __future__ import annotations
 
 import bisect
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,8 @@ import torch
 from kdsearch.cost import measure_latency
 from kdsearch.data import Task
 from kdsearch.spaces import SearchSpace, create_model
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -54,7 +57,7 @@ class LatencyBands:
 
 
 def measure_bands(space: SearchSpace, task: Task, count: int, *, device: torch.device, latency: dict[str, Any],
-                  sample_size: int = 48, seed: int = 0, log=None) -> LatencyBands:
+                  sample_size: int = 48, seed: int = 0) -> LatencyBands:
     """Time ``sample_size`` seeded candidates (plus the space's extremes) and cut ``count`` bands at the quantiles."""
     configs = space.sample(sample_size, seed=seed)
     rows = []
@@ -64,9 +67,8 @@ def measure_bands(space: SearchSpace, task: Task, count: int, *, device: torch.d
         rows.append({"config": config, "latency_ms": measure_latency(model, task.input_shape, device=device, **latency).p50_ms})
     values = np.array([r["latency_ms"] for r in rows])
     edges = [float(np.quantile(values, q)) for q in np.arange(1, count) / count]
-    if log:
-        log(f"supernet: {count} latency band(s) from {len(rows)} timed candidates "
-            f"({values.min():.2f}-{values.max():.2f} ms; edges {', '.join(f'{e:.2f}' for e in edges) or 'none'} ms)")
+    logger.info(f"supernet: {count} latency band(s) from {len(rows)} timed candidates "
+                f"({values.min():.2f}-{values.max():.2f} ms; edges {', '.join(f'{e:.2f}' for e in edges) or 'none'} ms)")
     return LatencyBands(edges, rows)
 
 

@@ -7,6 +7,6 @@ cached by content hash, so the next run with the same teacher and data reuses it
 """
 
 from kdsearch.teacher.checkpoint import load_state_dict
-from kdsearch.teacher.teacher import Teacher, load_network, load_teacher
+from kdsearch.teacher.teacher import Teacher, check_network, load_network, load_teacher
 
-__all__ = ["Teacher", "load_network", "load_state_dict", "load_teacher"]
+__all__ = ["Teacher", "check_network", "load_network", "load_state_dict", "load_teacher"]

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import os
 import socket
 import warnings
@@ -20,6 +21,8 @@ from kdsearch.exceptions import KdsearchError, RuntimeUnavailable, TeacherError
 from kdsearch.taps import Taps, as_logits, classifier_of, forward_taps, last_linear
 from kdsearch.teacher.checkpoint import load_state_dict
 from kdsearch.training import Recipe, distributed_context, evaluate, fit
+
+logger = logging.getLogger(__name__)
 
 PREPARE_VERSION = 1  # bump when the preparation recipe changes, so old caches are not reused
 
@@ -199,7 +202,6 @@ def load_teacher(
     measure: bool = True,
     latency_kwargs: dict | None = None,
     progress: bool = False,
-    log=print,
 ) -> Teacher:
     """Build the teacher, load ``weights``, prepare it for ``task`` if needed, and measure it.
 
@@ -213,14 +215,14 @@ def load_teacher(
         source = f"checkpoint:{Path(weights).name}"
     head_fits = _fit_head(model, task, scripted, head_fits, notes)
     for note in notes:
-        log(f"teacher: {note}")
+        logger.info(f"teacher: {note}")
     prepared = prepare and not head_fits
     if prepared:
         recipe = recipe or default_teacher_recipe(task, source)
         if epochs is not None:
             recipe = replace(recipe, epochs=epochs)
         _prepare(model, task, recipe, key={"spec": spec, "weights": file_sha256(weights) if weights else None, "source": source},
-                 device=device, progress=progress, log=log, notes=notes)
+                 device=device, progress=progress, notes=notes)
     model.to(device).eval()
     accuracy = evaluate(model, task, device=device)
     flops = None
@@ -260,6 +262,29 @@ def _build(spec: str, task: Task, weights: str | None, pretrained: bool, notes: 
         return _build_callable(spec, task), "callable", False
     model, source = _build_timm(spec, task, pretrained and not weights, notes)
     return model, source, False
+
+
+def check_network(spec: str, option: str) -> None:
+    """Does ``spec`` name a network that ``load_network`` can build? Checked before any work starts, so a typo is
+    refused at once, in one line that names the ``option`` it was given to (a file must exist, a module:callable must
+    import, a name must be a timm model; a candidate JSON is checked when it is built)."""
+    import timm
+
+    text = spec.strip()
+    if text.endswith(".json") or text.startswith("{"):
+        return
+    path = Path(text).expanduser()
+    if path.suffix in (".pt", ".pth", ".ts", ".pt2", ".ep", ".torchscript", ".jit") or path.is_file():
+        if not path.is_file():
+            raise TeacherError(f"{option}: the file {spec!r} does not exist; check the path.")
+    elif ":" in text:
+        try:
+            import_attr(text, TeacherError, f"{option} {spec!r}")
+        except TeacherError as exc:
+            raise TeacherError(str(exc) if option in str(exc) else f"{option}: {exc}") from None
+    elif not timm.is_model(text):
+        raise TeacherError(f"{option}: unknown network {text!r} — not a timm model, a module:callable or a file;"
+                           f"{suggest(text, timm.list_models())} see timm.list_models().")
 
 
 def load_network(spec: str, task: Task) -> nn.Module:
@@ -305,7 +330,7 @@ def _fit_head(model: nn.Module, task: Task, scripted: bool, head_fits: bool, not
     return False
 
 
-def _prepare(model: nn.Module, task: Task, recipe: Recipe, *, key: dict, device, progress: bool, log, notes: list[str]) -> None:
+def _prepare(model: nn.Module, task: Task, recipe: Recipe, *, key: dict, device, progress: bool, notes: list[str]) -> None:
     """Train ``model`` on ``task`` once; the weights are cached by content hash and reused by later runs."""
     from safetensors.torch import load_model, save_model
 
@@ -315,9 +340,9 @@ def _prepare(model: nn.Module, task: Task, recipe: Recipe, *, key: dict, device,
     if cached.exists() and meta_path.exists():
         load_model(model, str(cached), device="cpu", strict=True)
         notes.append(f"prepared teacher reused from cache {cached}")
-        log(f"teacher: reusing prepared weights from {cached}")
+        logger.info(f"teacher: reusing prepared weights from {cached}")
         return
-    log(f"teacher: preparing {key['spec']} on {task.name} ({recipe.epochs} epochs, {recipe.optimizer}, lr {recipe.lr}); "
+    logger.info(f"teacher: preparing {key['spec']} on {task.name} ({recipe.epochs} epochs, {recipe.optimizer}, lr {recipe.lr}); "
         f"cached for later runs as {cached.name}")
     checkpoint = cached.with_suffix(".partial.pt")  # resumes if interrupted
     result = fit(model, task, recipe, device=device, checkpoint=checkpoint, progress=progress, desc="preparing teacher")
@@ -338,4 +363,4 @@ def teacher_summary(teacher: Teacher) -> str:
     return f"{teacher.spec} ({teacher.source}): val acc {teacher.accuracy:.4f}, {teacher.params / 1e6:.2f} M params{lat}"
 
 
-__all__ = ["Teacher", "load_teacher", "teacher_summary"]
+__all__ = ["Teacher", "check_network", "load_teacher", "teacher_summary"]
