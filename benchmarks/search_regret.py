@@ -171,7 +171,7 @@ def load_ground_truth(space: str):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    add_smoke(parser, "simulate: random sampler, 20 trials, one seed, resnet_cifar's committed ground truth")
+    add_smoke(parser, "simulate: the default sampler, 20 trials, one seed, resnet_cifar's committed ground truth")
     sub = parser.add_subparsers(dest="command")
     m = sub.add_parser("measure")
     m.add_argument("--space", choices=SPACES, required=True)
@@ -191,7 +191,7 @@ def main() -> None:
     s.add_argument("--workers", type=int, default=2, help="processes, one thread each")
     args = parser.parse_args()
     if args.smoke:
-        args = argparse.Namespace(command="simulate", seeds=1, trials=[20], strategies=["random"], spaces=["resnet_cifar"],
+        args = argparse.Namespace(command="simulate", seeds=1, trials=[20], strategies=["constrained"], spaces=["resnet_cifar"],
                                   workers=1, out=smoke_dir("search_regret") / "search_regret.json")
     elif args.command is None:
         parser.error("choose measure, recheck or simulate (or --smoke)")

@@ -154,6 +154,8 @@ def bootstrap_difference(a, b, truth, repeats: int = 2000, seed: int = 0) -> dic
         ta, tb = kendalltau(a[idx], truth[idx]).statistic, kendalltau(b[idx], truth[idx]).statistic
         if ta == ta and tb == tb:
             diffs.append(ta - tb)
+    if not diffs:  # every resample tied (a handful of students, as in --smoke): no interval to give
+        return {"median": float("nan"), "p05": float("nan"), "p95": float("nan"), "share_positive": float("nan")}
     q = np.quantile(diffs, [0.05, 0.5, 0.95])
     return {"median": float(q[1]), "p05": float(q[0]), "p95": float(q[2]), "share_positive": float(np.mean(np.array(diffs) > 0))}
 
