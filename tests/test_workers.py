@@ -63,6 +63,15 @@ def wait_for(condition, timeout_s: float, what: str):
     pytest.fail(f"timed out waiting for {what}")
 
 
+def student_held_by(students, pid: int, out) -> tuple[str, int] | None:
+    """(candidate id, trial number) of a student that process ``pid`` is distilling and has checkpointed, if any."""
+    for t in students.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        cid = t.user_attrs.get("candidate_id")
+        if t.user_attrs.get("pid") == pid and (out / "students" / cid / "checkpoint.pt").exists():
+            return cid, t.number
+    return None
+
+
 def test_storage_urls_keep_their_password_out_of_what_is_written():
     url = "postgresql://me:pa%40ss@db.example:5432/runs"
     assert redact(url) == "postgresql://me:***@db.example:5432/runs"
@@ -121,14 +130,7 @@ def test_a_killed_worker_s_student_is_finished_from_its_checkpoint_by_another(po
     worker = spawn("worker", out)
     _, students = wait_for(lambda: try_studies(url), 60, "the run's studies")
 
-    def held_by_worker():
-        for t in students.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            cid = t.user_attrs.get("candidate_id")
-            if t.user_attrs.get("pid") == worker.pid and (out / "students" / cid / "checkpoint.pt").exists():
-                return cid
-        return None
-
-    victim = wait_for(held_by_worker, 400, "the worker to checkpoint a student")
+    victim, _ = wait_for(lambda: student_held_by(students, worker.pid, out), 400, "the worker to checkpoint a student")
     worker.send_signal(signal.SIGKILL)
     worker.wait()
     _, err = coordinator.communicate(timeout=600)
@@ -201,14 +203,7 @@ def test_sigterm_stops_a_worker_s_student_at_its_next_epoch_boundary_and_nothing
     worker = spawn("worker", out)
     _, students = wait_for(lambda: try_studies(url), 60, "the run's studies")
 
-    def held_by_worker():
-        for t in students.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            cid = t.user_attrs.get("candidate_id")
-            if t.user_attrs.get("pid") == worker.pid and (out / "students" / cid / "checkpoint.pt").exists():
-                return cid, t.number
-        return None
-
-    victim, number = wait_for(held_by_worker, 400, "the worker to checkpoint a student")
+    victim, number = wait_for(lambda: student_held_by(students, worker.pid, out), 400, "the worker to checkpoint a student")
     done_before = torch.load(out / "students" / victim / "checkpoint.pt", weights_only=True)["epoch"]
     worker.send_signal(signal.SIGTERM)
     _, err = worker.communicate(timeout=300)
