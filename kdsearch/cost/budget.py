@@ -59,6 +59,12 @@ class Budget:
         """The limit in ms for a latency budget (the report draws it), else None."""
         return self.limit if self.metric == LATENCY else None
 
+    def met_at(self, latency_ms: float | None) -> bool:
+        """Does a network of ``latency_ms`` (p50) meet this latency budget? False for other metrics, for an unknown
+        latency and for a relative budget not measured yet (its limit is NaN)."""
+        limit = self.latency_limit_ms
+        return latency_ms is not None and limit is not None and latency_ms <= limit
+
     def describe(self, value: float) -> str:
         if self.metric == LATENCY:
             return f"{value:.3g} ms"

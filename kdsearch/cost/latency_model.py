@@ -245,7 +245,7 @@ class LatencyModel:
         todo = [cid for cid in configs if cid not in self.samples]
         if todo:
             logger.info(f"latency model: measuring {len(todo)} of {len(configs)} sample candidates ({self.measure.runtime}, "
-                f"{self.measure.threads} thread(s))")
+                        f"{self.measure.threads} thread(s))")
         for i, cid in enumerate(todo):
             torch.manual_seed(self.seed)
             model = create_model(configs[cid], num_classes=self.measure.num_classes, in_chans=self.measure.in_chans)
@@ -299,7 +299,7 @@ class LatencyModel:
             todo = [c for c in configs if lut.missing(c)]
         if todo:
             logger.info(f"latency model: timing the blocks of {len(todo)} candidate(s) for the lookup table"
-                + (" (inside each network)" if self.in_context else " (each block alone)"))
+                        + (" (inside each network)" if self.in_context else " (each block alone)"))
         for config in todo:
             model = create_model(config, num_classes=self.measure.num_classes, in_chans=self.measure.in_chans).eval()
             timed = self._profile(model) if self.in_context else self._alone(model)

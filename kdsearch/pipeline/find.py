@@ -46,6 +46,7 @@ from kdsearch.pipeline.worker import (
     start_local_workers,
     stop_local_workers,
     stop_point,
+    stop_requested,
     storage_guard,
     work,
 )
@@ -81,13 +82,14 @@ class FindResult:
     budget: str
     notes: list[str] = field(default_factory=list)
     report: Report | None = None  # what `kdsearch report` would print and write; built once, at the end of the run
+    val_size: int | None = None  # validation images behind each accuracy (the noise best_first ties within)
 
     @property
     def students(self) -> pd.DataFrame:
         """Distilled students within budget, best first (accuracies that tie within the validation noise: the faster first)."""
         df = self.candidates
         df = df[df["distilled_accuracy"].notna() & df["within_budget"]]
-        return best_first(df, RunFolder(self.run_dir).data_record().get("val_size"))
+        return best_first(df, self.val_size)
 
     @property
     def best(self) -> dict | None:
@@ -122,10 +124,10 @@ def run_find(settings: RunSettings) -> FindResult:
     seed_everything(settings.seed)
     teacher = _load_teacher(settings, task)
     settings = _resolve_budget(settings, task)
-    budget, teacher_ms = settings.budget, teacher.latency.p50_ms if teacher.latency else None
-    if teacher_ms is not None and budget.metric == "latency_p50_ms" and budget.resolved and teacher_ms <= budget.limit:
-        logger.info(f"budget: the teacher itself meets {budget.text} ({teacher_ms:.3g} ms p50); students slower than it are "
-            "allowed and flagged in the report")
+    teacher_ms = teacher.latency.p50_ms if teacher.latency else None
+    if settings.budget.met_at(teacher_ms):
+        logger.info(f"budget: the teacher itself meets {settings.budget.text} ({teacher_ms:.3g} ms p50); students slower "
+                    "than it are allowed and flagged in the report")
     # The run folder is written only once the inputs, teacher included, are known to be good.
     resumed = folder.write_start(settings, task, teacher)
     url = folder.storage_url(settings)
@@ -149,7 +151,7 @@ def run_find(settings: RunSettings) -> FindResult:
         if any(code not in (0, 130, -signal.SIGTERM) for code in codes):
             logger.info(f"workers: exit codes {codes} (each one's unit went back to the queue; the run is complete without them)")
     return FindResult(run_dir=folder.path, candidates=table, teacher=teacher.record(), budget=settings.budget.text,
-                      notes=teacher.notes, report=build_report(folder.path))
+                      notes=teacher.notes, report=build_report(folder.path), val_size=len(task.val_labels))
 
 
 def _check_named_networks(settings: RunSettings) -> None:
@@ -219,7 +221,7 @@ def _resolve_budget(settings: RunSettings, task: Task) -> RunSettings:
     stats = measure_latency(reference, task.input_shape, device=settings.device, **settings.latency("final"))
     settings = settings.with_reference_latency(stats.p50_ms)
     logger.info(f"budget: {budget.factor:g} x {budget.reference} = {budget.factor:g} x {stats.p50_ms:.3g} ms = "
-        f"{settings.budget.limit:.3g} ms (each finalist is timed against the reference again)")
+                f"{settings.budget.limit:.3g} ms (each finalist is timed against the reference again)")
     return settings
 
 
@@ -258,7 +260,7 @@ def _latency_model(settings: RunSettings, task: Task, folder: RunFolder | None) 
     model = fit_latency_model(space, measure, seed=settings.seed)
     best = model.validation[model.chosen]
     logger.info(f"latency model: {model.chosen} (of {', '.join(model.validation)}), held-out MAPE {best['mape']:.1%}, "
-        f"Kendall tau {best['kendall_tau']:.2f}, {best['within_10pct']:.0%} within ±10 % [{model.seconds:.0f} s]")
+                f"Kendall tau {best['kendall_tau']:.2f}, {best['within_10pct']:.0%} within ±10 % [{model.seconds:.0f} s]")
     if folder is not None:
         folder.write_latency_model(model.record())
     return model
@@ -279,7 +281,7 @@ def _proxy_context(settings: RunSettings, task: Task, teacher: Teacher, space: S
         for component in components:
             ctx.reference_scores(component)
         logger.info(f"proxies: reference population of {REFERENCE_SIZE} candidates scored for {', '.join(components)} "
-            f"[{time.perf_counter() - started:.0f} s]")
+                    f"[{time.perf_counter() - started:.0f} s]")
     return ctx
 
 
@@ -300,7 +302,7 @@ def _scorer(settings: RunSettings, task: Task, teacher: Teacher, folder: RunFold
             sampler=settings.sampler, progress=not settings.quiet and worker == 0, cheap_score=cheap, top_k=settings.top_k,
             metric_model=predictor.predict if predictor is not None and budget.latency_limit_ms is not None else None,
             worker=worker, wait=wait, heartbeat_s=settings.heartbeat_s,
-            should_stop=should_stop or (lambda: StopFlag.active is not None and StopFlag.active()),
+            should_stop=should_stop or stop_requested,
         )
 
     return score
@@ -398,7 +400,7 @@ def _select_by_halving(settings: RunSettings, task: Task, feasible: list[dict], 
         pool = state["pool"]
     sel = settings.selection
     logger.info(f"halving: pool of {len(pool)} (the top by {proxy} within the budget), eta {sel['eta']}, first rung "
-        f"{sel['first_rung']} epoch(s), design {sel['rung_design']}, signal {sel['rung_signal']}")
+                f"{sel['first_rung']} epoch(s), design {sel['rung_design']}, signal {sel['rung_signal']}")
     queue.set_phase("distilling")
     distil = student_job(settings, task, teacher, folder, ranker)
     state = run_halving(settings, task, folder, queue, distil, pool, {c: float(finalists[c][proxy]) for c in pool})
@@ -457,7 +459,7 @@ def _distil_finalists(settings: RunSettings, task: Task, teacher: Teacher, final
     roles = ", ".join(finalists[c].get("role", "top") for c in accepted)
     if not create_loss(settings.loss_name, **settings.loss_options).logits_only:
         logger.info(f"students: {len(accepted)} ({roles}); the loss {settings.loss_name!r} needs the teacher's features, so each "
-            "student runs the live teacher")
+                    "student runs the live teacher")
     else:
         logger.info(f"students: {len(accepted)} ({roles}); the teacher's logits are computed once and shared by all of them")
     queue.enqueue([{"candidate_id": cid} for cid in accepted], lambda unit: folder.student(unit["candidate_id"]).result() is not None)
@@ -526,10 +528,10 @@ def student_job(settings: RunSettings, task: Task, teacher: Teacher, folder: Run
                       "history": result["history"], "seconds": result.get("seconds")}
             student.write_rung(rung, record)
             logger.info(f"student {cid} ({role}): val acc {result['val_accuracy']:.4f} at epoch {unit['until_epoch']} "
-                f"[{time.perf_counter() - started:.0f} s]")
+                        f"[{time.perf_counter() - started:.0f} s]")
             return rung_unit_score(record)
         logger.info(f"student {cid} ({role}): val acc {result['val_accuracy']:.4f} at {final['latency_p50_ms']:.3f} ms "
-            f"[{time.perf_counter() - started:.0f} s]")
+                    f"[{time.perf_counter() - started:.0f} s]")
         return float(result["val_accuracy"])
 
     return distil
@@ -575,7 +577,7 @@ def run_worker(run_dir: str | Path, *, index: int | None = None, device: str | N
     finally:
         stop.restore()
     logger.info(f"worker {index}: {'stopped; its unit went back to the queue' if stop() else 'done'} "
-        f"({scored} trial(s) scored, {len(distilled)} student(s) distilled)")
+                f"({scored} trial(s) scored, {len(distilled)} student(s) distilled)")
     return WorkerResult(scored=scored, distilled=distilled)
 
 

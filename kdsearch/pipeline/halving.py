@@ -51,7 +51,7 @@ def drain(queue: RunQueue, distil: Callable, settings: RunSettings, what: str = 
             return
         if not told:
             logger.info(f"waiting for {pending} {what} other workers are distilling (a worker that died frees its unit "
-                f"{settings.heartbeat_s * 3} s after its last heartbeat)")
+                        f"{settings.heartbeat_s * 3} s after its last heartbeat)")
             told = True
         time.sleep(POLL_S)
 
@@ -101,7 +101,7 @@ def run_halving(settings: RunSettings, task: Task, folder: RunFolder, queue: Run
                                "seconds": time.perf_counter() - started})
         folder.write_halving(state)
         logger.info(f"halving: rung {rung.index} — {len(members)} students to epoch {rung.until_epoch}, "
-            f"{'final order' if last else f'kept {keep}'} [{time.perf_counter() - started:.0f} s]")
+                    f"{'final order' if last else f'kept {keep}'} [{time.perf_counter() - started:.0f} s]")
         members = survivors
     state["survivors"] = members
     folder.write_halving(state)

@@ -283,6 +283,11 @@ class StopFlag:
         return self.stopped
 
 
+def stop_requested() -> bool:
+    """Has SIGTERM or Ctrl-C asked this process to stop (the installed StopFlag), without raising?"""
+    return StopFlag.active is not None and StopFlag.active()
+
+
 def stop_point() -> None:
     """Where work may stop without loss (an epoch's checkpoint is written): raise if SIGTERM or Ctrl-C asked for it."""
     if StopFlag.active is not None:
@@ -300,4 +305,4 @@ def epoch_boundaries():
 
 
 __all__ = ["PHASES", "STUDENTS_STUDY", "RunQueue", "StopFlag", "WorkerResult", "run_identity", "start_local_workers",
-           "stop_local_workers", "stop_point", "epoch_boundaries", "storage_guard", "unit_key", "work"]
+           "stop_local_workers", "stop_point", "stop_requested", "epoch_boundaries", "storage_guard", "unit_key", "work"]

@@ -379,7 +379,7 @@ def supernet_lines(supernets: dict | None) -> list[str]:
 def teacher_fits_lines(table: pd.DataFrame, teacher: dict, settings: RunSettings) -> list[str]:
     """A budget that the teacher itself meets: students slower than their teacher are allowed, and named."""
     budget, latency = settings.budget, (teacher.get("latency") or {}).get("p50_ms")
-    if latency is None or budget.metric != "latency_p50_ms" or not budget.resolved or latency > budget.limit:
+    if not budget.met_at(latency):
         return []
     slower = table[table["latency_p50_ms"] > latency]["candidate_id"].tolist() if not table.empty else []
     line = (f"the teacher itself meets the budget ({latency:.3g} ms p50 within {budget.text}): a student slower than it "
@@ -419,7 +419,8 @@ def build_report(run_dir: str | Path) -> Report:
         if column not in table:
             table[column] = "top" if column == "role" else None
     table["pareto"] = pareto_mask(table["latency_p50_ms"], table["distilled_accuracy"]) if not table.empty else []
-    n_val = folder.data_record().get("val_size")
+    data = folder.data_record()
+    n_val = data.get("val_size")
     table = best_first(table, n_val).reset_index(drop=True)
     report = Report(
         run_dir=folder.path, table=table, check=self_check(table, settings, n_val), candidates=within,
@@ -427,7 +428,7 @@ def build_report(run_dir: str | Path) -> Report:
         supernets=folder.supernets(), halving=folder.halving(),
         latency_notes=latency_lines(candidates, settings, folder.latency_model()) + teacher_fits_lines(table, teacher, settings),
     )
-    folder.write_report(_html(report, folder.data_record()))
+    folder.write_report(_html(report, data))
     return report
 
 

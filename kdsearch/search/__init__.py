@@ -244,7 +244,7 @@ def _take_slots(study, space, objective_fn, n_trials, bar, *, timeout, wait, hea
             return
         if not told:
             logger.info(f"search: waiting for {missing} trial(s) other workers hold (a worker that died frees its trial "
-                f"{heartbeat_s * 3} s after its last heartbeat)")
+                        f"{heartbeat_s * 3} s after its last heartbeat)")
             told = True
         time.sleep(min(2.0, heartbeat_s / 2))
 

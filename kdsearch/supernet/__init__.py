@@ -156,7 +156,7 @@ def _cached_bands(space, task, bands, device, latency, seed, path: Path) -> Late
     if path.exists():
         measured = LatencyBands.from_dict(json.loads(path.read_text()))
         logger.info(f"supernet: {measured.count} latency band(s) reused from {path.parent.name} "
-            f"(edges {', '.join(f'{e:.2f}' for e in measured.edges) or 'none'} ms)")
+                    f"(edges {', '.join(f'{e:.2f}' for e in measured.edges) or 'none'} ms)")
         return measured
     measured = measure_bands(space, task, bands, device=device, latency=latency, seed=seed)
     atomic_write_json(path, measured.to_dict())
@@ -179,8 +179,8 @@ def _band_supernet(space, task, pool, band, outputs, recipe, rule, folder: Path,
     history = train_band(supernet, pool, band, task, outputs, recipe, rule, folder=folder, device=device, progress=progress)
     last = history[-1]
     logger.info(f"supernet band {band + 1}: {len(pool.members[band])} candidates of the pool, {recipe.epochs} epochs, "
-        f"hold-out accuracy largest {last['holdout_accuracy_largest']:.3f} / smallest {last['holdout_accuracy_smallest']:.3f} "
-        f"[{time.perf_counter() - started:.0f} s]")
+                f"hold-out accuracy largest {last['holdout_accuracy_largest']:.3f} / smallest {last['holdout_accuracy_smallest']:.3f} "
+                f"[{time.perf_counter() - started:.0f} s]")
     return supernet.eval(), history
 
 

@@ -249,10 +249,22 @@ def _teacher_latency(model: nn.Module, task: Task, device, latency_kwargs: dict,
         return measure_latency(model, task.input_shape, device=device, **{**latency_kwargs, "runtime": "torch"})
 
 
+MODEL_FILE_SUFFIXES = (".pt", ".pth", ".ts", ".pt2", ".ep", ".torchscript", ".jit")
+
+
+def _names_a_file(path: Path) -> bool:
+    """A TorchScript / torch.export spec: a model file's suffix (it may not exist yet: then it is an error) or a file."""
+    return path.suffix in MODEL_FILE_SUFFIXES or path.is_file()
+
+
+def _is_candidate_json(text: str) -> bool:
+    return text.endswith(".json") or text.startswith("{")
+
+
 def _build(spec: str, task: Task, weights: str | None, pretrained: bool, notes: list[str]) -> tuple[nn.Module, str, bool]:
     """(model, source, is a TorchScript/export file) for a file, a module:callable or a timm name."""
     path = Path(spec).expanduser()
-    if path.suffix in (".pt", ".pth", ".ts", ".pt2", ".ep", ".torchscript", ".jit") or path.is_file():
+    if _names_a_file(path):
         if not path.is_file():
             raise TeacherError(f"Teacher file {spec!r} does not exist; check the path.")
         if weights:
@@ -271,10 +283,10 @@ def check_network(spec: str, option: str) -> None:
     import timm
 
     text = spec.strip()
-    if text.endswith(".json") or text.startswith("{"):
+    if _is_candidate_json(text):
         return
     path = Path(text).expanduser()
-    if path.suffix in (".pt", ".pth", ".ts", ".pt2", ".ep", ".torchscript", ".jit") or path.is_file():
+    if _names_a_file(path):
         if not path.is_file():
             raise TeacherError(f"{option}: the file {spec!r} does not exist; check the path.")
     elif ":" in text:
@@ -294,7 +306,7 @@ def load_network(spec: str, task: Task) -> nn.Module:
     from kdsearch.spaces import create_model
 
     text = spec.strip()
-    if text.endswith(".json") or text.startswith("{"):
+    if _is_candidate_json(text):
         try:
             config = json.loads(Path(text).expanduser().read_text() if text.endswith(".json") else text)
         except OSError as exc:
@@ -343,7 +355,7 @@ def _prepare(model: nn.Module, task: Task, recipe: Recipe, *, key: dict, device,
         logger.info(f"teacher: reusing prepared weights from {cached}")
         return
     logger.info(f"teacher: preparing {key['spec']} on {task.name} ({recipe.epochs} epochs, {recipe.optimizer}, lr {recipe.lr}); "
-        f"cached for later runs as {cached.name}")
+                f"cached for later runs as {cached.name}")
     checkpoint = cached.with_suffix(".partial.pt")  # resumes if interrupted
     result = fit(model, task, recipe, device=device, checkpoint=checkpoint, progress=progress, desc="preparing teacher")
     model.to("cpu")
