@@ -45,3 +45,24 @@ def test_exact_fp32_turns_tf32_off_inside_and_restores_it():
     with exact_fp32():
         assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
     assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+
+
+def test_the_cli_logging_levels_quiet_normal_verbose(capsys):
+    """configure_logging(-1 | 0 | 1): -q keeps warnings only, the default shows progress lines, -v adds debug lines;
+    lines go to the stderr of the moment, stdout stays for results."""
+    import logging
+
+    from kdsearch._util import configure_logging
+
+    log = logging.getLogger("kdsearch.pipeline.find")
+    try:
+        for verbosity, shown in ((-1, {"warning"}), (0, {"info", "warning"}), (1, {"debug", "info", "warning"})):
+            configure_logging(verbosity)
+            log.debug("debug")
+            log.info("info")
+            log.warning("warning")
+            out, err = capsys.readouterr()
+            assert out == "" and set(err.split()) == shown, (verbosity, err)
+        assert len(logging.getLogger("kdsearch").handlers) == 1  # configured again, not stacked
+    finally:
+        configure_logging(0)
