@@ -52,7 +52,7 @@ def test_the_cli_logging_levels_quiet_normal_verbose(capsys):
     lines go to the stderr of the moment, stdout stays for results."""
     import logging
 
-    from kdsearch._util import configure_logging
+    from kdsearch._util import _StderrHandler, configure_logging
 
     log = logging.getLogger("kdsearch.pipeline.find")
     try:
@@ -63,6 +63,7 @@ def test_the_cli_logging_levels_quiet_normal_verbose(capsys):
             log.warning("warning")
             out, err = capsys.readouterr()
             assert out == "" and set(err.split()) == shown, (verbosity, err)
-        assert len(logging.getLogger("kdsearch").handlers) == 1  # configured again, not stacked
+        # configured again, not stacked (pytest adds capture handlers of its own, hence only ours are counted)
+        assert sum(isinstance(h, _StderrHandler) for h in logging.getLogger("kdsearch").handlers) == 1
     finally:
         configure_logging(0)
