@@ -109,9 +109,9 @@ def run_space(name: str, size: int, args) -> dict:
     predictors = {"regressor": ConfigRegressor(space).fit(sample, sample_ms)}
     if "lut" in model.validation:
         from kdsearch.cost.latency_model import LookupTable
-        from kdsearch.spaces.families import BLOCK_KEYS
+        from kdsearch.spaces.families import family_spec
 
-        lut = LookupTable(BLOCK_KEYS.get(space.family), measure.input_shape, model.table)
+        lut = LookupTable(family_spec(space.family).block_keys, measure.input_shape, model.table)
         model.fill(lut, configs)  # blocks the held-out candidates reach that the sample did not
         predictors["lut"] = lut.fit(sample, sample_ms)
     held = {k: errors(p.predict(configs), measured) for k, p in predictors.items()}

@@ -7,7 +7,7 @@ import torch
 from kdsearch.cost import MeasureSettings, fit_latency_model, use_latency_model
 from kdsearch.cost.latency_model import errors
 from kdsearch.spaces import candidate_id, create_model, load_space
-from kdsearch.spaces.families import BLOCK_KEYS, latency_blocks
+from kdsearch.spaces.families import family_spec, latency_blocks
 
 
 @pytest.mark.parametrize("space, size", [("resnet_cifar", 32), ("mobilenetv3", 96), ("nasbench201", 32)])
@@ -19,7 +19,7 @@ def test_block_keys_name_every_block_the_network_runs_in_order(space, size):
             block.register_forward_pre_hook(lambda m, args, seen=seen: seen.append((m, tuple(args[0].shape))))
         with torch.no_grad():
             model(torch.zeros(1, 3, size, size))
-        keys = BLOCK_KEYS.get(config["family"])(config, (3, size, size))
+        keys = family_spec(config["family"]).block_keys(config, (3, size, size))
         assert len(keys) == len(seen)
         # two blocks with one key are the same module at the same input shape (what the table relies on)
         by_key = {}

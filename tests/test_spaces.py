@@ -114,7 +114,7 @@ def test_resnet_cifar_holds_he_et_al_s_resnet20_with_identity_shortcuts():
     from kdsearch.cost import count_params
     from kdsearch.exceptions import SpaceError
     from kdsearch.spaces import candidate_id, create_model
-    from kdsearch.spaces.families import BLOCK_KEYS
+    from kdsearch.spaces.families import family_spec
 
     r20 = {"family": "resnet_cifar", "depth1": 3, "depth2": 3, "depth3": 3, "width1": 16, "width2": 32, "width3": 64}
     assert candidate_id(r20) == "022b90a3619d"  # the id every earlier run and benchmark used
@@ -127,8 +127,8 @@ def test_resnet_cifar_holds_he_et_al_s_resnet20_with_identity_shortcuts():
     # a narrowing stage cannot be padded: it keeps a projection
     narrow = create_model({**r20, "width2": 16, "width3": 8, "shortcut": "identity"}, num_classes=10)
     assert any(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) for m in narrow.modules())
-    keys = BLOCK_KEYS.get("resnet_cifar")({**r20, "shortcut": "identity"}, (3, 32, 32))
-    assert sum(k[0] == "block_pad" for k in keys) == 2 and keys != BLOCK_KEYS.get("resnet_cifar")(r20, (3, 32, 32))
+    keys = family_spec("resnet_cifar").block_keys({**r20, "shortcut": "identity"}, (3, 32, 32))
+    assert sum(k[0] == "block_pad" for k in keys) == 2 and keys != family_spec("resnet_cifar").block_keys(r20, (3, 32, 32))
     with pytest.raises(SpaceError, match="shortcut must be one of projection, identity"):
         create_model({**r20, "shortcut": "option_c"}, num_classes=10)
 
@@ -151,3 +151,31 @@ def test_one_encoding_of_configs_for_every_model_of_the_space():
     assert np.array_equal(resnet.encode(configs), [[float(c[k]) for k in resnet.choices] for c in configs])
     nb201 = load_space("nasbench201")  # every key an operation: one 1 per key
     assert (nb201.encode(nb201.sample(4, seed=2)).sum(axis=1) == len(nb201.choices)).all()
+
+
+def test_a_family_is_one_registry_entry_with_its_builder_block_keys_and_sharing_rule():
+    import pytest
+    import torch.nn as nn
+
+    from kdsearch.exceptions import SpaceError
+    from kdsearch.spaces import create_model, register_family
+    from kdsearch.spaces.families import FAMILIES, NESTED, family_spec, sharing_rule
+
+    assert family_spec("resnet_cifar").sharing is NESTED and family_spec("nasbench201").sharing is not NESTED
+    assert family_spec("timm").block_keys is None and family_spec("timm").sharing is None
+    with pytest.raises(SpaceError, match="Unknown weight-sharing family 'timm'; available: mobilenetv3, nasbench201, "
+                                         "resnet_cifar"):
+        sharing_rule("timm")
+
+    def tiny_mlp(hidden: int = 8, *, num_classes: int = 10, in_chans: int = 3) -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.LazyLinear(hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+    try:
+        register_family(tiny_mlp, block_keys=lambda config, shape: [("mlp", config["hidden"])])
+        spec = family_spec("tiny_mlp")
+        assert spec.build is tiny_mlp and spec.block_keys({"hidden": 4}, (3, 8, 8)) == [("mlp", 4)]
+        assert isinstance(create_model({"family": "tiny_mlp", "hidden": 4}, num_classes=3), nn.Sequential)
+        with pytest.raises(SpaceError, match="Unknown weight-sharing family 'tiny_mlp'"):
+            sharing_rule("tiny_mlp")
+    finally:
+        FAMILIES._items.pop("tiny_mlp", None)

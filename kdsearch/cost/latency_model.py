@@ -4,7 +4,7 @@ Timing a candidate costs ~0.1-1 s (20 s under ``torch.compile``); a space of 43 
 predictor. At the start of a run a seeded sample of the space is measured for real (in the run's runtime, with
 its threads), and two predictors are fitted and compared on a held-out quarter of that sample:
 
-* ``lut`` — OFA's lookup table: every distinct block (the family's :data:`~kdsearch.spaces.families.BLOCK_KEYS`)
+* ``lut`` — OFA's lookup table: every distinct block (the ``block_keys`` of the family's :class:`~kdsearch.spaces.families.FamilySpec`)
   timed — in eager torch inside the networks of the sample (forward hooks; the median over the networks it
   appears in), in other runtimes on its own — summed over a candidate's blocks, then calibrated (``a·sum + b``,
   least squares on the sample) for what that misses: the runtime's fixed cost per call, code between blocks;
@@ -35,7 +35,7 @@ from kdsearch._util import atomic_write_json, cache_dir, stable_hash
 from kdsearch.cost.budget import LATENCY
 from kdsearch.cost.latency import measure_latency, pinned_threads
 from kdsearch.spaces import SearchSpace, create_model
-from kdsearch.spaces.families import BLOCK_KEYS, latency_blocks
+from kdsearch.spaces.families import family_spec, latency_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -255,13 +255,14 @@ class LatencyModel:
         return configs
 
     def _lookup_table(self, configs: list[dict]) -> LookupTable | None:
-        if self.space.family not in BLOCK_KEYS:
+        block_keys = family_spec(self.space.family).block_keys
+        if block_keys is None:
             self.notes.append(f"no lookup table: family {self.space.family!r} declares no latency blocks")
             return None
         if self.measure.runtime == "compile":
             self.notes.append("no lookup table under torch.compile: compiling every block alone costs ~20 s each")
             return None
-        lut = LookupTable(BLOCK_KEYS.get(self.space.family), self.measure.input_shape, self.table)
+        lut = LookupTable(block_keys, self.measure.input_shape, self.table)
         try:
             self.fill(lut, configs, every=True)
             self.fill(lut, self._covering_configs(lut))

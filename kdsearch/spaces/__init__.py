@@ -14,7 +14,7 @@ A candidate is ``{"family": ..., key: value, ...}``: hashable, JSON-able, and it
 identical architecture anywhere through ``create_model(candidate, num_classes=..., in_chans=...)``.
 """
 
-from kdsearch.spaces.families import list_families, register_family
+from kdsearch.spaces.families import FamilySpec, SharingRule, list_families, register_family
 from kdsearch.spaces.space import (
     SPACES_DIR,
     SearchSpace,
@@ -26,6 +26,8 @@ from kdsearch.spaces.space import (
 )
 
 __all__ = [
+    "FamilySpec",
+    "SharingRule",
     "SPACES_DIR",
     "SearchSpace",
     "candidate_id",

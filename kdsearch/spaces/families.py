@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -17,20 +19,64 @@ import torch.nn.functional as F
 from kdsearch.exceptions import SpaceError
 from kdsearch.registry import Registry
 
-FAMILIES: Registry[Callable[..., nn.Module]] = Registry("candidate family", SpaceError)
+
+@dataclass(frozen=True)
+class SharingRule:
+    """How a family shares weights in a supernet (kdsearch.supernet): the supernet module for a space, and the name
+    of the supernet tensor each subnet tensor is cut from."""
+
+    build: Callable[[Any, int, int], nn.Module]  # (space, num_classes, in_chans) -> supernet module
+    source_name: Callable[[str, dict], str]  # (subnet tensor name, config) -> supernet tensor name
 
 
-def register_family(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    FAMILIES.add(fn.__name__, fn)
-    return fn
+@dataclass(frozen=True)
+class FamilySpec:
+    """Everything the stages know of one family, registered once: ``build`` (the builder), ``block_keys`` (which
+    block each leaf of its forward pass is, from a config alone, for the latency lookup table; None: the latency
+    model regresses on the config) and ``sharing`` (its weight-sharing rule; None: no supernet for its spaces)."""
+
+    name: str
+    build: Callable[..., nn.Module]
+    block_keys: Callable[[dict, tuple], list] | None = None
+    sharing: SharingRule | None = None
+
+
+FAMILIES: Registry[FamilySpec] = Registry("candidate family", SpaceError)
+
+
+def register_family(build: Callable[..., nn.Module] | None = None, *, name: str | None = None,
+                    block_keys: Callable[[dict, tuple], list] | None = None, sharing: SharingRule | None = None):
+    """Register a family: ``@register_family`` on a builder, or ``register_family(builder, block_keys=…, sharing=…)``
+    (the name is the builder's unless given). Returns the builder."""
+
+    def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        family = name or fn.__name__
+        FAMILIES.add(family, FamilySpec(family, fn, block_keys, sharing))
+        return fn
+
+    return add(build) if build is not None else add
 
 
 def list_families() -> list[str]:
     return FAMILIES.names()
 
 
-def get_family(name: str) -> Callable[..., nn.Module]:
+def family_spec(name: str) -> FamilySpec:
     return FAMILIES.get(name)
+
+
+def get_family(name: str) -> Callable[..., nn.Module]:
+    return FAMILIES.get(name).build
+
+
+def sharing_rule(name: str) -> SharingRule:
+    """The family's weight-sharing rule; a family without one is refused in one line naming those that have one."""
+    spec = FAMILIES.get(name)
+    if spec.sharing is None:
+        shared = [n for n in FAMILIES.names() if FAMILIES.get(n).sharing is not None]
+        raise SpaceError(f"Unknown weight-sharing family {name!r}; available: {', '.join(shared)}. A supernet needs a "
+                         "space of one of those families; choose one, or another --proxy.")
+    return spec.sharing
 
 
 def open_keys(name: str) -> bool:
@@ -122,7 +168,6 @@ class CifarResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-@register_family
 def resnet_cifar(
     depth1: int, depth2: int, depth3: int, width1: int = 16, width2: int = 32, width3: int = 64,
     shortcut: str = "projection", *, num_classes: int = 10, in_chans: int = 3,
@@ -136,7 +181,6 @@ def resnet_cifar(
 
 
 # --------------------------------------------------------------------------- timm ResNet
-@register_family
 def resnet_timm(
     depth1: int, depth2: int, depth3: int, depth4: int, width_mult: float = 1.0, block: str = "basic",
     stem: str = "", *, num_classes: int = 1000, in_chans: int = 3,
@@ -163,7 +207,6 @@ def resnet_timm(
 _MBV3_STAGES = ((24, 2, False, "nre"), (40, 2, True, "nre"), (80, 2, False, ""), (112, 1, True, ""), (160, 2, True, ""))
 
 
-@register_family
 def mobilenetv3(
     depth1: int = 2, depth2: int = 3, depth3: int = 4, depth4: int = 3, depth5: int = 3,
     kernel1: int = 3, kernel2: int = 5, kernel3: int = 3, kernel4: int = 3, kernel5: int = 5,
@@ -208,7 +251,6 @@ def mobilenetv3(
 
 
 # --------------------------------------------------------------------------- existing timm models
-@register_family
 def timm(model: str, *, num_classes: int = 1000, in_chans: int = 3) -> nn.Module:
     """Any architecture timm knows, built untrained (students are distilled from scratch)."""
     import timm as _timm
@@ -322,7 +364,6 @@ class NasBench201(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-@register_family
 def nasbench201(
     edge_1_0: str, edge_2_0: str, edge_2_1: str, edge_3_0: str, edge_3_1: str, edge_3_2: str,
     channels: int = 16, cells_per_stage: int = 5, *, num_classes: int = 10, in_chans: int = 3,
@@ -332,7 +373,6 @@ def nasbench201(
 
 
 # --------------------------------------------------------------------------- NNI model spaces
-@register_family
 def nni(space: str, *, num_classes: int = 10, in_chans: int = 3, **choices) -> nn.Module:
     """A candidate of an NNI model space (``space``: 'nni:NasBench201' or 'nni:package.module:attr'), frozen by NNI;
     the other keys are the space's choice labels (kdsearch.spaces.nni_spaces, the optional nni extra)."""
@@ -343,10 +383,9 @@ def nni(space: str, *, num_classes: int = 10, in_chans: int = 3, **choices) -> n
 
 # --------------------------------------------------------------------------- latency blocks
 # A family may say, from a config alone (microseconds, no model built), which block each leaf of its forward pass is:
-# ``keys(config, input_shape) -> [key, ...]`` in the order :func:`latency_blocks` visits the built model's blocks.
+# ``block_keys(config, input_shape) -> [key, ...]`` in the order :func:`latency_blocks` visits the built model's blocks.
 # The latency model's lookup table (kdsearch.cost.latency_model) sums per-block latencies by these keys, as OFA's
 # latency tables do; a family without keys is still modelled, by a regressor on the config.
-BLOCK_KEYS: Registry[Callable[[dict, tuple], list]] = Registry("latency block keys", SpaceError)
 _CONTAINERS = (nn.Sequential, nn.ModuleList)
 
 
@@ -362,7 +401,6 @@ def _half(size: int) -> int:
     return (size + 1) // 2  # a 3x3 (or kxk) convolution with stride 2 and padding k//2
 
 
-@BLOCK_KEYS.register("resnet_cifar")
 def _resnet_cifar_keys(config: dict, input_shape: tuple) -> list:
     c, h = input_shape[0], input_shape[1]
     widths = (config.get("width1", 16), config.get("width2", 32), config.get("width3", 64))
@@ -378,7 +416,6 @@ def _resnet_cifar_keys(config: dict, input_shape: tuple) -> list:
     return keys + [("fc", in_planes)]
 
 
-@BLOCK_KEYS.register("mobilenetv3")
 def _mobilenetv3_keys(config: dict, input_shape: tuple) -> list:
     defaults = {k: p.default for k, p in inspect.signature(mobilenetv3).parameters.items()}
     cfg = {**defaults, **config}
@@ -393,7 +430,6 @@ def _mobilenetv3_keys(config: dict, input_shape: tuple) -> list:
                    ("classifier", wm)]
 
 
-@BLOCK_KEYS.register("nasbench201")
 def _nasbench201_keys(config: dict, input_shape: tuple) -> list:
     c, h = config.get("channels", 16), input_shape[1]
     ops = tuple(config[e] for e in NB201_EDGES)
@@ -404,3 +440,60 @@ def _nasbench201_keys(config: dict, input_shape: tuple) -> list:
             c, h = c * 2, _half(h)
         keys.extend(("cell", ops, c, h) for _ in range(config.get("cells_per_stage", 5)))
     return keys + [("last_bn", c, h), ("last_relu", c, h), ("classifier", c)]
+
+
+# --------------------------------------------------------------------------- weight sharing (kdsearch.supernet)
+def largest_config(space) -> dict[str, Any]:
+    """Every numeric key of ``space`` at its largest choice (depth, width, kernel, expansion): a nested supernet's
+    skeleton."""
+    values = {}
+    for key, choices in space.choices.items():
+        if not space.is_numeric(key):
+            raise SpaceError(f"Space {space.name!r}: key {key!r} has non-numeric choices, which a nested supernet cannot "
+                             f"share; use a family with a rule for them (nasbench201).")
+        values[key] = max(choices)
+    return space.config(values)
+
+
+def _build(config: dict, num_classes: int, in_chans: int) -> nn.Module:
+    """A space's own config (already valid), built by its family's builder."""
+    keys = {k: v for k, v in config.items() if k != "family"}
+    return get_family(config["family"])(**keys, num_classes=num_classes, in_chans=in_chans)
+
+
+def _nested(space, num_classes: int, in_chans: int) -> nn.Module:
+    return _build(largest_config(space), num_classes, in_chans)
+
+
+def _same_name(name: str, config: dict) -> str:
+    return name
+
+
+def _nb201_supernet(space, num_classes: int, in_chans: int) -> nn.Module:
+    """The NAS-Bench-201 skeleton with every op on every edge (each op keeps its own weights, as in the benchmark's
+    weight-sharing baselines)."""
+    model = _build(space.config({edge: "nor_conv_3x3" for edge in NB201_EDGES}), num_classes, in_chans)
+    for cell in model.cells:
+        if hasattr(cell, "edges"):
+            channels = cell.edges[NB201_EDGES[0]][1].in_channels
+            cell.edges = nn.ModuleDict({edge: nn.ModuleDict({op: _nb201_op(op, channels) for op in NB201_OPS})
+                                        for edge in NB201_EDGES})
+    return model
+
+
+def _nb201_source(name: str, config: dict) -> str:
+    parts = name.split(".")
+    if "edges" in parts:  # cells.<i>.edges.<edge>.<rest> → cells.<i>.edges.<edge>.<op>.<rest>
+        at = parts.index("edges") + 1
+        parts.insert(at + 1, config[parts[at]])
+    return ".".join(parts)
+
+
+# --------------------------------------------------------------------------- the registry: one entry per family
+NESTED = SharingRule(_nested, _same_name)  # a subnet's tensors are cuts of the same-named supernet tensors
+register_family(resnet_cifar, block_keys=_resnet_cifar_keys, sharing=NESTED)
+register_family(resnet_timm)
+register_family(mobilenetv3, block_keys=_mobilenetv3_keys, sharing=NESTED)
+register_family(timm)
+register_family(nasbench201, block_keys=_nasbench201_keys, sharing=SharingRule(_nb201_supernet, _nb201_source))
+register_family(nni)

@@ -28,9 +28,10 @@ from kdsearch.data import Task
 from kdsearch.data.task import balanced_indices
 from kdsearch.similarity import kl_div_t
 from kdsearch.spaces import SearchSpace
+from kdsearch.spaces.families import sharing_rule
 from kdsearch.supernet.bands import BandPool, LatencyBands, measure_bands
 from kdsearch.supernet.train import WEIGHTS_FILE, SandwichRule, calibration_batches, train_band
-from kdsearch.supernet.weights import SHARING, Supernet, recalibrate
+from kdsearch.supernet.weights import Supernet, recalibrate
 from kdsearch.taps import as_logits
 from kdsearch.teacher.outputs import teacher_outputs, weights_sha
 from kdsearch.training import STUDENT_RECIPE, Recipe, memory_format_for
@@ -117,7 +118,7 @@ def prepare_supernets(
     latency: dict[str, Any] | None = None, root: str | Path | None = None, seed: int = 0, progress: bool = False,
 ) -> SupernetRanker:
     """Measure the bands, train (or load) a supernet for each band that holds candidates within ``limit_ms``."""
-    SHARING.get(space.family)  # a clear error before anything is timed or trained
+    sharing_rule(space.family)  # a clear error before anything is timed or trained
     device = torch.device(device)
     recipe = recipe or Recipe(**DEFAULT_RECIPE, seed=seed)
     rule = rule or SandwichRule()
@@ -191,6 +192,6 @@ def _teacher_logits(teacher: nn.Module, task: Task, device: torch.device) -> tor
 
 
 __all__ = [
-    "DEFAULT_RECIPE", "SHARING", "BandPool", "LatencyBands", "SandwichRule", "Supernet", "SupernetRanker", "carve_holdout",
+    "DEFAULT_RECIPE", "BandPool", "LatencyBands", "SandwichRule", "Supernet", "SupernetRanker", "carve_holdout",
     "measure_bands", "prepare_supernets", "recalibrate",
 ]

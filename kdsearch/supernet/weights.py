@@ -8,82 +8,19 @@ So a subnet is trained by running its own module on views of the supernet's para
 (``torch.func.functional_call``: gradients flow into the shared weights), and extracted with inherited
 weights as a plain module — latency, proxies, distillation and export then see nothing unusual.
 
-Per family, a :class:`SharingRule` says which config is the supernet's skeleton and how a subnet's tensor
-names map to the supernet's (for most families the identity: the subnet's names are a subset).
+Per family, its :class:`~kdsearch.spaces.families.SharingRule` (part of the family's one registry entry) says which
+config is the supernet's skeleton and how a subnet's tensor names map to the supernet's (for most families the
+identity: the subnet's names are a subset).
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn as nn
 
 from kdsearch.exceptions import SpaceError
-from kdsearch.registry import Registry
 from kdsearch.spaces import SearchSpace, create_model
-from kdsearch.spaces.families import NB201_EDGES, NB201_OPS, _nb201_op
-
-
-@dataclass(frozen=True)
-class SharingRule:
-    """How a family shares weights: the supernet module for a space, and each subnet tensor's source name."""
-
-    build: Callable[[SearchSpace, int, int], nn.Module]  # (space, num_classes, in_chans) -> supernet module
-    source_name: Callable[[str, dict], str]  # (subnet tensor name, config) -> supernet tensor name
-
-
-SHARING: Registry[SharingRule] = Registry(
-    "weight-sharing family", SpaceError, hint=" A supernet needs a space of one of those families; choose one, or another --proxy.")
-
-
-def largest_config(space: SearchSpace) -> dict[str, Any]:
-    """Every numeric key at its largest choice (depth, width, kernel, expansion): the skeleton of the supernet."""
-    values = {}
-    for key, choices in space.choices.items():
-        if not space.is_numeric(key):
-            raise SpaceError(f"Space {space.name!r}: key {key!r} has non-numeric choices, which a nested supernet cannot "
-                             f"share; use a family with a rule for them (nasbench201).")
-        values[key] = max(choices)
-    return space.config(values)
-
-
-def _nested(space: SearchSpace, num_classes: int, in_chans: int) -> nn.Module:
-    return create_model(largest_config(space), num_classes=num_classes, in_chans=in_chans)
-
-
-def _same_name(name: str, config: dict) -> str:
-    return name
-
-
-SHARING.add("resnet_cifar", SharingRule(_nested, _same_name))
-SHARING.add("mobilenetv3", SharingRule(_nested, _same_name))
-
-
-def _nb201_supernet(space: SearchSpace, num_classes: int, in_chans: int) -> nn.Module:
-    """The NAS-Bench-201 skeleton with every op on every edge (each op keeps its own weights, as in the benchmark's
-    weight-sharing baselines)."""
-    ops = {edge: "nor_conv_3x3" for edge in NB201_EDGES}
-    model = create_model(space.config(ops), num_classes=num_classes, in_chans=in_chans)
-    for cell in model.cells:
-        if hasattr(cell, "edges"):
-            channels = cell.edges[NB201_EDGES[0]][1].in_channels
-            cell.edges = nn.ModuleDict({edge: nn.ModuleDict({op: _nb201_op(op, channels) for op in NB201_OPS})
-                                        for edge in NB201_EDGES})
-    return model
-
-
-def _nb201_source(name: str, config: dict) -> str:
-    parts = name.split(".")
-    if "edges" in parts:  # cells.<i>.edges.<edge>.<rest> → cells.<i>.edges.<edge>.<op>.<rest>
-        at = parts.index("edges") + 1
-        parts.insert(at + 1, config[parts[at]])
-    return ".".join(parts)
-
-
-SHARING.add("nasbench201", SharingRule(_nb201_supernet, _nb201_source))
+from kdsearch.spaces.families import largest_config, sharing_rule
 
 
 def cut(source: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -111,7 +48,7 @@ class Supernet(nn.Module):
     def __init__(self, space: SearchSpace, num_classes: int, in_chans: int):
         super().__init__()
         self.space, self.num_classes, self.in_chans = space, num_classes, in_chans
-        self.rule = SHARING.get(space.family)
+        self.rule = sharing_rule(space.family)
         self.shared = self.rule.build(space, num_classes, in_chans)
         self._skeletons: dict[str, nn.Module] = {}
 
@@ -175,4 +112,4 @@ def recalibrate(model: nn.Module, batches) -> nn.Module:
     return model.eval()
 
 
-__all__ = ["SHARING", "SharingRule", "Supernet", "cut", "largest_config", "recalibrate"]
+__all__ = ["Supernet", "cut", "largest_config", "recalibrate"]
