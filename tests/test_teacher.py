@@ -73,6 +73,33 @@ def test_preparation_trains_and_is_cached(digits_task):
     assert second.latency.p50_ms > 0
 
 
+def test_a_candidate_config_file_is_a_teacher_trained_on_the_task_and_cached_by_its_content(digits_task, tmp_path):
+    import json
+
+    path = tmp_path / "teacher.json"
+    path.write_text(json.dumps(TINY))
+    recipe = Recipe(epochs=2, optimizer="adamw", lr=5e-3, weight_decay=0.0, warmup_epochs=0.5)
+    first = load_teacher(str(path), digits_task, recipe=recipe, measure=False)
+    assert first.source == "candidate" and first.prepared and first.accuracy > 0.3  # chance is 0.1
+    assert sum(p.numel() for p in first.model.parameters()) == first.params == sum(
+        p.numel() for p in tiny_teacher(in_chans=digits_task.in_chans).parameters())
+    assert any("reused from cache" in n for n in load_teacher(str(path), digits_task, recipe=recipe, measure=False).notes)
+    path.write_text(json.dumps({**TINY, "width3": 16}))  # the same file name, another network: trained anew
+    edited = load_teacher(str(path), digits_task, recipe=recipe, measure=False)
+    assert not any("reused from cache" in n for n in edited.notes) and edited.params < first.params
+
+
+def test_a_teacher_candidate_json_that_does_not_parse_is_refused_naming_the_option(tmp_path):
+    from kdsearch.teacher import check_network
+
+    bad = tmp_path / "teacher.json"
+    bad.write_text("{depth1: 3")
+    with pytest.raises(TeacherError, match=r"^--teacher: .*is not valid JSON"):
+        check_network(str(bad), "--teacher")
+    with pytest.raises(TeacherError, match=r"^--teacher: Cannot read the candidate JSON"):
+        check_network(str(tmp_path / "missing.json"), "--teacher")
+
+
 def test_torchscript_teacher_file(digits_task, tmp_path):
     model = tiny_teacher(10, 1).eval()
     path = tmp_path / "teacher.ts"

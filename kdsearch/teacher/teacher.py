@@ -221,7 +221,7 @@ def load_teacher(
         recipe = recipe or default_teacher_recipe(task, source)
         if epochs is not None:
             recipe = replace(recipe, epochs=epochs)
-        _prepare(model, task, recipe, key={"spec": spec, "weights": file_sha256(weights) if weights else None, "source": source},
+        _prepare(model, task, recipe, key={**_cache_key(spec), "weights": file_sha256(weights) if weights else None, "source": source},
                  device=device, progress=progress, notes=notes)
     model.to(device).eval()
     accuracy = evaluate(model, task, device=device)
@@ -262,7 +262,10 @@ def _is_candidate_json(text: str) -> bool:
 
 
 def _build(spec: str, task: Task, weights: str | None, pretrained: bool, notes: list[str]) -> tuple[nn.Module, str, bool]:
-    """(model, source, is a TorchScript/export file) for a file, a module:callable or a timm name."""
+    """(model, source, is a TorchScript/export file) for a candidate config (JSON text or file), a model file, a
+    module:callable or a timm name."""
+    if _is_candidate_json(spec.strip()):
+        return _build_candidate(spec, task), "candidate", False
     path = Path(spec).expanduser()
     if _names_a_file(path):
         if not path.is_file():
@@ -279,11 +282,15 @@ def _build(spec: str, task: Task, weights: str | None, pretrained: bool, notes: 
 def check_network(spec: str, option: str) -> None:
     """Does ``spec`` name a network that ``load_network`` can build? Checked before any work starts, so a typo is
     refused at once, in one line that names the ``option`` it was given to (a file must exist, a module:callable must
-    import, a name must be a timm model; a candidate JSON is checked when it is built)."""
+    import, a name must be a timm model; a candidate JSON must parse to a config)."""
     import timm
 
     text = spec.strip()
     if _is_candidate_json(text):
+        try:
+            _read_candidate(text)
+        except TeacherError as exc:
+            raise TeacherError(f"{option}: {exc}") from None
         return
     path = Path(text).expanduser()
     if _names_a_file(path):
@@ -303,26 +310,37 @@ def load_network(spec: str, task: Task) -> nn.Module:
     """A network named as a teacher is (timm name, module:callable, TorchScript / torch.export file) or a candidate
     config (JSON text or a .json file), untrained, in eval mode: the reference of a relative budget (its latency is
     all that is used, so no weights are fetched)."""
+    return _build(spec.strip(), task, None, False, [])[0].eval()
+
+
+def _read_candidate(spec: str) -> dict:
+    """A candidate config given as JSON text or a .json file."""
+    text = spec.strip()
+    try:
+        config = json.loads(Path(text).expanduser().read_text() if text.endswith(".json") else text)
+    except OSError as exc:
+        raise TeacherError(f"Cannot read the candidate JSON {spec!r} ({exc.strerror}); check the path.") from None
+    except ValueError as exc:
+        raise TeacherError(f"{spec!r} is not valid JSON ({exc}); give a candidate config such as "
+                           '{"family": "resnet_cifar", "depth1": 3, "depth2": 3, "depth3": 3}.') from None
+    if not isinstance(config, dict):
+        raise TeacherError(f"{spec!r} holds no candidate config (a JSON object with a 'family' key).")
+    return config
+
+
+def _build_candidate(spec: str, task: Task) -> nn.Module:
     from kdsearch.spaces import create_model
 
-    text = spec.strip()
-    if _is_candidate_json(text):
-        try:
-            config = json.loads(Path(text).expanduser().read_text() if text.endswith(".json") else text)
-        except OSError as exc:
-            raise TeacherError(f"Cannot read the candidate JSON {spec!r} ({exc.strerror}); check the path.") from None
-        except ValueError as exc:
-            raise TeacherError(f"{spec!r} is not valid JSON ({exc}); give a candidate config such as "
-                               '{"family": "resnet_cifar", "depth1": 3, "depth2": 3, "depth3": 3}.') from None
-        if not isinstance(config, dict):
-            raise TeacherError(f"{spec!r} holds no candidate config (a JSON object with a 'family' key).")
-        try:
-            model = create_model(config, num_classes=task.num_classes, in_chans=task.in_chans)
-        except KdsearchError as exc:
-            raise TeacherError(str(exc)) from None
-    else:
-        model = _build(text, task, None, False, [])[0]
-    return model.eval()
+    try:
+        return create_model(_read_candidate(spec), num_classes=task.num_classes, in_chans=task.in_chans)
+    except KdsearchError as exc:
+        raise TeacherError(str(exc)) from None
+
+
+def _cache_key(spec: str) -> dict:
+    """What names a prepared teacher in the cache: the spec, and a candidate's config itself (its file may be edited;
+    other specs keep the key they always had, so their cached teachers stay valid)."""
+    return {"spec": spec, "config": _read_candidate(spec)} if _is_candidate_json(spec.strip()) else {"spec": spec}
 
 
 def _fit_head(model: nn.Module, task: Task, scripted: bool, head_fits: bool, notes: list[str]) -> bool:
