@@ -184,9 +184,10 @@ def main() -> None:
     tag = f"{budget['budget_ms']}ms" + ("" if args.proxy == "params" else f"_{args.proxy}")
     print(f"budget: {budget['budget_ms']} ms ({budget.get('readings_ms', budget.get('source'))})", flush=True)
     supernet = {"subspaces": args.subspaces, "supernet_epochs": args.supernet_epochs} if args.proxy == "supernet" else {}
-    # front and controls off: this benchmark distils only the pick (the front has its own, front_cost.py)
+    # front and controls off: this benchmark distils only the proxy's pick (the front has its own, front_cost.py;
+    # successive halving, find's default selection, has teacher_decides.py)
     result = find(teacher="search_e2e:resnet56", budget=f"{budget['budget_ms']}ms", data=str(folder), space="resnet_cifar",
-                  proxy=args.proxy, trials=args.trials, top_k=1, front=0, controls=0, teacher_epochs=args.teacher_epochs,
+                  proxy=args.proxy, select="proxy", trials=args.trials, top_k=1, front=0, controls=0, teacher_epochs=args.teacher_epochs,
                   epochs=args.epochs, batch_size=64, threads=1, seed=args.seeds[0], out=WORK / f"run-{tag}", **supernet)
     find_seconds = time.perf_counter() - started
     run = RunFolder.open(result.run_dir)

@@ -23,11 +23,12 @@ def run_cli(capsys, *argv):
 
 # The shared run uses a parameter budget: which candidates fit is then exact on any machine. A latency
 # budget on this shared CPU let 1 of 9 candidates fit in one CI run and 3 in another (timings vary 2×);
-# the ms path is covered by test_cifar10_jpeg_folder_end_to_end and the budget error cases below.
+# the ms path is covered by test_cifar10_jpeg_folder_end_to_end and the budget error cases below. These runs check
+# the proxy's top-k (--select proxy); halving, the default, has its own runs in test_halving.py.
 def find_args(out, *extra, budget="0.3Mparams", data="digits"):
     return [
         "find", "--teacher", TEACHER, "--budget", budget, "--data", data, "--space", "resnet_cifar_s1",
-        "--trials", 10, "--top-k", 2, "--front", 2, "--controls", 1, "--epochs", 8, "--teacher-epochs", 10,
+        "--trials", 10, "--top-k", 2, "--front", 2, "--controls", 1, "--epochs", 8, "--teacher-epochs", 10, "--select", "proxy",
         "--val-samples", 300, "--batch-size", 32, "--out", out, "-q", *extra,
     ]
 
@@ -292,7 +293,7 @@ def test_cifar10_jpeg_folder_end_to_end(cifar_folder, tmp_path, capsys):
     out = tmp_path / "c10"
     code, stdout, err = run_cli(
         capsys, "find", "--teacher", TEACHER, "--data", cifar_folder, "--space", "resnet_cifar", "--budget", "5ms",
-        "--trials", 12, "--top-k", 2, "--epochs", 2, "--teacher-epochs", 2, "--out", out, "-q",
+        "--trials", 12, "--top-k", 2, "--epochs", 2, "--teacher-epochs", 2, "--select", "proxy", "--out", out, "-q",
     )
     assert code == 0, err
     df = pd.read_csv(out / "candidates.csv")

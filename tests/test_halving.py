@@ -11,6 +11,7 @@ import optuna
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from kdsearch.cli import main
 from kdsearch.distill.halving import Rung, order_members, plan_rungs, restarts_for, rung_score, student_epochs
@@ -261,7 +262,58 @@ def test_the_api_takes_the_same_halving_settings_and_refuses_the_same_mistakes(t
     assert settings.selection == {"select": "halving", "pool": 9, "eta": 3, "first_rung": 1, "rung_design": "restart",
                                   "rung_signal": "accuracy"}
     assert settings.identity()["selection"] == settings.selection  # a run is not resumed under another selection
-    assert "selection" not in RunSettings.create(TEACHER, "0.3Mparams").identity()  # the default: older runs resume
+    assert "selection" not in RunSettings.create(TEACHER, "0.3Mparams", select="proxy").identity()  # older runs resume
     with pytest.raises(KdsearchError, match="--eta must be at least 2"):
         find(TEACHER, "0.3Mparams", select="halving", eta=1, out=tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+
+def test_select_auto_is_halving_where_it_can_run_and_says_why_it_falls_back_to_the_proxy(tmp_path):
+    from kdsearch.run import RunSettings
+
+    default = RunSettings.create(TEACHER, "0.3Mparams", out=tmp_path / "run")
+    assert default.selection["select"] == "halving" and default.auto_selection == ""
+    assert RunSettings.create(TEACHER, "0.3Mparams", select="proxy").auto_selection is None  # the user's choice
+    one_epoch = RunSettings.create(TEACHER, "0.3Mparams", epochs=1)
+    assert one_epoch.selection == {"select": "proxy"} and "--epochs 1" in one_epoch.auto_selection
+    whole_pool = RunSettings.create(TEACHER, "0.3Mparams", top_k=5, pool=5)
+    assert whole_pool.selection == {"select": "proxy"} and "--top-k 5 would keep the whole --pool 5" in whole_pool.auto_selection
+
+
+def test_select_auto_resumes_a_run_with_the_selection_it_was_started_with(tmp_path):
+    """A run started as a proxy run (before halving became the default, or with --select proxy) resumes as one."""
+    from kdsearch.pipeline.find import _settle_selection
+    from kdsearch.run import RunFolder, RunSettings
+
+    out = tmp_path / "run"
+    out.mkdir()
+    started = RunSettings.create(TEACHER, "0.3Mparams", select="proxy", out=out)
+    (out / "config.yaml").write_text(yaml.safe_dump(started.to_config()))
+    resumed = _settle_selection(RunSettings.create(TEACHER, "0.3Mparams", out=out), RunFolder(out))
+    assert resumed.selection == {"select": "proxy"}
+    RunFolder(out).check_can_start(resumed)  # the same study: no refusal
+    fresh = _settle_selection(RunSettings.create(TEACHER, "0.3Mparams", out=tmp_path / "new"), RunFolder(tmp_path / "new"))
+    assert fresh.selection["select"] == "halving"
+
+
+@pytest.mark.slow
+def test_a_pool_that_holds_the_whole_budget_still_leaves_a_front_and_a_control(tmp_path):
+    """The pool larger than what fits: every candidate within the budget is in it, so the bands' picks and the control
+    are pool members that halving cut — each is distilled on to the full recipe from its rung checkpoint, on the
+    rungs' schedule, and keeps the record of the rung that cut it."""
+    out = tmp_path / "run"
+    args = halving_args(out, pool=27, eta=3, epochs=3)
+    args[args.index("--front") + 1], args[args.index("--controls") + 1] = "2", "1"
+    assert main(args) == 0
+    state = json.loads((out / "halving.json").read_text())
+    df = pd.read_csv(out / "candidates.csv").set_index("candidate_id")
+    assert len(state["pool"]) == (df["params"] <= 300_000).sum() < 27  # every candidate within the budget
+    promoted = df[df["role"].isin(["band 1", "band 2", "control"])]
+    assert len(promoted) >= 2 and "control" in set(promoted["role"])
+    survivors = set(state["survivors"])
+    for cid, row in promoted.iterrows():
+        assert cid in state["pool"] and cid not in survivors and row["stopped_at_epoch"] < 3
+        result = json.loads((out / "students" / cid / "result.json").read_text())
+        assert [h["epoch"] for h in result["history"]][-1] == 3 and result["recipe"]["restarts"] == [1]
+        assert row["distilled_accuracy"] == pytest.approx(result["val_accuracy"])
+    assert set(df.index[df["role"] == "top"]) == survivors

@@ -38,7 +38,7 @@ def test_find_runs_end_to_end_on_an_nni_model_space(tmp_path, capsys):
     pytest.importorskip("nni")
     out = tmp_path / "nni-run"
     code = main(["find", "--teacher", TEACHER, "--budget", "50ms", "--space", "nni:tests.nni_tiny:TinySpace",
-                 "--data", "digits", "--trials", "6", "--top-k", "2", "--front", "0", "--controls", "0", "--epochs", "6",
+                 "--data", "digits", "--trials", "6", "--top-k", "2", "--front", "0", "--controls", "0", "--epochs", "6", "--select", "proxy",
                  "--teacher-epochs", "8", "--val-samples", "200", "--out", str(out), "-q"])
     assert code == 0, capsys.readouterr().err
     table = pd.read_csv(out / "candidates.csv")

@@ -120,6 +120,7 @@ def run_find(settings: RunSettings) -> FindResult:
     settings = _choose_space(settings, task)
     _check_runtime(settings, task)
     folder = RunFolder(settings.out)
+    settings = _settle_selection(settings, folder)
     folder.check_can_start(settings)
     seed_everything(settings.seed)
     teacher = _load_teacher(settings, task)
@@ -357,6 +358,22 @@ def band_covered(finalists: dict[str, dict], band: int, edges: list[float], metr
     return False
 
 
+def _settle_selection(settings: RunSettings, folder: RunFolder) -> RunSettings:
+    """``--select auto``: a resumed run keeps the selection it was started with (runs from before halving became the
+    default resume as proxy runs); a new one says what auto chose and, where it fell back, why."""
+    if settings.auto_selection is None:
+        return settings
+    if folder.is_run():
+        return dataclasses.replace(settings, selection=dict(folder.config().get("selection") or {"select": "proxy"}))
+    if settings.auto_selection:
+        logger.info(f"select: the proxy's top-{settings.top_k}, not successive halving: {settings.auto_selection} "
+                    "(--select auto)")
+    else:
+        logger.info("select: successive halving on short distillations from the teacher (--select auto; --select proxy "
+                    "skips it)")
+    return settings
+
+
 def _choose_finalists(settings: RunSettings, task: Task, rows: dict[str, dict], folder: RunFolder,
                       queue: RunQueue | None = None, teacher: Teacher | None = None,
                       ranker: SupernetRanker | None = None) -> dict[str, dict]:
@@ -381,7 +398,10 @@ def _choose_finalists(settings: RunSettings, task: Task, rows: dict[str, dict], 
         chooser.take("control", [feasible[i] for i in order], settings.controls)
     for final in finalists.values():  # a band's pick stays in the band it was chosen for (by its search reading)
         role = final.get("role", "top")
-        final["band"] = int(role.split()[1]) if role.startswith("band ") else band_of(final[budget.metric], edges)
+        value = final[budget.metric]
+        if final["within_budget"] and edges:  # a relative budget judges it beside the reference: it may lie above the
+            value = min(value, edges[-1])     # limit the bands were cut at when the run started, and still fit
+        final["band"] = int(role.split()[1]) if role.startswith("band ") else band_of(value, edges)
     folder.write_finalists(finalists)
     return finalists
 
@@ -408,7 +428,8 @@ def _select_by_halving(settings: RunSettings, task: Task, feasible: list[dict], 
     for cid in pool:
         final = finalists[cid]
         final["rung"], final["stopped_at_epoch"] = reached[cid]
-        final["role"] = "top" if cid in state["survivors"] else "pool"
+        if final.get("role") in ("pool", "top"):  # a cut member promoted to a band or control keeps that role (resume)
+            final["role"] = "top" if cid in state["survivors"] else "pool"
     folder.write_finalists(finalists)
 
 
@@ -438,6 +459,13 @@ class _Chooser:
                 return
             cid = row["candidate_id"]
             if cid in self.finalists:
+                final = self.finalists[cid]
+                if role != "pool" and final.get("role") == "pool" and final["within_budget"]:
+                    # cut by successive halving: it still stands for its band (or as a control), distilled on to the
+                    # end from its rung checkpoint (else a pool covering the budget left no front and no control)
+                    final["role"] = role
+                    accepted += 1
+                    self.folder.write_finalists(self.finalists)
                 continue
             model = create_model(row["config"], num_classes=self.task.num_classes, in_chans=self.task.in_chans)
             final = {**row, **self.measure(model)}
@@ -498,8 +526,9 @@ def student_job(settings: RunSettings, task: Task, teacher: Teacher, folder: Run
         started, role = time.perf_counter(), final.get("role", "top")
         options: dict = {}
         recipe = settings.recipe()
-        if rung is not None:  # halving.json (its plan) is written before any rung unit is queued
-            recipe = halving_recipe(settings, folder.halving())
+        if rung is not None or final.get("rung") is not None:  # a rung unit, or a cut pool member distilled on: the
+            recipe = halving_recipe(settings, folder.halving())  # rungs' schedule (halving.json precedes any rung unit)
+        if rung is not None:
             if not val_logits:
                 val_logits.append(validation_logits(teacher.model, task, device=torch.device(settings.device)))
             options["val_teacher_logits"] = val_logits[0]

@@ -108,7 +108,8 @@ SUPERNET = "with --proxy supernet: "
 
 # The teacher and the data: shared with `kdsearch distill` (there every default is "the --from-run run's").
 TEACHER_AND_DATA = (
-    Option("teacher", "resnet101", "timm model name, package.module:callable, or a TorchScript/torch.export file", required=True),
+    Option("teacher", "resnet101", "timm model name, a candidate config (.json file or JSON text), package.module:callable, "
+           "or a TorchScript/torch.export file", required=True),
     Option("teacher_weights", None, "checkpoint for the teacher (state_dict, {'state_dict'|'model': …}, safetensors)"),
     Option("pretrained", True, "do not fetch timm's pretrained teacher weights", flags=("--no-pretrained",), action="store_false"),
     Option("teacher_epochs", None, "epochs to prepare (fine-tune or train) the teacher when needed", POSITIVE),
@@ -135,9 +136,10 @@ FIND_OPTIONS: tuple[Option, ...] = (
            "(0: off)", NON_NEGATIVE),
     Option("controls", 1, "candidates within the budget drawn at random and distilled, to check the proxy's picks "
            "against (0: off)", NON_NEGATIVE),
-    Option("select", "proxy", "how the students that get the full recipe are chosen: the proxy's --top-k, or successive "
-           "halving: the proxy's top --pool distilled briefly, the best 1/--eta kept at each rung, --top-k survivors",
-           choices=("proxy", "halving")),
+    Option("select", "auto", "how the students that get the full recipe are chosen: successive halving (the proxy's top "
+           "--pool distilled briefly from the teacher, the best 1/--eta kept at each rung, --top-k survivors), or the "
+           "proxy's --top-k; auto: halving, or proxy where halving cannot run (--epochs 1, or --top-k not below --pool)",
+           choices=("auto", "halving", "proxy")),
     Option("pool", 27, HALVING + "candidates within the budget it starts from", POSITIVE),
     Option("eta", 3, HALVING + "each rung keeps the best 1/eta (at least 2)", int),
     Option("first_rung", 1, HALVING + "epochs of the first rung", POSITIVE),

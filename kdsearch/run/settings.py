@@ -68,6 +68,9 @@ class RunSettings:
     # How the students that get the full recipe are chosen: {"select": "proxy"} (the proxy's top-k) or
     # {"select": "halving", "pool", "eta", "first_rung", "rung_design", "rung_signal"} (kdsearch.pipeline.halving)
     selection: dict = field(default_factory=lambda: {"select": "proxy"})
+    # --select auto (the default): why it fell back to the proxy, "" when it chose halving; None: chosen by the user.
+    # A resumed run keeps the selection it was started with when the user did not choose (kdsearch.pipeline.find).
+    auto_selection: str | None = None
     seed: int = 0
     quiet: bool = False
 
@@ -102,6 +105,7 @@ class RunSettings:
             latency_model=o.latency_model, epochs=o.epochs, batch_size=o.batch_size, loss=loss_config,
             storage=check_storage(o.storage), supernet=supernet, seed=o.seed, quiet=o.quiet, workers=o.workers,
             heartbeat_s=o.heartbeat_s, selection=selection,
+            auto_selection=(auto_fallback(pool=o.pool, top_k=o.top_k, epochs=o.epochs) or "") if o.select == "auto" else None,
             data=DataSpec(data=o.data, data_root=o.data_root, input_size=o.input_size, train_samples=o.train_samples,
                           val_samples=o.val_samples, seed=o.seed),
         )
@@ -208,22 +212,34 @@ def _supernet_settings(o: SimpleNamespace, proxies: tuple[str, ...], space: Sear
     if o.supernet_anchors != "latency":  # absent = the default, so older runs still resume
         supernet["anchors"] = o.supernet_anchors
     if space is not None:
-        from kdsearch.supernet import SHARING
+        from kdsearch.spaces.families import sharing_rule
 
-        SHARING.get(space.family)  # a space without a weight-sharing rule fails now, not after the teacher
+        sharing_rule(space.family)  # a space without a weight-sharing rule fails now, not after the teacher
     return supernet
 
 
-SELECT_CHOICES = ("proxy", "halving")
+SELECT_CHOICES = ("auto", "halving", "proxy")
+
+
+def auto_fallback(*, pool: int, top_k: int, epochs: int) -> str | None:
+    """Why ``--select auto`` falls back to the proxy's top-k (None: it runs successive halving)."""
+    if epochs < 2:
+        return "--epochs 1 leaves no shorter distillation to rank the pool by"
+    if top_k >= pool:
+        return f"--top-k {top_k} would keep the whole --pool {pool}"
+    return None
 
 
 def check_selection(select: str, *, pool: int, eta: int, first_rung: int, rung_design: str, rung_signal: str, top_k: int,
                     epochs: int) -> dict:
-    """The selection settings, checked (one sentence naming the option otherwise)."""
+    """The selection settings, checked (one sentence naming the option otherwise). ``auto`` (the default) is halving
+    where it can run and the proxy's top-k where it cannot (the record says ``"auto": why``)."""
     from kdsearch.distill.halving import RUNG_DESIGNS, RUNG_SIGNALS
 
     if select not in SELECT_CHOICES:
         raise KdsearchError(f"--select must be one of {', '.join(SELECT_CHOICES)} (got {select!r}).")
+    if select == "auto":
+        select = "proxy" if auto_fallback(pool=pool, top_k=top_k, epochs=epochs) else "halving"
     if select == "proxy":
         return {"select": "proxy"}
     if eta < 2:
