@@ -14,10 +14,9 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-# The main job on the embedded default data (scikit-learn digits); writes runs/demo/.
+# The main job on real images (Fashion-MNIST, installed when it can be; else the bundled digits); writes runs/demo/.
 demo: install
-	$(BIN)/kdsearch find --teacher resnet101 --budget 10ms --out runs/demo
-	$(BIN)/kdsearch export runs/demo --best --format onnx --out runs/demo/student
+	bash examples/demo.sh $(BIN)
 
 test: install
 	$(BIN)/python -m pytest -q
