@@ -19,6 +19,8 @@ The setting is supernet_rank.py's (its cached teacher and data are reused):
    seeds 0 and 1. ASHA vs synchronous rungs replayed on the recorded snapshot curves at equal eta and first rung:
    Optuna's own SuccessiveHalvingPruner taking the pool in the proxy's order (one process), and synchronous rungs.
 7. Cost: the stage's student-epochs and seconds against distilling the top-3 in full (--epochs each).
+8. With ``--warm-start``: the first rung started from each member's subnet weights in find's supernets (AutoDistil),
+   ranked against the same truth (designs "…, warm start").
 
     .venv/bin/python benchmarks/teacher_decides.py --space resnet_cifar --budget-factor 1.0   # ~45 min on 2 cores
     .venv/bin/python benchmarks/teacher_decides.py --smoke                                    # a minute, results to /tmp
@@ -102,9 +104,17 @@ def job(spec: dict) -> dict:
     from kdsearch.pipeline.student import distill_student
 
     task, teacher, val_logits = _WORKER["setting"]
+    spec = dict(spec)
+    initial = spec.pop("initial", None)  # a warm start: the subnet's inherited weights
+    if initial is not None:
+        from kdsearch.spaces import create_model
+
+        model = create_model(spec["config"], num_classes=task.num_classes, in_chans=task.in_chans)
+        model.load_state_dict(initial)
+        initial = model
     record = distill_student(spec["config"], teacher.model, task, Path(spec["folder"]),
                              recipe(spec["epochs"], spec["seed"], spec.get("restarts", ())), loss="kd",
-                             until_epoch=spec.get("until_epoch"), val_teacher_logits=val_logits)
+                             until_epoch=spec.get("until_epoch"), val_teacher_logits=val_logits, initial=initial)
     return {**spec, "history": record["history"], "accuracy": float(record["val_accuracy"]),
             "seconds": float(sum(h["seconds"] for h in record["history"]))}
 
@@ -172,6 +182,32 @@ def replay_asha(curves: dict[str, list[dict]], order: list[str], eta: int, first
 _POOL: list = []  # one pool of worker processes for the whole cell: each loads the JPEGs and the teacher once (~80 s)
 
 
+def warm_designs(args, pool: list[dict], truth: list[float], folder: Path, budget_ms: float) -> list[dict]:
+    """AutoDistil's warm start (find --warm-start): each pool member's first rung (a complete ``--first-rung``-epoch
+    schedule) starts from its subnet's weights in find's supernets (supernet_rank.py's: 3 latency bands, those below the budget trained, 5
+    epochs); ranked against the same cold-start truth as the other designs."""
+    from supernet_rank import prepare
+
+    task, teacher, _ = _WORKER.get("setting") or _setting(args.smoke)
+    threads = torch.get_num_threads()
+    ranker = prepare(args.space, task, teacher, 3, None if args.smoke else budget_ms, 1 if args.smoke else 5)
+    torch.set_num_threads(threads)
+    specs, rungs = [], [args.first_rung]
+    for r in rungs:
+        for p in pool:
+            weights = {k: v.detach().cpu() for k, v in ranker.subnet(p["config"], p["latency_ms"]).state_dict().items()}
+            specs.append({"key": f"warm{r}/{p['candidate_id']}", "config": p["config"], "epochs": r, "seed": 0,
+                          "initial": weights, "folder": str(folder / f"warm{r}" / p["candidate_id"])})
+    done = run_pool(specs, args.workers, args.smoke)
+    designs = []
+    for r in rungs:
+        last = [done[f"warm{r}/{p['candidate_id']}"]["history"][-1] for p in pool]
+        for name, values in (("restart accuracy, warm start", [h["val_accuracy"] for h in last]),
+                             ("restart kd_loss, warm start", [-h["val_kd_loss"] for h in last])):
+            designs.append({"design": name, "first_rung_epochs": r, "tau": kendall(values, truth), "n": len(pool)})
+    return designs
+
+
 def run_pool(specs: list[dict], workers: int, smoke: bool) -> dict:
     if workers <= 1:
         if "setting" not in _WORKER:
@@ -227,6 +263,8 @@ def cell(args, work: Path) -> dict:
             order = order_members({c: source[c]["val_accuracy"] for c in ids}, proxy, "accuracy+proxy", n_val)
             designs.append({"design": name, "first_rung_epochs": r, "tau": kendall([-order.index(c) for c in ids], truth),
                             "n": len(ids)})
+    if args.warm_start:
+        designs += warm_designs(args, pool, truth, folder, budget_ms)
     # the stage with both designs: 'restart' run for real (find's code path: distill_student to each rung's end with the
     # halving recipe), 'snapshot' replayed on the full curves (exact: a snapshot rung continued equals the same student
     # trained straight through, tests/test_halving.py); then ASHA replayed through Optuna's pruner
@@ -299,6 +337,8 @@ def main() -> None:
                         help="the design whose pick is 'halving's pick' (both are measured)")
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--warm-start", action="store_true", help="also rank first rungs started from supernet weights "
+                        "(trains find's supernets for the cell: ~10 min more)")
     add_smoke(parser, "digits, 6 students, 3 epochs")
     args = parser.parse_args()
     args.first_rungs = [int(r) for r in args.first_rungs.split(",")]
