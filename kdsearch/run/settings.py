@@ -85,7 +85,11 @@ class RunSettings:
         parsed_budget = parse_budget(o.budget)
         proxies = tuple(parse_proxies(o.proxy))
         _check_counts(o)
-        selection = check_selection(o.select, pool=o.pool, eta=o.eta, first_rung=o.first_rung, rung_design=o.rung_design,
+        select, auto_selection = o.select, None
+        if select == "auto":  # decided here, once: halving, or the proxy's top-k with the reason it cannot run
+            auto_selection = auto_fallback(pool=o.pool, top_k=o.top_k, epochs=o.epochs) or ""
+            select = "proxy" if auto_selection else "halving"
+        selection = check_selection(select, pool=o.pool, eta=o.eta, first_rung=o.first_rung, rung_design=o.rung_design,
                                     rung_signal=o.rung_signal, top_k=o.top_k, epochs=o.epochs)
         space_obj = load_space(o.space) if o.space else None
         supernet = _supernet_settings(o, proxies, space_obj)
@@ -105,7 +109,7 @@ class RunSettings:
             latency_model=o.latency_model, epochs=o.epochs, batch_size=o.batch_size, loss=loss_config,
             storage=check_storage(o.storage), supernet=supernet, seed=o.seed, quiet=o.quiet, workers=o.workers,
             heartbeat_s=o.heartbeat_s, selection=selection,
-            auto_selection=(auto_fallback(pool=o.pool, top_k=o.top_k, epochs=o.epochs) or "") if o.select == "auto" else None,
+            auto_selection=auto_selection,
             data=DataSpec(data=o.data, data_root=o.data_root, input_size=o.input_size, train_samples=o.train_samples,
                           val_samples=o.val_samples, seed=o.seed),
         )
@@ -232,14 +236,12 @@ def auto_fallback(*, pool: int, top_k: int, epochs: int) -> str | None:
 
 def check_selection(select: str, *, pool: int, eta: int, first_rung: int, rung_design: str, rung_signal: str, top_k: int,
                     epochs: int) -> dict:
-    """The selection settings, checked (one sentence naming the option otherwise). ``auto`` (the default) is halving
-    where it can run and the proxy's top-k where it cannot (the record says ``"auto": why``)."""
+    """The selection settings of ``select`` (proxy or halving; ``RunSettings.create`` resolves auto first), checked:
+    one sentence naming the option otherwise."""
     from kdsearch.distill.halving import RUNG_DESIGNS, RUNG_SIGNALS
 
     if select not in SELECT_CHOICES:
         raise KdsearchError(f"--select must be one of {', '.join(SELECT_CHOICES)} (got {select!r}).")
-    if select == "auto":
-        select = "proxy" if auto_fallback(pool=pool, top_k=top_k, epochs=epochs) else "halving"
     if select == "proxy":
         return {"select": "proxy"}
     if eta < 2:
