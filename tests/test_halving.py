@@ -298,13 +298,20 @@ def test_select_auto_resumes_a_run_with_the_selection_it_was_started_with(tmp_pa
 
 @pytest.mark.slow
 def test_a_pool_that_holds_the_whole_budget_still_leaves_a_front_and_a_control(tmp_path):
-    """The pool larger than what fits: every candidate within the budget is in it, so the bands' picks and the control
-    are pool members that halving cut — each is distilled on to the full recipe from its rung checkpoint, on the
+    """Find's defaults (--select auto) with a candidate-config teacher, the pool larger than what fits: every candidate
+    within the budget is in it, so the bands' picks and the control are pool members that halving cut — each is distilled on to the full recipe from its rung checkpoint, on the
     rungs' schedule, and keeps the record of the rung that cut it."""
+    from tests.test_teacher import TINY
+
     out = tmp_path / "run"
     args = halving_args(out, pool=27, eta=3, epochs=3)
     args[args.index("--front") + 1], args[args.index("--controls") + 1] = "2", "1"
+    del args[args.index("--select"):args.index("--select") + 2]  # the default, auto: halving
+    teacher = tmp_path / "teacher.json"  # and the teacher given as a candidate config
+    teacher.write_text(json.dumps(TINY))
+    args[args.index("--teacher") + 1] = str(teacher)
     assert main(args) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["selection"]["select"] == "halving"
     state = json.loads((out / "halving.json").read_text())
     df = pd.read_csv(out / "candidates.csv").set_index("candidate_id")
     assert len(state["pool"]) == (df["params"] <= 300_000).sum() < 27  # every candidate within the budget
