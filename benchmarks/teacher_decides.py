@@ -32,6 +32,7 @@ into benchmarks/results/teacher_decides.json. Run it with nothing else on the ma
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import multiprocessing
 import os
@@ -50,10 +51,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _smoke import add_smoke, smoke_dir  # noqa: E402
 
 from kdsearch._util import atomic_write_json  # noqa: E402
-from kdsearch.distill.halving import order_members, plan_rungs, restarts_for, rung_score, student_epochs  # noqa: E402
+from kdsearch.distill.halving import cut_in_noise, order_members, plan_rungs, restarts_for, rung_score, student_epochs  # noqa: E402
 
 RESNET20 = {"family": "resnet_cifar", "depth1": 3, "depth2": 3, "depth3": 3, "width1": 16, "width2": 32, "width3": 64}
 WORK = ROOT / "benchmarks" / ".data" / "teacher_decides"
+# the selection whose pick is reported as the default's (acc_long_default_pick): what `find` does with no --select
+DEFAULT_SELECTION = "halving_accuracy"
+SIGNALS = ("accuracy", "accuracy+proxy", "kd_loss", "extrapolated", "rank_blend")
 _WORKER: dict = {}
 
 
@@ -208,119 +212,229 @@ def warm_designs(args, pool: list[dict], truth: list[float], folder: Path, budge
     return designs
 
 
-def run_pool(specs: list[dict], workers: int, smoke: bool) -> dict:
+class JobStore:
+    """Every finished distillation's record (curve, accuracy, seconds) by job key, in one gzipped JSON per cell under
+    benchmarks/results/teacher_decides_jobs/: committed, so a cell resumes on another machine (or a fresh checkout)
+    without its checkpoints; only a job in progress is lost. Written after each job (temporary file, then rename)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.records = json.loads(gzip.decompress(path.read_bytes())) if path.exists() else {}
+
+    def put(self, key: str, record: dict) -> None:
+        self.records[key] = {k: record[k] for k in ("epochs", "seed", "history", "accuracy", "seconds")}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_bytes(gzip.compress(json.dumps(self.records, sort_keys=True).encode(), mtime=0))
+        os.replace(tmp, self.path)
+
+
+def run_pool(specs: list[dict], workers: int, smoke: bool, store: JobStore | None = None) -> dict:
+    """Each spec's result by key: from the store where it finished before, else distilled (and stored)."""
+    known = {s["key"]: store.records[s["key"]] for s in specs if store is not None and s["key"] in store.records}
+    todo = [s for s in specs if s["key"] not in known]
+    if not todo:
+        return known
     if workers <= 1:
         if "setting" not in _WORKER:
             _init(smoke)
-        return {s["key"]: job(s) for s in specs}
-    if not _POOL:
-        _POOL.append(multiprocessing.get_context("spawn").Pool(workers, _init, (smoke,)))
-    return {r["key"]: r for r in _POOL[0].imap_unordered(job, specs)}
+        results = (job(s) for s in todo)
+    else:
+        if not _POOL:
+            _POOL.append(multiprocessing.get_context("spawn").Pool(workers, _init, (smoke,)))
+        results = _POOL[0].imap_unordered(job, todo)
+    for r in results:
+        known[r["key"]] = r
+        if store is not None:
+            store.put(r["key"], r)
+    return known
+
+
+def _pool_of_cell(args) -> tuple[list[dict], float, float]:
+    if not args.smoke:
+        return pool_for(args.space, args.budget_factor, args.pool)
+    from kdsearch.cost import count_params
+    from kdsearch.spaces import candidate_id, create_model, load_space
+
+    space = load_space("resnet_cifar_s1")
+    configs = sorted(space.sample(args.pool, seed=0), key=lambda c: -sum(v for k, v in c.items() if k.startswith("width")))
+    pool = sorted(({"candidate_id": candidate_id(c), "config": c, "params": count_params(create_model(c, num_classes=10)),
+                    "latency_ms": float(count_params(create_model(c, num_classes=10))) / 1e5} for c in configs),
+                  key=lambda r: (-r["params"], r["candidate_id"]))
+    return pool, float("nan"), float("nan")
+
+
+def _spec(key: str, config: dict, epochs: int, seed: int, folder: Path, **extra) -> dict:
+    return {"key": key, "config": config, "epochs": epochs, "seed": seed, "folder": str(folder), **extra}
+
+
+def run_stage(args, ctx: dict, signal: str) -> dict:
+    """Halving's stage for real with the restart design (find's code path: distill_student to each rung's end with the
+    halving recipe) and one rung signal. Every signal's stage shares the students' folders: a member's training does
+    not depend on the signal that kept it, so a second signal pays only for the members the first did not keep."""
+    ids, proxy, pool, folder, epochs = ctx["ids"], ctx["proxy"], ctx["pool"], ctx["folder"], args.epochs
+    configs = {p["candidate_id"]: p["config"] for p in pool}
+    plan = plan_rungs(len(ids), args.top_k, args.eta, args.first_rung, epochs)
+    members, seconds, rungs = list(ids), 0.0, []
+    for rung in plan:
+        specs = [_spec(f"stage/{c}/{rung.index}", configs[c], epochs, 0, folder / "stage" / c,
+                       restarts=restarts_for(plan, "restart"), until_epoch=rung.until_epoch) for c in members]
+        out = run_pool(specs, args.workers, args.smoke, ctx["store"])
+        before = plan[rung.index - 1].until_epoch if rung.index else 0
+        # a resumed student's history can run past this rung (a survivor's reaches the last epoch): cut it at the rung
+        histories = {c: out[f"stage/{c}/{rung.index}"]["history"][: rung.until_epoch] for c in members}
+        scores = {c: rung_score(histories[c], signal, start_epoch=before, epochs=args.long_epochs) for c in members}
+        seconds += sum(sum(h["seconds"] for h in histories[c][before:]) for c in members)
+        order = order_members(scores, proxy, signal, ctx["n_val"])
+        last = rung.index == len(plan) - 1
+        keep = len(order) if last else plan[rung.index + 1].members
+        rungs.append({"index": rung.index, "until_epoch": rung.until_epoch, "scores": scores, "order": order,
+                      "cut_in_noise": cut_in_noise(order, {c: histories[c][-1]["val_accuracy"] for c in members},
+                                                   keep, ctx["n_val"])})
+        members = order[:keep]
+    return {"pick": members[0], "survivors": members, "rungs": rungs, "seconds": seconds}
+
+
+def _designs(args, ctx: dict, done: dict, truths: dict[str, list[float]]) -> list[dict]:
+    """Kendall tau of each rung design and signal with both ground truths (find's --epochs and the long recipe)."""
+    ids, proxy, curves, n_val = ctx["ids"], ctx["proxy"], ctx["curves"], ctx["n_val"]
+    rows = [("params", None, [proxy[c] for c in ids])]
+    for r in args.first_rungs:
+        snap = {c: curves[c][r - 1] for c in ids}
+        short = {c: done[f"short{r}/{c}"]["history"][-1] for c in ids}
+        short_curves = {c: done[f"short{r}/{c}"]["history"] for c in ids}
+        rows += [
+            ("snapshot accuracy", r, [snap[c]["val_accuracy"] for c in ids]),
+            ("snapshot kd_loss", r, [-snap[c]["val_kd_loss"] for c in ids]),
+            ("snapshot extrapolated", r, [rung_score(curves[c][:r], "extrapolated", epochs=args.epochs) for c in ids]),
+            ("snapshot extrapolated to the long recipe", r,
+             [rung_score(curves[c][:r], "extrapolated", epochs=args.long_epochs) for c in ids]),
+            ("restart accuracy", r, [short[c]["val_accuracy"] for c in ids]),
+            ("restart kd_loss", r, [-short[c]["val_kd_loss"] for c in ids]),
+            ("restart extrapolated to the long recipe", r,
+             [rung_score(short_curves[c], "extrapolated", epochs=args.long_epochs) for c in ids]),
+        ]
+        for signal in ("accuracy+proxy", "rank_blend"):
+            for name, source in (("snapshot", snap), ("restart", short)):
+                order = order_members({c: source[c]["val_accuracy"] for c in ids}, proxy, signal, n_val)
+                rows.append((f"{name} {signal.replace('proxy', 'params')}", r, [-order.index(c) for c in ids]))
+    final = [curves[c][-1]["val_accuracy"] for c in ids]
+    rows.append((f"find's final order at --epochs {args.epochs}", args.epochs, final))
+    order = order_members(dict(zip(ids, final)), proxy, "accuracy+proxy", n_val)
+    rows.append((f"find's final order at --epochs {args.epochs}, ties by params", args.epochs, [-order.index(c) for c in ids]))
+    return [{"design": name, "first_rung_epochs": r, "n": len(ids),
+             **{key: kendall(values, truth) for key, truth in truths.items()}} for name, r, values in rows]
 
 
 def cell(args, work: Path) -> dict:
     started = time.perf_counter()
-    if args.smoke:
-        from kdsearch.spaces import load_space
-
-        space = load_space("resnet_cifar_s1")
-        configs = sorted(space.sample(args.pool, seed=0), key=lambda c: -sum(v for k, v in c.items() if k.startswith("width")))
-        from kdsearch.cost import count_params
-        from kdsearch.spaces import candidate_id, create_model
-
-        pool = sorted(({"candidate_id": candidate_id(c), "config": c, "params": count_params(create_model(c, num_classes=10)),
-                        "latency_ms": 0.0} for c in configs), key=lambda r: (-r["params"], r["candidate_id"]))
-        budget_ms, reference_ms = float("nan"), float("nan")
-    else:
-        pool, budget_ms, reference_ms = pool_for(args.space, args.budget_factor, args.pool)
+    pool, budget_ms, reference_ms = _pool_of_cell(args)
     ids = [p["candidate_id"] for p in pool]
     proxy = {p["candidate_id"]: float(p["params"]) for p in pool}
-    epochs, tag = args.epochs, f"{args.space}-{args.budget_factor:g}x-p{args.pool}-e{args.epochs}"
+    latency = {p["candidate_id"]: p["latency_ms"] for p in pool}
+    configs = {p["candidate_id"]: p["config"] for p in pool}
+    epochs, long_epochs, tag = args.epochs, args.long_epochs, f"{args.space}-{args.budget_factor:g}x-p{args.pool}-e{args.epochs}"
     folder = work / tag
-    # ground truth: full curves (seed 0) and complete short schedules
-    specs = [{"key": f"full/{p['candidate_id']}/0", "config": p["config"], "epochs": epochs, "seed": 0,
-              "folder": str(folder / "full" / f"{p['candidate_id']}-seed0")} for p in pool]
-    specs += [{"key": f"short{r}/{p['candidate_id']}", "config": p["config"], "epochs": r, "seed": 0,
-               "folder": str(folder / f"short{r}" / p["candidate_id"])} for r in args.first_rungs for p in pool]
-    done = run_pool(specs, args.workers, args.smoke)
+    store = JobStore(work / "teacher_decides_jobs" / f"{tag}.json.gz") if args.smoke else JobStore(RESULTS / "teacher_decides_jobs" / f"{tag}.json.gz")
+    n_val = 200 if args.smoke else 3000
+    # ground truths: every member with find's recipe (seed 0, curve recorded), complete short schedules, and the long
+    # recipe the user ships with (seed 0)
+    specs = [_spec(f"full/{c}/0", configs[c], epochs, 0, folder / "full" / f"{c}-seed0") for c in ids]
+    specs += [_spec(f"short{r}/{c}", configs[c], r, 0, folder / f"short{r}" / c) for r in args.first_rungs for c in ids]
+    specs += [_spec(f"long/{c}/0", configs[c], long_epochs, 0, folder / "long" / f"{c}-seed0") for c in ids]
+    done = run_pool(specs, args.workers, args.smoke, store)
     curves = {c: done[f"full/{c}/0"]["history"] for c in ids}
     final = {c: curves[c][-1]["val_accuracy"] for c in ids}
-    truth = [final[c] for c in ids]
-    n_val = 200 if args.smoke else 3000
-    designs = [{"design": "params", "first_rung_epochs": None, "tau": kendall([proxy[c] for c in ids], truth), "n": len(ids)}]
-    for r in args.first_rungs:
-        snap = {c: curves[c][r - 1] for c in ids}
-        short = {c: done[f"short{r}/{c}"]["history"][-1] for c in ids}
-        for name, values in (
-            ("snapshot accuracy", [snap[c]["val_accuracy"] for c in ids]),
-            ("snapshot kd_loss", [-snap[c]["val_kd_loss"] for c in ids]),
-            ("snapshot extrapolated", [rung_score(curves[c][:r], "extrapolated", epochs=epochs) for c in ids]),
-            ("restart accuracy", [short[c]["val_accuracy"] for c in ids]),
-            ("restart kd_loss", [-short[c]["val_kd_loss"] for c in ids]),
-        ):
-            designs.append({"design": name, "first_rung_epochs": r, "tau": kendall(values, truth), "n": len(ids)})
-        for name, source in (("snapshot accuracy+params", snap), ("restart accuracy+params", short)):
-            order = order_members({c: source[c]["val_accuracy"] for c in ids}, proxy, "accuracy+proxy", n_val)
-            designs.append({"design": name, "first_rung_epochs": r, "tau": kendall([-order.index(c) for c in ids], truth),
-                            "n": len(ids)})
+    final_long = {c: done[f"long/{c}/0"]["accuracy"] for c in ids}
+    ctx = {"ids": ids, "proxy": proxy, "pool": pool, "folder": folder, "store": store, "n_val": n_val, "curves": curves}
+    designs = _designs(args, ctx, done, {"tau": [final[c] for c in ids], "tau_long": [final_long[c] for c in ids]})
     if args.warm_start:
-        designs += warm_designs(args, pool, truth, folder, budget_ms)
-    # the stage with both designs: 'restart' run for real (find's code path: distill_student to each rung's end with the
-    # halving recipe), 'snapshot' replayed on the full curves (exact: a snapshot rung continued equals the same student
-    # trained straight through, tests/test_halving.py); then ASHA replayed through Optuna's pruner
+        designs += warm_designs(args, pool, [final[c] for c in ids], folder, budget_ms)
     plan = plan_rungs(len(ids), args.top_k, args.eta, args.first_rung, epochs)
-    members, restart_seconds, rungs = list(ids), 0.0, []
-    for rung in plan:
-        rung_specs = [{"key": f"stage/{c}/{rung.index}", "config": next(p["config"] for p in pool if p["candidate_id"] == c),
-                       "epochs": epochs, "seed": 0, "restarts": restarts_for(plan, "restart"), "until_epoch": rung.until_epoch,
-                       "folder": str(folder / "stage" / c)} for c in members]
-        out = run_pool(rung_specs, args.workers, args.smoke)
-        before = plan[rung.index - 1].until_epoch if rung.index else 0
-        # a resumed student's history can run past this rung (a survivor's reaches the last epoch): cut it at the rung
-        histories = {c: out[f"stage/{c}/{rung.index}"]["history"][: rung.until_epoch] for c in members}
-        scores = {c: rung_score(histories[c], "accuracy") for c in members}
-        restart_seconds += sum(sum(h["seconds"] for h in histories[c][before:]) for c in members)
-        order = order_members(scores, proxy, "accuracy", n_val)
-        rungs.append({"index": rung.index, "until_epoch": rung.until_epoch, "scores": scores})
-        members = order if rung.index == len(plan) - 1 else order[: plan[rung.index + 1].members]
-    stage_picks = {"restart": members[0], "snapshot": replay_sync(curves, proxy, plan, "accuracy", n_val, epochs)}
-    full_epoch_s = statistics.median(sum(h["seconds"] for h in curves[c]) for c in ids) / epochs
-    snapshot_seconds = student_epochs(plan) * full_epoch_s  # the same epochs of the same recipe as the ground truth
-    halving_pick, params_pick = stage_picks[args.rung_design], ids[0]
-    sync_snapshot = stage_picks["snapshot"]
-    asha_pick, asha_epochs = replay_asha(curves, ids, args.eta, args.first_rung, epochs)
-    # the picks (and ResNet-20 at its own latency) with the full recipe, seeds 0 and 1
-    named = {"params": params_pick, "halving": halving_pick, **{f"halving_{d}": c for d, c in stage_picks.items()}}
-    configs = {p["candidate_id"]: p["config"] for p in pool}
+    stages = {signal: run_stage(args, ctx, signal) for signal in args.signals}
+    # the selections a user could run, each with the one student it ships (the first of its final order)
+    by_params = ids[:args.top_k]
+    top_k_order = order_members({c: final[c] for c in by_params}, proxy, "accuracy", n_val)
+    named = {"params": ids[0], "proxy_top_k": top_k_order[0],
+             "halving_snapshot": replay_sync(curves, proxy, plan, "accuracy", n_val, epochs),
+             **{f"halving_{signal}": stages[signal]["pick"] for signal in args.signals}}
+    # the survivors of halving's default stage finished at the long recipe instead of --epochs: judged on seed 1 only
+    # (their order is made on the seed-0 long runs)
+    survivors = stages["accuracy"]["survivors"]
+    named["halving_final_at_target"] = max(survivors, key=lambda c: (final_long[c], proxy[c]))
     if args.budget_factor == 1.0 and not args.smoke and args.space == "resnet_cifar":
         configs["resnet20"] = {**RESNET20, "shortcut": "identity"}  # He et al.'s, zero-padded shortcuts
         named["resnet20"] = "resnet20"
-    pick_specs = [{"key": f"full/{c}/{s}", "config": configs[c], "epochs": epochs, "seed": s,
-                   "folder": str(folder / "full" / f"{c}-seed{s}")} for c in sorted(set(named.values())) for s in (0, 1)]
-    picks = run_pool(pick_specs, args.workers, args.smoke)
-    acc = {name: statistics.mean(picks[f"full/{c}/{s}"]["accuracy"] for s in (0, 1)) for name, c in named.items()}
-    # seed 1 is a training no rung saw: the snapshot design's rungs are the first epochs of the seed-0 runs themselves
-    seed1 = {name: picks[f"full/{c}/1"]["accuracy"] for name, c in named.items()}
-    top3 = args.top_k * epochs
+    picks = sorted(set(named.values()))
+    short_picks = sorted({named[k] for k in ("params", "halving_accuracy", "halving_snapshot")} | ({"resnet20"} & set(picks)))
+    pick_specs = [_spec(f"full/{c}/{s}", configs[c], epochs, s, folder / "full" / f"{c}-seed{s}") for c in short_picks for s in (0, 1)]
+    pick_specs += [_spec(f"long/{c}/{s}", configs[c], long_epochs, s, folder / "long" / f"{c}-seed{s}") for c in picks for s in (0, 1)]
+    got = run_pool(pick_specs, args.workers, args.smoke, store)
+    acc_short = {name: statistics.mean(got[f"full/{c}/{s}"]["accuracy"] for s in (0, 1))
+                 for name, c in named.items() if c in short_picks}
+    acc_long = {name: {"pick": c, "acc_2_seeds": statistics.mean(got[f"long/{c}/{s}"]["accuracy"] for s in (0, 1)),
+                       "acc_seed1": got[f"long/{c}/1"]["accuracy"], "latency_ms": latency.get(c),
+                       "truth_rank_long_seed0": sorted(ids, key=lambda x: -final_long[x]).index(c) + 1 if c in final_long else None,
+                       "truth_rank_seed0": sorted(ids, key=lambda x: -final[x]).index(c) + 1 if c in final else None}
+                for name, c in named.items()}
+    seed1 = {name: got[f"full/{c}/1"]["accuracy"] for name, c in named.items() if c in short_picks}
+    default = DEFAULT_SELECTION
+    full_epoch_s = statistics.median(sum(h["seconds"] for h in curves[c]) for c in ids) / epochs
     first = next(d for d in designs if d["design"] == "restart accuracy" and d["first_rung_epochs"] == args.first_rung)
+    asha_pick, asha_epochs = replay_asha(curves, ids, args.eta, args.first_rung, epochs)
+    halving_pick = named["halving_accuracy"]
     return {
         "space": args.space, "budget": f"{args.budget_factor:g}x ResNet-20", "budget_ms": budget_ms,
-        "resnet20_ms": reference_ms, "pool": ids, "epochs": epochs, "eta": args.eta, "first_rung": args.first_rung,
-        "acc_params_pick": acc["params"], "acc_halving_pick": acc["halving"], "acc_reference": acc.get("resnet20"),
-        "params_pick": params_pick, "halving_pick": halving_pick, "halving_pick_truth_rank": sorted(ids, key=lambda c: -final[c]).index(halving_pick) + 1,
-        "best_in_pool": max(ids, key=lambda c: final[c]), "best_in_pool_acc_seed0": max(truth),
-        "tau_rung1": first["tau"], "tau_params": designs[0]["tau"],
-        "cost_student_epochs": student_epochs(plan), "cost_ratio": student_epochs(plan) / top3,
-        "cost_seconds": {"restart": restart_seconds, "snapshot": snapshot_seconds}[args.rung_design],
-        "top3_full_seconds_est": full_epoch_s * top3, "rung_design": args.rung_design,
-        "acc_seed1": seed1,
-        "designs_picks": {d: {"pick": c, "acc_2_seeds": acc[f"halving_{d}"], "acc_seed1": seed1[f"halving_{d}"],
-                              "truth_rank_seed0": sorted(ids, key=lambda x: -final[x]).index(c) + 1}
-                          for d, c in stage_picks.items()},
-        "asha_vs_sync": {"sync_snapshot_pick": sync_snapshot, "sync_snapshot_acc_seed0": final[sync_snapshot],
+        "resnet20_ms": reference_ms, "pool": ids, "epochs": epochs, "long_epochs": long_epochs, "eta": args.eta,
+        "first_rung": args.first_rung,
+        "acc_params_pick": acc_short["params"], "acc_halving_pick": acc_short["halving_accuracy"],
+        "acc_reference": acc_short.get("resnet20"),
+        "acc_long_params_pick": acc_long["params"]["acc_2_seeds"],
+        "acc_long_halving_pick": acc_long["halving_accuracy"]["acc_2_seeds"],
+        "acc_long_default_pick": acc_long[default]["acc_2_seeds"], "default_selection": default,
+        "acc_long_reference": acc_long["resnet20"]["acc_2_seeds"] if "resnet20" in acc_long else None,
+        "long_picks": acc_long,
+        "params_pick": ids[0], "halving_pick": halving_pick,
+        "halving_pick_truth_rank": sorted(ids, key=lambda c: -final[c]).index(halving_pick) + 1,
+        "best_in_pool": max(ids, key=lambda c: final[c]), "best_in_pool_acc_seed0": max(final.values()),
+        "best_in_pool_long": max(ids, key=lambda c: final_long[c]), "best_in_pool_long_acc_seed0": max(final_long.values()),
+        "tau_rung1": first["tau"], "tau_rung1_long": first["tau_long"], "tau_params": designs[0]["tau"],
+        "tau_params_long": designs[0]["tau_long"],
+        "cost_student_epochs": student_epochs(plan), "cost_ratio": student_epochs(plan) / (args.top_k * epochs),
+        "cost_seconds": stages["accuracy"]["seconds"], "top3_full_seconds_est": full_epoch_s * args.top_k * epochs,
+        "long_truth_seconds": sum(done[f"long/{c}/0"]["seconds"] for c in ids),
+        "rung_design": "restart", "acc_seed1": seed1,
+        "stages": {signal: {k: v for k, v in st.items() if k != "seconds"} for signal, st in stages.items()},
+        "asha_vs_sync": {"sync_snapshot_pick": named["halving_snapshot"], "sync_snapshot_acc_seed0": final[named["halving_snapshot"]],
                          "sync_epochs": student_epochs(plan), "asha_pick": asha_pick, "asha_acc_seed0": final[asha_pick],
                          "asha_epochs": asha_epochs},
-        "rungs": rungs, "rung_designs": designs, "final_seed0": final, "seconds": time.perf_counter() - started,
+        "rung_designs": designs, "final_seed0": final, "final_long_seed0": final_long,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def summary(cells: list[dict]) -> dict:
+    """Across cells: each selection's long-recipe gain over params' pick (mean, worst cell) and find's short-recipe figures."""
+    long_cells = [c for c in cells if "long_picks" in c]
+    gains = {}
+    for name in sorted({n for c in long_cells for n in c["long_picks"]} - {"resnet20"}):
+        per_cell = [100 * (c["long_picks"][name]["acc_2_seeds"] - c["long_picks"]["params"]["acc_2_seeds"])
+                    for c in long_cells if name in c["long_picks"]]
+        per_cell_seed1 = [100 * (c["long_picks"][name]["acc_seed1"] - c["long_picks"]["params"]["acc_seed1"])
+                          for c in long_cells if name in c["long_picks"]]
+        gains[name] = {"mean_gain_points": float(np.mean(per_cell)), "worst_cell_points": float(min(per_cell)),
+                       "mean_gain_points_seed1": float(np.mean(per_cell_seed1)), "cells": len(per_cell)}
+    tau_long: dict[str, list[float]] = {}
+    for c in long_cells:
+        for d in c["rung_designs"]:
+            if "tau_long" in d:
+                tau_long.setdefault(f"{d['design']} @ {d['first_rung_epochs'] or '-'}", []).append(d["tau_long"])
+    return {
+        "mean_gain_vs_params": float(np.mean([c["acc_halving_pick"] - c["acc_params_pick"] for c in cells])) * 100,
+        "mean_gain_long_vs_params": gains.get("halving_accuracy", {}).get("mean_gain_points"),
+        "long_gains_vs_params": gains,
+        "tau_long_mean": {k: float(np.mean(v)) for k, v in tau_long.items()},
+        "long_cells": len(long_cells),
     }
 
 
@@ -329,24 +443,32 @@ def main() -> None:
     parser.add_argument("--space", default="resnet_cifar", choices=["resnet_cifar", "nasbench201"])
     parser.add_argument("--budget-factor", type=float, default=1.0, help="the budget: this many times ResNet-20's latency")
     parser.add_argument("--pool", type=int, default=20)
-    parser.add_argument("--epochs", type=int, default=6, help="the full recipe (supernet_rank's 6 epochs)")
+    parser.add_argument("--epochs", type=int, default=6, help="find's recipe (supernet_rank's 6 epochs)")
+    parser.add_argument("--long-epochs", type=int, default=15, help="the recipe the user trains the shipped student with")
     parser.add_argument("--first-rungs", default="1,2", help="first-rung lengths whose designs are measured")
     parser.add_argument("--first-rung", type=int, default=1, help="the stage's first rung (find's default)")
     parser.add_argument("--eta", type=int, default=3)
-    parser.add_argument("--rung-design", default="restart", choices=["restart", "snapshot"],
-                        help="the design whose pick is 'halving's pick' (both are measured)")
+    parser.add_argument("--signals", default=",".join(SIGNALS), help="rung signals whose stage is run for real")
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--warm-start", action="store_true", help="also rank first rungs started from supernet weights "
                         "(trains find's supernets for the cell: ~10 min more)")
-    add_smoke(parser, "digits, 6 students, 3 epochs")
+    add_smoke(parser, "digits, 6 students, 3 and 5 epochs")
     args = parser.parse_args()
     args.first_rungs = [int(r) for r in args.first_rungs.split(",")]
+    args.signals = [s for s in args.signals.split(",") if s]
+    if "accuracy" not in args.signals:
+        args.signals.insert(0, "accuracy")  # the default's stage: its survivors are finished at the long recipe
     if args.smoke:
-        args.pool, args.epochs, args.first_rungs, args.workers, args.top_k = 6, 3, [1], 1, 2
+        args.pool, args.epochs, args.long_epochs, args.first_rungs, args.workers, args.top_k = 6, 3, 4, [1], 1, 2
+        args.signals = ["accuracy", "rank_blend"]
     tmp = smoke_dir("teacher_decides") if args.smoke else None
     work, results = (tmp, tmp) if tmp else (WORK, RESULTS)
     load = os.getloadavg()[0]
+    if not args.smoke:  # the teacher trained (or read from its cache) once, here, before the workers each load it
+        from supernet_rank import setting
+
+        setting(500)
     try:
         row = cell(args, work)
     finally:
@@ -356,26 +478,38 @@ def main() -> None:
     data = json.loads(path.read_text()) if path.exists() else {"cells": []}
     data["cells"] = [c for c in data["cells"] if (c["space"], c["budget"]) != (row["space"], row["budget"])] + [row]
     cells = data["cells"]
+    data.update(summary(cells))
     data.update({
-        "mean_gain_vs_params": float(np.mean([c["acc_halving_pick"] - c["acc_params_pick"] for c in cells])) * 100,
         "rung_designs": [{**d, "space": c["space"], "budget": c["budget"]} for c in cells for d in c["rung_designs"]],
+        "long_recipe": {"epochs": row["long_epochs"], "seeds": [0, 1], "truth_seeds": [0]},
         "target": "halving's pick >= params' pick + 0.5 points on average; >= ResNet-20 + 1.0 at its latency; cost <= 3x top-3",
+        "target_long": "a selection's pick >= params' pick + 0.3 points on the long recipe (mean over cells), no cell below -0.5",
         "setting": "5,000 CIFAR-10 train JPEGs, 3,000 test, ResNet-56 teacher (supernet_rank.py), KD, SGD",
         "load1_at_start": load, "python": platform.python_version(), "torch": torch.__version__,
     })
     atomic_write_json(path, data)
-    print(f"{row['space']} at {row['budget']} ({row['budget_ms']:.3g} ms), pool {len(row['pool'])}, {row['epochs']} epochs:")
-    print(f"  params' pick {row['acc_params_pick']:.4f}   halving's pick {row['acc_halving_pick']:.4f}"
+    _print(row, data, path)
+
+
+def _print(row: dict, data: dict, path: Path) -> None:
+    print(f"{row['space']} at {row['budget']} ({row['budget_ms']:.3g} ms), pool {len(row['pool'])}, "
+          f"{row['epochs']} epochs (long recipe {row['long_epochs']}):")
+    print(f"  at {row['epochs']} epochs: params' pick {row['acc_params_pick']:.4f}   halving's pick {row['acc_halving_pick']:.4f}"
           + (f"   ResNet-20 {row['acc_reference']:.4f}" if row["acc_reference"] is not None else "")
           + f"   (mean of seeds 0 and 1; halving's pick is #{row['halving_pick_truth_rank']} of the pool by seed-0 truth)")
-    print("  seed 1 alone (no rung saw it): " + ", ".join(f"{k} {v:.4f}" for k, v in row["acc_seed1"].items()))
-    print(f"  stage cost {row['cost_student_epochs']} student-epochs = {row['cost_ratio']:.2f}x the top-3 in full")
-    print(f"  ASHA (Optuna, one process, proxy order): pick {row['asha_vs_sync']['asha_acc_seed0']:.4f} for "
-          f"{row['asha_vs_sync']['asha_epochs']} epochs; sync rungs (snapshot): {row['asha_vs_sync']['sync_snapshot_acc_seed0']:.4f} "
-          f"for {row['asha_vs_sync']['sync_epochs']}")
-    print(f"  {'design':28s} {'first rung':>10s} {'tau':>6s}")
+    print(f"  at {row['long_epochs']} epochs (mean of seeds 0 and 1 / seed 1 alone; rank in the pool by the seed-0 long truth):")
+    for name, p in sorted(row["long_picks"].items(), key=lambda kv: -kv[1]["acc_2_seeds"]):
+        print(f"    {name:28s} {p['pick']:>14s}  {p['acc_2_seeds']:.4f} / {p['acc_seed1']:.4f}"
+              + (f"  #{p['truth_rank_long_seed0']}" if p["truth_rank_long_seed0"] else ""))
+    print(f"  stage cost {row['cost_student_epochs']} student-epochs = {row['cost_ratio']:.2f}x the top-3 in full; "
+          f"the long truth {row['long_truth_seconds']:.0f} s of one worker")
+    print(f"  {'design':52s} {'rung':>4s} {'tau':>6s} {'tau_long':>8s}")
     for d in row["rung_designs"]:
-        print(f"  {d['design']:28s} {str(d['first_rung_epochs'] or '-'):>10s} {d['tau']:+.2f}")
+        print(f"  {d['design']:52s} {str(d['first_rung_epochs'] or '-'):>4s} {d['tau']:+.2f}"
+              + (f" {d['tau_long']:+8.2f}" if "tau_long" in d else ""))
+    print(f"  over {data['long_cells']} cell(s), long-recipe gain over params' pick (points, mean / worst cell):")
+    for name, g in data["long_gains_vs_params"].items():
+        print(f"    {name:28s} {g['mean_gain_points']:+.2f} / {g['worst_cell_points']:+.2f}")
     print(f"-> {path}")
 
 

@@ -14,7 +14,8 @@ import torch
 import yaml
 
 from kdsearch.cli import main
-from kdsearch.distill.halving import Rung, order_members, plan_rungs, restarts_for, rung_score, student_epochs
+from kdsearch.distill.halving import (
+    Rung, cut_in_noise, order_members, plan_rungs, restarts_for, rung_score, student_epochs)
 from kdsearch.exceptions import RecipeError
 from kdsearch.pipeline.worker import STUDENTS_STUDY
 from kdsearch.search.storage import make_storage
@@ -67,6 +68,23 @@ def test_accuracy_plus_proxy_lets_the_proxy_order_what_the_rung_cannot_tell_apar
     assert rung_score(history, "extrapolated", start_epoch=0, epochs=9) == pytest.approx(0.5 + 0.1 * math.log(9))
     assert rung_score(history, "kd_loss") == pytest.approx(-1.0)
     assert rung_score(history[:1], "extrapolated", epochs=9) == pytest.approx(0.5)  # one point: its accuracy
+
+
+def test_rank_blend_orders_by_the_mean_of_the_rung_rank_and_the_proxy_rank():
+    scores = {"a": 0.80, "b": 0.70, "c": 0.60, "d": 0.50}
+    proxy = {"a": 1.0, "b": 4.0, "c": 3.0, "d": 2.0}
+    # ranks (score, proxy): a (1, 4), b (2, 1), c (3, 2), d (4, 3) -> sums 5, 3, 5, 7; a and c tie: a's score is higher
+    assert order_members(scores, proxy, "rank_blend", 300) == ["b", "a", "c", "d"]
+    assert rung_score([{"epoch": 1, "val_accuracy": 0.4}], "rank_blend") == 0.4
+
+
+def test_a_cut_inside_the_validation_noise_names_the_students_it_could_not_tell_apart():
+    scores = {"a": 0.80, "b": 0.70, "c": 0.69, "d": 0.50}
+    order = ["a", "b", "c", "d"]
+    # keep 2: b (0.70) and c (0.69) are 0.4 standard errors apart on 300 images, d is 5 away
+    assert cut_in_noise(order, scores, 2, 300) == ["c"]
+    assert cut_in_noise(order, scores, 2, 10**9) == []  # on enough images the cut is real
+    assert cut_in_noise(order, scores, 4, 300) == [] and cut_in_noise(order, {**scores, "a": -2.0}, 2, 300) == []
 
 
 # ---------------------------------------------------------------------- the trainer
@@ -179,6 +197,17 @@ def test_the_report_shows_the_rungs(halving_run, capsys):
     out = capsys.readouterr().out
     assert "halving: 7 -> 4 -> 2 students (eta 2" in out and "rung 0: 7 to epoch 1, kept 4" in out
     assert "Kendall τ of its scores with the survivors' final ones" in out and "the proxy's top-1" in out
+    # the recipe the choice was made for: find's 4 epochs, a target of 2.5 x 4 = 10 by default
+    assert "for a student to be distilled for 10 epochs (--target-epochs); find distilled each for 4" in out
+    state = json.loads((halving_run / "halving.json").read_text())
+    assert state["target_epochs"] == 10
+    for rung in state["rungs"][:-1]:  # a cut the noise decided is named, and said
+        kept = rung["survivors"][-1]
+        for cid in rung["cut_in_noise"]:
+            assert cid in rung["members"] and cid not in rung["survivors"]
+            assert rung["scores"][kept] - rung["scores"][cid] <= math.sqrt(2 * 0.25 / 300) + 1e-9
+        if rung["cut_in_noise"]:
+            assert f"rung {rung['index']}:" in out and "the cut lay within the validation noise" in out
     html = (halving_run / "report.html").read_text()
     assert "Successive halving: each pool member" in html and "cut after rung 0" in html
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -266,6 +295,26 @@ def test_the_api_takes_the_same_halving_settings_and_refuses_the_same_mistakes(t
     with pytest.raises(KdsearchError, match="--eta must be at least 2"):
         find(TEACHER, "0.3Mparams", select="halving", eta=1, out=tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_target_recipe_is_recorded_checked_and_defaults_to_a_multiple_of_the_epochs(tmp_path, capsys):
+    from kdsearch.exceptions import KdsearchError
+    from kdsearch.run import RunSettings
+
+    assert RunSettings.create(TEACHER, "0.3Mparams", epochs=6).target_epochs == 15  # 2.5 x --epochs
+    assert RunSettings.create(TEACHER, "0.3Mparams", epochs=3).target_epochs == 8  # rounded up
+    settings = RunSettings.create(TEACHER, "0.3Mparams", epochs=6, target_epochs=40, select="halving")
+    assert settings.target_epochs == 40 and settings.to_config()["target_epochs"] == 40
+    assert RunSettings.from_config(settings.to_config(), tmp_path).target_epochs == 40
+    for bad, message in ((4, "--target-epochs 4 is shorter than --epochs 6"), ("many", "must be a whole number")):
+        with pytest.raises(KdsearchError, match=message):
+            RunSettings.create(TEACHER, "0.3Mparams", epochs=6, target_epochs=bad)
+    for extra, message in ((["--target-epochs", "2"], "--target-epochs 2 is shorter than --epochs 4"),
+                           (["--target-epochs", "ten"], "--target-epochs: expected a whole number, got 'ten'")):
+        code = main([*halving_args(tmp_path / "run"), *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2
+        assert not (tmp_path / "run").exists()
 
 
 def test_select_auto_is_halving_where_it_can_run_and_says_why_it_falls_back_to_the_proxy(tmp_path):

@@ -27,7 +27,7 @@ import numpy as np
 from kdsearch.distill.ranking import NOISE_Z, ties
 
 RUNG_DESIGNS = ("restart", "snapshot")
-RUNG_SIGNALS = ("accuracy", "accuracy+proxy", "kd_loss", "extrapolated")
+RUNG_SIGNALS = ("accuracy", "accuracy+proxy", "kd_loss", "extrapolated", "rank_blend")
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def rung_score(history: list[dict], signal: str, *, start_epoch: int = 0, epochs
     if not history:
         raise ValueError("a rung score needs at least one epoch")
     last = history[-1]
-    if signal in ("accuracy", "accuracy+proxy"):
+    if signal in ("accuracy", "accuracy+proxy", "rank_blend"):
         return float(last["val_accuracy"])
     if signal == "kd_loss":
         if "val_kd_loss" not in last:
@@ -97,8 +97,14 @@ def rung_score(history: list[dict], signal: str, *, start_epoch: int = 0, epochs
 def order_members(scores: dict[str, float], proxy: dict[str, float], signal: str, n_val: int) -> list[str]:
     """The members best first: by score, ties by the proxy, then by id (deterministic). With ``accuracy+proxy``, students
     whose accuracies lie within NOISE_Z standard errors of the leader of their group (binomial, ``n_val`` images) form
-    a group that the proxy orders: the rung decides only where it can tell students apart."""
+    a group that the proxy orders: the rung decides only where it can tell students apart. With ``rank_blend``, by the
+    mean of each student's rank by score and by proxy (the proxy's order and the rung's count alike)."""
     ranked = sorted(scores, key=lambda c: (-scores[c], -proxy.get(c, 0.0), c))
+    if signal == "rank_blend":
+        by_score = _ranks([-scores[c] for c in ranked])
+        by_proxy = _ranks([-proxy.get(c, 0.0) for c in ranked])
+        blend = {c: by_score[i] + by_proxy[i] for i, c in enumerate(ranked)}
+        return sorted(ranked, key=lambda c: (blend[c], -scores[c], -proxy.get(c, 0.0), c))
     if signal != "accuracy+proxy":
         return ranked
     ordered: list[str] = []
@@ -110,5 +116,24 @@ def order_members(scores: dict[str, float], proxy: dict[str, float], signal: str
     return ordered
 
 
-__all__ = ["NOISE_Z", "RUNG_DESIGNS", "RUNG_SIGNALS", "Rung", "order_members", "plan_rungs", "restarts_for", "rung_score",
+def _ranks(values: list[float]) -> list[float]:
+    """1-based ranks, lowest value first, tied values sharing their mean rank."""
+    from scipy.stats import rankdata
+
+    return [float(r) for r in rankdata(values)]
+
+
+def cut_in_noise(order: list[str], scores: dict[str, float], keep: int, n_val: int) -> list[str]:
+    """The members a rung cut (below position ``keep`` of ``order``) whose score ties, within the validation noise,
+    with the last member it kept: the cut between them was not the rung's to make. Scores are accuracies (those of
+    the kd_loss signal are not in [0, 1]: nothing is said of them)."""
+    if keep >= len(order) or keep <= 0:
+        return []
+    last = scores[order[keep - 1]]
+    if not all(0.0 <= scores[c] <= 1.0 for c in order):
+        return []
+    return [c for c in order[keep:] if ties(max(last, scores[c]), min(last, scores[c]), n_val)]
+
+
+__all__ = ["NOISE_Z", "RUNG_DESIGNS", "RUNG_SIGNALS", "Rung", "cut_in_noise", "order_members", "plan_rungs", "restarts_for", "rung_score",
            "student_epochs"]

@@ -359,16 +359,21 @@ def band_covered(finalists: dict[str, dict], band: int, edges: list[float], metr
 
 
 def _settle_selection(settings: RunSettings, folder: RunFolder) -> RunSettings:
-    """``--select auto``: a resumed run keeps the selection it was started with (runs from before halving became the
-    default resume as proxy runs); a new one says what auto chose and, where it fell back, why."""
-    if settings.auto_selection is None:
-        return settings
+    """A resumed run keeps the target recipe and, under ``--select auto``, the selection it was started with (runs from
+    before halving became the default resume as proxy runs); a new one says what auto chose and, where it fell back,
+    why."""
     if folder.is_run():
-        return dataclasses.replace(settings, selection=dict(folder.config().get("selection") or {"select": "proxy"}))
+        stored = folder.config()
+        kept: dict = {"target_epochs": stored.get("target_epochs")}
+        if kept["target_epochs"] not in (None, settings.target_epochs):
+            logger.info(f"resuming: the run was started for --target-epochs {kept['target_epochs']} and keeps it")
+        if settings.auto_selection is not None:
+            kept["selection"] = dict(stored.get("selection") or {"select": "proxy"})
+        return dataclasses.replace(settings, **kept)
     if settings.auto_selection:
         logger.info(f"select: the proxy's top-{settings.top_k}, not successive halving: {settings.auto_selection} "
                     "(--select auto)")
-    else:
+    elif settings.auto_selection is not None:
         logger.info("select: successive halving on short distillations from the teacher (--select auto; --select proxy "
                     "skips it)")
     return settings

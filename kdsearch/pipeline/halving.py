@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 
 from kdsearch.data import Task
-from kdsearch.distill.halving import Rung, order_members, plan_rungs, restarts_for, rung_score, student_epochs
+from kdsearch.distill.halving import Rung, cut_in_noise, order_members, plan_rungs, restarts_for, rung_score, student_epochs
 from kdsearch.exceptions import RunFolderError
 from kdsearch.pipeline.worker import POLL_S, RunQueue, stop_point
 from kdsearch.run import RunFolder, RunSettings
@@ -68,9 +68,10 @@ def run_halving(settings: RunSettings, task: Task, folder: RunFolder, queue: Run
                               or state["design"] != sel["rung_design"]):
         raise RunFolderError(f"{folder.path} holds a successive-halving stage with another pool or other rung settings; "
                              "resume it with the options it was started with, or choose another --out.")
+    target = settings.target_epochs or settings.epochs
     if state is None:
         state = {"plan": plan, "pool": pool, "proxy": {c: proxy[c] for c in pool}, "signal": sel["rung_signal"],
-                 "design": sel["rung_design"], "eta": sel["eta"], "rungs": [],
+                 "design": sel["rung_design"], "eta": sel["eta"], "rungs": [], "target_epochs": target,
                  "student_epochs": student_epochs(rungs), "full_top_k_epochs": settings.top_k * settings.epochs}
         folder.write_halving(state)
     members = list(pool)
@@ -83,21 +84,28 @@ def run_halving(settings: RunSettings, task: Task, folder: RunFolder, queue: Run
                       lambda unit: folder.student(unit["candidate_id"]).rung(unit["rung"]) is not None)
         drain(queue, distil, settings, what=f"rung-{rung.index} student(s)")
         before = rungs[rung.index - 1].until_epoch if rung.index else 0
-        scores = {}
+        scores, accuracy = {}, {}
         for cid in members:
             record = folder.student(cid).rung(rung.index)
             if record is None:
                 raise RunFolderError(f"student {cid} has no record of rung {rung.index} although the queue is empty; "
                                      "run the same find command again to distil it.")
             history = record.get("history") or []
-            scores[cid] = (rung_score(history, sel["rung_signal"], start_epoch=before, epochs=settings.epochs)
-                           if history and record.get("status") != "diverged" else float("-inf"))
-        order = order_members(scores, proxy, sel["rung_signal"], len(task.val_labels))
+            usable = history and record.get("status") != "diverged"
+            # extrapolated: the curve extended to the recipe the student will ship with
+            scores[cid] = (rung_score(history, sel["rung_signal"], start_epoch=before, epochs=state.get("target_epochs", target))
+                           if usable else float("-inf"))
+            accuracy[cid] = float(history[-1]["val_accuracy"]) if usable else 0.0
+        n_val = len(task.val_labels)
+        order = order_members(scores, proxy, sel["rung_signal"], n_val)
         last = rung.index == len(rungs) - 1
         keep = len(members) if last else rungs[rung.index + 1].members
         survivors = order[:keep]
         state["rungs"].append({"index": rung.index, "until_epoch": rung.until_epoch, "members": members,
                                "scores": scores, "order": order, "survivors": survivors,
+                               # students the cut left out whose accuracy tied, within the validation noise, with the
+                               # last it kept: the report says the rung could not tell them apart
+                               "cut_in_noise": [] if last else cut_in_noise(order, accuracy, keep, n_val),
                                "seconds": time.perf_counter() - started})
         folder.write_halving(state)
         logger.info(f"halving: rung {rung.index} — {len(members)} students to epoch {rung.until_epoch}, "

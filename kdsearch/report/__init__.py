@@ -167,6 +167,7 @@ class Report:
             lines.append("* = on the Pareto front (no other student is both faster and more accurate); role: top = "
                          f"{top}, band N = best of latency band N (1 = fastest), control = drawn at random")
             lines.extend(self.check.lines())
+        lines.append(recipe_line(self.settings, self.halving))
         lines.extend(halving_lines(self.halving, self.settings.epochs))
         lines.extend(supernet_lines(self.supernets))
         lines.extend(self.latency_notes)
@@ -302,6 +303,19 @@ def _supernet_figure(supernets: dict):
     return fig
 
 
+def recipe_line(settings, halving: dict | None) -> str:
+    """The recipe length the choice was made for: find's own distillations, and the one the student will ship with."""
+    target = settings.target_epochs
+    how = ("successive halving" if halving else f"the proxy's top-{settings.top_k}" if settings.selection.get("select") == "proxy"
+           else "the selection")
+    if target is None:  # a run from before --target-epochs
+        return f"chosen by {how} at find's recipe of {settings.epochs} epochs (the run names no target recipe)"
+    if target == settings.epochs:
+        return f"chosen by {how} for a recipe of {target} epochs, the one find distilled each student with (--target-epochs)"
+    return (f"chosen by {how} for a student to be distilled for {target} epochs (--target-epochs); find distilled each "
+            f"for {settings.epochs}: the accuracies above are at {settings.epochs}")
+
+
 def halving_lines(state: dict | None, epochs: int) -> list[str]:
     """The rungs of successive halving: who went on, what it cost, how each rung's order held up at the end."""
     from scipy.stats import kendalltau
@@ -325,6 +339,13 @@ def halving_lines(state: dict | None, epochs: int) -> list[str]:
             if len(shared) >= 2 and len(set(ours)) > 1 and len(set(truth)) > 1:
                 tau = kendalltau(ours, truth)[0]
                 line += f"; Kendall τ of its scores with the survivors' final ones {tau:+.2f} (n={len(shared)})"
+        if rung.get("cut_in_noise"):
+            tied = rung["cut_in_noise"]
+            by_proxy = state["signal"] in ("accuracy+proxy", "rank_blend")
+            line += (f"; the cut lay within the validation noise: {len(tied)} student(s) left out tied with the last kept "
+                     f"({', '.join(tied[:3])}{', …' if len(tied) > 3 else ''}), "
+                     + ("the proxy decided there" if by_proxy else "so noise decided there (--rung-signal accuracy+proxy "
+                                                                   "lets the proxy decide)"))
         lines.append(line)
     proxy_top = state["pool"][0]
     reached = max((r["index"] for r in rungs if proxy_top in r["members"]), default=0)
@@ -437,7 +458,8 @@ def _html(report: Report, data: dict) -> str:
 
     table, teacher, settings, run_dir = report.table, report.teacher, report.settings, report.run_dir
     html_table = _display(table).to_html(index=False, float_format=lambda v: f"{v:.4f}")  # pandas escapes cells
-    notes = report.check.lines() + halving_lines(report.halving, settings.epochs) + report.latency_notes
+    notes = (report.check.lines() + [recipe_line(settings, report.halving)] + halving_lines(report.halving, settings.epochs)
+             + report.latency_notes)
     check = "".join(f"<li>{html.escape(line.strip())}</li>" for line in notes)
     body = "\n".join(_figures(report))  # plotly writes names as JSON with < and > escaped
     e = html.escape  # every name comes from the user (a teacher spec, a folder, class names): text, never markup

@@ -104,6 +104,9 @@ def _listed(kind: str) -> str:
 
 
 HALVING = "with --select halving: "
+# Users distil the student they ship for longer than find does; without --target-epochs find assumes this many times
+# --epochs (the long recipe of benchmarks/teacher_decides.py: 15 epochs against 6).
+TARGET_FACTOR = 2.5
 SUPERNET = "with --proxy supernet: "
 
 # The teacher and the data: shared with `kdsearch distill` (there every default is "the --from-run run's").
@@ -146,8 +149,9 @@ FIND_OPTIONS: tuple[Option, ...] = (
     Option("rung_design", "restart", HALVING + "each rung a short complete schedule, restarted at the next (restart), or "
            "the full recipe's schedule stopped at each rung's end (snapshot)", choices=("restart", "snapshot")),
     Option("rung_signal", "accuracy", HALVING + "what ranks the students at a rung's end (accuracy+proxy: the proxy "
-           "orders students whose accuracies tie within the validation noise)",
-           choices=("accuracy", "accuracy+proxy", "kd_loss", "extrapolated")),
+           "orders students whose accuracies tie within the validation noise; rank_blend: the mean of the accuracy's and "
+           "the proxy's ranks; extrapolated: the curve extended to --target-epochs)",
+           choices=("accuracy", "accuracy+proxy", "kd_loss", "extrapolated", "rank_blend")),
     Option("subspaces", 3, SUPERNET + "latency bands of the space, one supernet each (only bands holding candidates "
            "within the budget are trained)", POSITIVE),
     Option("supernet_epochs", 5, SUPERNET + "epochs of each band's supernet", POSITIVE),
@@ -156,6 +160,9 @@ FIND_OPTIONS: tuple[Option, ...] = (
            "(uniform)", choices=("latency", "span", "uniform")),
     Option("warm_start", False, SUPERNET + "start each student from its subnet's inherited weights", action="store_true"),
     Option("epochs", 10, "distillation epochs per student", POSITIVE),
+    Option("target_epochs", None, "the epochs you will distil the shipped student for: the selection is made for that "
+           f"recipe (default: {TARGET_FACTOR:g} x --epochs, rounded up; at least --epochs)",
+           POSITIVE),
     Option("batch_size", 64, "training batch size of the distilled students", POSITIVE),
     Option("loss", "kd", "distillation loss (ce = no KD)"),
     Option("loss_options", None, "override a loss setting, e.g. temperature=2", flags=("--loss-opt",), action="append",
@@ -197,5 +204,5 @@ def find_keywords(options: dict[str, Any]) -> dict[str, Any]:
     return {name: options.get(name, option.default) for name, option in BY_NAME.items()}
 
 
-__all__ = ["FIND_OPTIONS", "NON_NEGATIVE", "POSITIVE", "TEACHER_AND_DATA", "Option", "add_find_options", "find_keywords",
+__all__ = ["FIND_OPTIONS", "NON_NEGATIVE", "POSITIVE", "TARGET_FACTOR", "TEACHER_AND_DATA", "Option", "add_find_options", "find_keywords",
            "whole_number"]

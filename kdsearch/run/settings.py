@@ -6,6 +6,7 @@ proxy list or a loss. ``identity()`` is what a run folder refuses to resume unde
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -19,7 +20,7 @@ from kdsearch.data import DataSpec
 from kdsearch.distill import create_loss
 from kdsearch.exceptions import KdsearchError
 from kdsearch.proxies import needs_supernet, parse_proxies
-from kdsearch.run.options import find_keywords
+from kdsearch.run.options import TARGET_FACTOR, find_keywords
 from kdsearch.search import check_sampler
 from kdsearch.search.storage import HEARTBEAT_S, check_storage, without_password
 from kdsearch.spaces import SearchSpace, load_space
@@ -58,6 +59,7 @@ class RunSettings:
     runtime: str = "torch"  # the deployment runtime latency is measured in (kdsearch.cost.runtime)
     latency_model: str = "auto"  # on | off | auto: screen candidates with a latency model fitted on the device
     epochs: int = 10
+    target_epochs: int | None = None  # what the user will distil the shipped student for (None: --epochs; runs before it)
     batch_size: int = 64
     loss: dict = field(default_factory=lambda: {"name": "kd"})  # name + every setting, typed
     storage: str | None = None  # None: SQLite in the run folder (RunFolder.storage_url); config.yaml keeps no password
@@ -85,9 +87,10 @@ class RunSettings:
         parsed_budget = parse_budget(o.budget)
         proxies = tuple(parse_proxies(o.proxy))
         _check_counts(o)
+        target_epochs = check_target_epochs(o.target_epochs, o.epochs)
         select, auto_selection = o.select, None
         if select == "auto":  # decided here, once: halving, or the proxy's top-k with the reason it cannot run
-            auto_selection = auto_fallback(pool=o.pool, top_k=o.top_k, epochs=o.epochs) or ""
+            auto_selection = auto_fallback(pool=o.pool, top_k=o.top_k, epochs=o.epochs, target_epochs=target_epochs) or ""
             select = "proxy" if auto_selection else "halving"
         selection = check_selection(select, pool=o.pool, eta=o.eta, first_rung=o.first_rung, rung_design=o.rung_design,
                                     rung_signal=o.rung_signal, top_k=o.top_k, epochs=o.epochs)
@@ -106,7 +109,8 @@ class RunSettings:
             pretrained=o.pretrained, teacher_epochs=o.teacher_epochs, trials=o.trials, timeout=o.timeout, top_k=o.top_k,
             front=o.front, controls=o.controls, proxies=proxies, sampler=check_sampler(o.sampler), device=str(torch_device),
             latency_batch_size=o.latency_batch_size, threads=o.threads, runtime=get_runtime(o.runtime).name,
-            latency_model=o.latency_model, epochs=o.epochs, batch_size=o.batch_size, loss=loss_config,
+            latency_model=o.latency_model, epochs=o.epochs, target_epochs=target_epochs, batch_size=o.batch_size,
+            loss=loss_config,
             storage=check_storage(o.storage), supernet=supernet, seed=o.seed, quiet=o.quiet, workers=o.workers,
             heartbeat_s=o.heartbeat_s, selection=selection,
             auto_selection=auto_selection,
@@ -167,7 +171,8 @@ class RunSettings:
             "proxies": list(self.proxies), "sampler": self.sampler, "device": self.device,
             "latency_batch_size": self.latency_batch_size, "threads": self.threads, "runtime": self.runtime,
             "latency_model": self.latency_model, "seed": self.seed, "trials": self.trials,
-            "timeout": self.timeout, "top_k": self.top_k, "front": self.front, "controls": self.controls, "epochs": self.epochs, "batch_size": self.batch_size,
+            "timeout": self.timeout, "top_k": self.top_k, "front": self.front, "controls": self.controls, "epochs": self.epochs,
+            "target_epochs": self.target_epochs, "batch_size": self.batch_size,
             "storage": without_password(self.storage), "heartbeat_s": self.heartbeat_s, "loss": dict(self.loss), "recipe": self.recipe().to_dict(), "supernet": self.supernet,
             "selection": dict(self.selection),
         }
@@ -185,7 +190,7 @@ class RunSettings:
             controls=config.get("controls", 0), proxies=tuple(config["proxies"]), sampler=config["sampler"],
             device=config["device"], latency_batch_size=config["latency_batch_size"], threads=config["threads"],
             runtime=config.get("runtime", "torch"), latency_model=config.get("latency_model", "auto"),
-            epochs=config["epochs"], batch_size=config["batch_size"], loss=dict(config["loss"]), storage=config["storage"],
+            epochs=config["epochs"], target_epochs=config.get("target_epochs"), batch_size=config["batch_size"], loss=dict(config["loss"]), storage=config["storage"],
             supernet=config.get("supernet"), selection=dict(config.get("selection") or {"select": "proxy"}), seed=config["seed"], heartbeat_s=config.get("heartbeat_s", HEARTBEAT_S),
         )
 
@@ -225,12 +230,35 @@ def _supernet_settings(o: SimpleNamespace, proxies: tuple[str, ...], space: Sear
 SELECT_CHOICES = ("auto", "halving", "proxy")
 
 
-def auto_fallback(*, pool: int, top_k: int, epochs: int) -> str | None:
+def check_target_epochs(target: Any, epochs: int) -> int:
+    """``--target-epochs``: a whole number not below ``--epochs``; by default TARGET_FACTOR x ``--epochs``."""
+    if target is None:
+        return max(epochs, math.ceil(TARGET_FACTOR * epochs))
+    if isinstance(target, bool) or not isinstance(target, int):
+        raise KdsearchError(f"--target-epochs must be a whole number of epochs (got {target!r}); give the epochs you will "
+                            "distil the shipped student for, e.g. --target-epochs 30.")
+    if target < epochs:
+        raise KdsearchError(f"--target-epochs {target} is shorter than --epochs {epochs}: it is the recipe you will ship "
+                            f"the student with, which find's own distillations cannot exceed; give --target-epochs {epochs} "
+                            "or more, or lower --epochs.")
+    return target
+
+
+# --select auto runs successive halving only for a target recipe at most this many times --epochs
+# (benchmarks/teacher_decides.py measures halving's pick against a ground truth at find's own recipe and at the long one).
+HALVING_TARGET_RATIO = float("inf")
+
+
+def auto_fallback(*, pool: int, top_k: int, epochs: int, target_epochs: int | None = None) -> str | None:
     """Why ``--select auto`` falls back to the proxy's top-k (None: it runs successive halving)."""
     if epochs < 2:
         return "--epochs 1 leaves no shorter distillation to rank the pool by"
     if top_k >= pool:
         return f"--top-k {top_k} would keep the whole --pool {pool}"
+    if target_epochs is not None and target_epochs > HALVING_TARGET_RATIO * epochs:
+        return (f"the student is to be distilled for --target-epochs {target_epochs}, and against recipes longer than "
+                "find's own the short rungs picked worse than the proxy (docs/benchmarks.md); --target-epochs "
+                f"{epochs} or --select halving runs it")
     return None
 
 
