@@ -92,6 +92,20 @@ def test_teacher_decides_replays_asha_and_synchronous_rungs_on_recorded_curves()
     assert spent > 9 + 3 * 2 + 1 * 3  # ASHA promoted the early students it could not compare yet: more epochs
 
 
+def test_teacher_decides_keeps_every_finished_job_so_a_cell_resumes_without_its_checkpoints(tmp_path):
+    """The job store (committed beside the results): a job finished once is served from it, never distilled again."""
+    bench = _load("teacher_decides")
+    store = bench.JobStore(tmp_path / "jobs" / "cell.json.gz")
+    record = {"key": "full/a/0", "epochs": 6, "seed": 0, "history": [{"epoch": 1, "val_accuracy": 0.5}], "accuracy": 0.5,
+              "seconds": 1.0, "config": {"family": "resnet_cifar"}}
+    store.put("full/a/0", record)
+    again = bench.JobStore(tmp_path / "jobs" / "cell.json.gz")  # a fresh checkout: the file alone
+    assert again.records["full/a/0"]["accuracy"] == 0.5 and "config" not in again.records["full/a/0"]
+    served = bench.run_pool([{"key": "full/a/0", "config": {}, "epochs": 6, "seed": 0, "folder": str(tmp_path / "x")}],
+                            workers=2, smoke=True, store=again)  # nothing to distil: no worker is started
+    assert served["full/a/0"]["history"] == record["history"] and not bench._POOL and not (tmp_path / "x").exists()
+
+
 SCRIPTS = sorted(p.stem for p in BENCHMARKS.glob("*.py") if not p.stem.startswith("_"))
 
 
