@@ -362,6 +362,7 @@ def cell(args, work: Path) -> dict:
     # (their order is made on the seed-0 long runs)
     survivors = stages["accuracy"]["survivors"]
     named["halving_final_at_target"] = max(survivors, key=lambda c: (final_long[c], proxy[c]))
+    named["proxy_top_k_at_target"] = max(by_params, key=lambda c: (final_long[c], proxy[c]))  # the same, for the proxy's top-k
     if args.budget_factor == 1.0 and not args.smoke and args.space == "resnet_cifar":
         configs["resnet20"] = {**RESNET20, "shortcut": "identity"}  # He et al.'s, zero-padded shortcuts
         named["resnet20"] = "resnet20"

@@ -104,6 +104,8 @@ def test_report_prints_the_pareto_table(digits_run, capsys):
     assert re.search(r"picks vs controls: [\d.]+ % \(n=\d\) vs [\d.]+ % \(n=1\): [+-][\d.]+ ± [\d.]+ points — ", out)
     assert "Kendall τ of params vs distilled accuracy" in out
     assert "too few students to mean anything" in out  # 3-5 students: the report says so
+    # the recipe the choice was made for: the default target, 2.5 x --epochs 8
+    assert "chosen by the proxy's top-2 for a student to be distilled for 20 epochs (--target-epochs); find distilled each for 8" in out
     assert not re.search(r"\d{6,}\.0000", out)  # counts printed as counts (2.52 M), not floats
     df = pd.read_csv(digits_run / "candidates.csv")
     best = df.sort_values("distilled_accuracy", ascending=False).iloc[0]
