@@ -19,7 +19,7 @@ demo: install
 	bash examples/demo.sh $(BIN)
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 	$(BIN)/ruff check kdsearch tests benchmarks
 	$(BIN)/lint-imports
 

@@ -414,6 +414,21 @@ def cell(args, work: Path) -> dict:
     }
 
 
+TEACHER_KEPT = RESULTS / "teacher_decides_teacher"  # the teacher the stored jobs were distilled from (3.5 MB)
+
+
+def _restore_teacher(cache: Path) -> None:
+    """Put the committed teacher where load_teacher's cache finds it (its file name is the hash of the spec, the data's
+    content and the recipe): a resumed cell's new jobs learn from the same teacher as its stored ones. A teacher
+    retrained elsewhere differs in its last digits, and the stored and new runs would no longer compare."""
+    import shutil
+
+    for path in TEACHER_KEPT.glob("*"):
+        if not (cache / path.name).exists():
+            cache.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, cache / path.name)
+
+
 def summary(cells: list[dict]) -> dict:
     """Across cells: each selection's long-recipe gain over params' pick (mean, worst cell) and find's short-recipe figures."""
     long_cells = [c for c in cells if "long_picks" in c]
@@ -467,8 +482,9 @@ def main() -> None:
     work, results = (tmp, tmp) if tmp else (WORK, RESULTS)
     load = os.getloadavg()[0]
     if not args.smoke:  # the teacher trained (or read from its cache) once, here, before the workers each load it
-        from supernet_rank import setting
+        from supernet_rank import E2E_CACHE, setting
 
+        _restore_teacher(E2E_CACHE / "teachers")
         setting(500)
     try:
         row = cell(args, work)

@@ -19,6 +19,8 @@ else
   echo "demo: Fashion-MNIST is not installed (as root: apt-get install dataset-fashion-mnist); using the digits" >&2
   DATA=(--data digits)
 fi
+# --target-epochs 4: the demo exports the student find distilled, so the choice is made for find's own recipe
+# (successive halving; a longer target would choose by the proxy: docs/how-it-works.md#the-recipe-you-ship-with)
 "$BIN/kdsearch" find --teacher examples/resnet56.json "${DATA[@]}" --budget 0.5x:examples/resnet56.json \
-  --epochs 4 --out "$OUT"
+  --epochs 4 --target-epochs 4 --out "$OUT"
 "$BIN/kdsearch" export "$OUT" --best --format onnx --out "$OUT/student"

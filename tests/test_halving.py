@@ -320,8 +320,11 @@ def test_the_target_recipe_is_recorded_checked_and_defaults_to_a_multiple_of_the
 def test_select_auto_is_halving_where_it_can_run_and_says_why_it_falls_back_to_the_proxy(tmp_path):
     from kdsearch.run import RunSettings
 
-    default = RunSettings.create(TEACHER, "0.3Mparams", out=tmp_path / "run")
-    assert default.selection["select"] == "halving" and default.auto_selection == ""
+    shipped_as_found = RunSettings.create(TEACHER, "0.3Mparams", target_epochs=10, out=tmp_path / "run")
+    assert shipped_as_found.selection["select"] == "halving" and shipped_as_found.auto_selection == ""
+    # the default target (2.5 x --epochs 10): longer than find's recipe, where the proxy's pick did better
+    default = RunSettings.create(TEACHER, "0.3Mparams")
+    assert default.selection == {"select": "proxy"} and "--target-epochs 25" in default.auto_selection
     assert RunSettings.create(TEACHER, "0.3Mparams", select="proxy").auto_selection is None  # the user's choice
     one_epoch = RunSettings.create(TEACHER, "0.3Mparams", epochs=1)
     assert one_epoch.selection == {"select": "proxy"} and "--epochs 1" in one_epoch.auto_selection
@@ -341,13 +344,15 @@ def test_select_auto_resumes_a_run_with_the_selection_it_was_started_with(tmp_pa
     resumed = _settle_selection(RunSettings.create(TEACHER, "0.3Mparams", out=out), RunFolder(out))
     assert resumed.selection == {"select": "proxy"}
     RunFolder(out).check_can_start(resumed)  # the same study: no refusal
-    fresh = _settle_selection(RunSettings.create(TEACHER, "0.3Mparams", out=tmp_path / "new"), RunFolder(tmp_path / "new"))
+    fresh = _settle_selection(RunSettings.create(TEACHER, "0.3Mparams", target_epochs=10, out=tmp_path / "new"),
+                              RunFolder(tmp_path / "new"))
     assert fresh.selection["select"] == "halving"
 
 
 @pytest.mark.slow
 def test_a_pool_that_holds_the_whole_budget_still_leaves_a_front_and_a_control(tmp_path):
-    """Find's defaults (--select auto) with a candidate-config teacher, the pool larger than what fits: every candidate
+    """Find's default selection (--select auto, for a student shipped as find distilled it: halving) with a
+    candidate-config teacher, the pool larger than what fits: every candidate
     within the budget is in it, so the bands' picks and the control are pool members that halving cut — each is distilled on to the full recipe from its rung checkpoint, on the
     rungs' schedule, and keeps the record of the rung that cut it."""
     from tests.test_teacher import TINY
@@ -355,7 +360,8 @@ def test_a_pool_that_holds_the_whole_budget_still_leaves_a_front_and_a_control(t
     out = tmp_path / "run"
     args = halving_args(out, pool=27, eta=3, epochs=3)
     args[args.index("--front") + 1], args[args.index("--controls") + 1] = "2", "1"
-    del args[args.index("--select"):args.index("--select") + 2]  # the default, auto: halving
+    del args[args.index("--select"):args.index("--select") + 2]  # the default, auto: halving for find's own recipe
+    args += ["--target-epochs", "3"]
     teacher = tmp_path / "teacher.json"  # and the teacher given as a candidate config
     teacher.write_text(json.dumps(TINY))
     args[args.index("--teacher") + 1] = str(teacher)

@@ -244,9 +244,10 @@ def check_target_epochs(target: Any, epochs: int) -> int:
     return target
 
 
-# --select auto runs successive halving only for a target recipe at most this many times --epochs
-# (benchmarks/teacher_decides.py measures halving's pick against a ground truth at find's own recipe and at the long one).
-HALVING_TARGET_RATIO = float("inf")
+# --select auto runs successive halving only for a target recipe at most this many times --epochs: against a ground
+# truth as long as find's own recipe its pick beat the proxy's; against the long recipe it did not
+# (benchmarks/teacher_decides.py, docs/benchmarks.md#the-recipe-you-ship-with).
+HALVING_TARGET_RATIO = 1.0
 
 
 def auto_fallback(*, pool: int, top_k: int, epochs: int, target_epochs: int | None = None) -> str | None:
