@@ -14,8 +14,7 @@ import torch
 import yaml
 
 from kdsearch.cli import main
-from kdsearch.distill.halving import (
-    Rung, cut_in_noise, order_members, plan_rungs, restarts_for, rung_score, student_epochs)
+from kdsearch.distill.halving import Rung, cut_in_noise, order_members, plan_rungs, restarts_for, rung_score, student_epochs
 from kdsearch.exceptions import RecipeError
 from kdsearch.pipeline.worker import STUDENTS_STUDY
 from kdsearch.search.storage import make_storage
