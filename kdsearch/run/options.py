@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kdsearch._util import suggest
+from kdsearch.distill.halving import RUNG_SIGNALS
 from kdsearch.exceptions import KdsearchError
 from kdsearch.search.storage import HEARTBEAT_S
 
@@ -151,7 +152,7 @@ FIND_OPTIONS: tuple[Option, ...] = (
     Option("rung_signal", "accuracy", HALVING + "what ranks the students at a rung's end (accuracy+proxy: the proxy "
            "orders students whose accuracies tie within the validation noise; rank_blend: the mean of the accuracy's and "
            "the proxy's ranks; extrapolated: the curve extended to --target-epochs)",
-           choices=("accuracy", "accuracy+proxy", "kd_loss", "extrapolated", "rank_blend")),
+           choices=RUNG_SIGNALS),
     Option("subspaces", 3, SUPERNET + "latency bands of the space, one supernet each (only bands holding candidates "
            "within the budget are trained)", POSITIVE),
     Option("supernet_epochs", 5, SUPERNET + "epochs of each band's supernet", POSITIVE),
