@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint install clean wheel-check gpu
+.PHONY: demo test test-slow lint install clean wheel-check gpu
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,10 +18,15 @@ install: $(BIN)/.installed
 demo: install
 	bash examples/demo.sh $(BIN)
 
+# The fast suite (every feature's behaviour); the end-to-end runs of a minute or more (marked slow: the benchmarks'
+# smoke runs, the worker and kill tests) are `make test-slow`, which CI runs too.
 test: install
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q -m "not slow" --durations=25
 	$(BIN)/ruff check kdsearch tests benchmarks
 	$(BIN)/lint-imports
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow --durations=25
 
 # What a user gets from `pip install kdsearch`: build the wheel, install it into a fresh venv and run a
 # short find (digits, a parameter budget, 1 epoch) and an export from outside the checkout.

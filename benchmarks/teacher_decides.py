@@ -56,7 +56,7 @@ from kdsearch.distill.halving import cut_in_noise, order_members, plan_rungs, re
 RESNET20 = {"family": "resnet_cifar", "depth1": 3, "depth2": 3, "depth3": 3, "width1": 16, "width2": 32, "width3": 64}
 WORK = ROOT / "benchmarks" / ".data" / "teacher_decides"
 # the selection whose pick is reported as the default's (acc_long_default_pick): what `find` does with no --select
-DEFAULT_SELECTION = "halving_accuracy"
+DEFAULT_SELECTION = "proxy_top_k"  # find's default for a target longer than --epochs (--select auto)
 SIGNALS = ("accuracy", "accuracy+proxy", "kd_loss", "extrapolated", "rank_blend")
 _WORKER: dict = {}
 
