@@ -295,6 +295,20 @@ def run_stage(args, ctx: dict, signal: str) -> dict:
     return {"pick": members[0], "survivors": members, "rungs": rungs, "seconds": seconds}
 
 
+def finish_stage(args, ctx: dict, survivors: list[str]) -> dict:
+    """The survivors of the default stage distilled to ``--long-epochs`` with the rungs' schedule (find --finish
+    target's last rung); the pick is the first of their order there (accuracy, ties within the noise by params)."""
+    configs = {p["candidate_id"]: p["config"] for p in ctx["pool"]}
+    plan = plan_rungs(len(ctx["ids"]), args.top_k, args.eta, args.first_rung, args.epochs, args.long_epochs)
+    specs = [_spec(f"finish/{c}/0", configs[c], args.long_epochs, 0, ctx["folder"] / "finish" / c,
+                   restarts=restarts_for(plan, "restart")) for c in survivors]
+    out = run_pool(specs, args.workers, args.smoke, ctx["store"])
+    accuracy = {c: out[f"finish/{c}/0"]["accuracy"] for c in survivors}
+    order = order_members(accuracy, ctx["proxy"], "accuracy", ctx["n_val"])
+    return {"pick": order[0], "order": order, "accuracy_seed0": accuracy,
+            "student_epochs": student_epochs(plan), "seconds": sum(out[f"finish/{c}/0"]["seconds"] for c in survivors)}
+
+
 def _designs(args, ctx: dict, done: dict, truths: dict[str, list[float]]) -> list[dict]:
     """Kendall tau of each rung design and signal with both ground truths (find's --epochs and the long recipe)."""
     ids, proxy, curves, n_val = ctx["ids"], ctx["proxy"], ctx["curves"], ctx["n_val"]
@@ -363,6 +377,10 @@ def cell(args, work: Path) -> dict:
     survivors = stages["accuracy"]["survivors"]
     named["halving_final_at_target"] = max(survivors, key=lambda c: (final_long[c], proxy[c]))
     named["proxy_top_k_at_target"] = max(by_params, key=lambda c: (final_long[c], proxy[c]))  # the same, for the proxy's top-k
+    # find --finish target for real: the default stage's last rung taken to the long recipe (the rungs' restarts, seed 0,
+    # from scratch: the same steps as continuing from the rung checkpoint, each schedule segment being its own)
+    finish = finish_stage(args, ctx, survivors)
+    named["halving_finish_target"] = finish["pick"]
     if args.budget_factor == 1.0 and not args.smoke and args.space == "resnet_cifar":
         configs["resnet20"] = {**RESNET20, "shortcut": "identity"}  # He et al.'s, zero-padded shortcuts
         named["resnet20"] = "resnet20"
@@ -406,6 +424,7 @@ def cell(args, work: Path) -> dict:
         "long_truth_seconds": sum(done[f"long/{c}/0"]["seconds"] for c in ids),
         "rung_design": "restart", "acc_seed1": seed1,
         "stages": {signal: {k: v for k, v in st.items() if k != "seconds"} for signal, st in stages.items()},
+        "finish_target_stage": finish,
         "asha_vs_sync": {"sync_snapshot_pick": named["halving_snapshot"], "sync_snapshot_acc_seed0": final[named["halving_snapshot"]],
                          "sync_epochs": student_epochs(plan), "asha_pick": asha_pick, "asha_acc_seed0": final[asha_pick],
                          "asha_epochs": asha_epochs},

@@ -40,6 +40,10 @@ def test_rungs_shrink_by_eta_until_the_top_k_go_to_the_full_recipe():
     assert plan_rungs(3, 3, 3, 1, 10) == [Rung(0, 3, 10)]  # nothing to halve
     assert restarts_for(plan_rungs(27, 3, 3, 1, 15), "restart") == (1, 3)
     assert restarts_for(plan_rungs(27, 3, 3, 1, 15), "snapshot") == ()
+    # --finish target: the rungs of --epochs 6, the survivors' last rung to the target recipe (15)
+    assert plan_rungs(27, 3, 3, 1, 6, 15) == [Rung(0, 27, 1), Rung(1, 9, 3), Rung(2, 3, 15)]
+    assert restarts_for(plan_rungs(27, 3, 3, 1, 6, 15), "restart") == (1, 3)
+    assert plan_rungs(3, 3, 3, 1, 10, 25) == [Rung(0, 3, 25)]
 
 
 def test_a_restart_begins_a_new_warm_up_and_decays_to_zero_before_it():
@@ -280,6 +284,30 @@ def test_halving_with_two_workers_on_postgres_distils_each_rung_unit_once(postgr
     assert "restarts" not in result["recipe"]  # the snapshot design: the survivors' recipe is the run's own
 
 
+def test_finish_target_distils_the_survivors_to_the_target_recipe_and_the_control_to_the_run_s(tmp_path, capsys):
+    """--finish target: the last rung takes the survivors to --target-epochs (their final order made there, the student
+    to ship trained for it); a control (or a cut member standing for one) gets find's --epochs like any other."""
+    out = tmp_path / "run"
+    args = halving_args(out, "--finish", "target", "--target-epochs", "5", "--controls", "1", pool=4, epochs=3)
+    assert main(args) == 0
+    state = json.loads((out / "halving.json").read_text())
+    assert [(r["members"], r["until_epoch"]) for r in state["plan"]] == [(4, 1), (2, 5)]
+    assert state["target_epochs"] == 5 and state["full_top_k_epochs"] == 2 * 5
+    df = pd.read_csv(out / "candidates.csv").set_index("candidate_id")
+    for cid in state["survivors"]:
+        result = json.loads((out / "students" / cid / "result.json").read_text())
+        assert result["recipe"]["epochs"] == 5 and result["recipe"]["restarts"] == [1]
+        assert [h["epoch"] for h in result["history"]] == [1, 2, 3, 4, 5]
+    control = df.index[df["role"] == "control"]
+    assert len(control) == 1
+    result = json.loads((out / "students" / control[0] / "result.json").read_text())
+    assert result["recipe"]["epochs"] == 3 and len(result["history"]) == 3
+    assert main(["report", str(out)]) == 0
+    assert "the survivors were distilled for 5 (--finish target), so the top picks are the students you ship" in capsys.readouterr().out
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["selection"]["finish"] == "target"
+
+
 def test_the_api_takes_the_same_halving_settings_and_refuses_the_same_mistakes(tmp_path):
     from kdsearch.exceptions import KdsearchError
     from kdsearch.pipeline import find
@@ -293,6 +321,9 @@ def test_the_api_takes_the_same_halving_settings_and_refuses_the_same_mistakes(t
     assert "selection" not in RunSettings.create(TEACHER, "0.3Mparams", select="proxy").identity()  # older runs resume
     with pytest.raises(KdsearchError, match="--eta must be at least 2"):
         find(TEACHER, "0.3Mparams", select="halving", eta=1, out=tmp_path / "bad")
+    with pytest.raises(KdsearchError, match="--finish must be one of epochs, target"):
+        find(TEACHER, "0.3Mparams", select="halving", finish="later", out=tmp_path / "bad")
+    assert RunSettings.create(TEACHER, "0.3Mparams", select="halving", finish="target").selection["finish"] == "target"
     assert not (tmp_path / "bad").exists()
 
 

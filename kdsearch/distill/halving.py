@@ -28,6 +28,8 @@ from kdsearch.distill.ranking import NOISE_Z, ties
 
 RUNG_DESIGNS = ("restart", "snapshot")
 RUNG_SIGNALS = ("accuracy", "accuracy+proxy", "kd_loss", "extrapolated", "rank_blend")
+# where the survivors are distilled to: find's --epochs, or --target-epochs (the recipe the student ships with)
+FINISH_CHOICES = ("epochs", "target")
 
 
 @dataclass(frozen=True)
@@ -37,17 +39,20 @@ class Rung:
     until_epoch: int  # the epoch (of the student's whole training) this rung ends at
 
 
-def plan_rungs(pool: int, top_k: int, eta: int, first_rung: int, epochs: int) -> list[Rung]:
+def plan_rungs(pool: int, top_k: int, eta: int, first_rung: int, epochs: int, final_epochs: int | None = None) -> list[Rung]:
     """Rung r holds max(top_k, ceil(pool / eta^r)) students trained to min(epochs, first_rung * eta^r) epochs; once only
     ``top_k`` are left they go straight to ``epochs``. E.g. pool 27, top-k 3, eta 3, first 1, epochs 15: 27 students to
-    epoch 1, 9 to epoch 3, 3 to epoch 15 (81 student-epochs, against 45 for the top 3 in full)."""
+    epoch 1, 9 to epoch 3, 3 to epoch 15 (81 student-epochs, against 45 for the top 3 in full). ``final_epochs`` (at
+    least ``epochs``): where the last rung ends instead (``--finish target``: the survivors distilled to the target
+    recipe, their final order made there); the rungs before it are those of ``epochs``."""
     rungs, count, until = [], pool, min(first_rung, epochs)
     while True:
         if count <= top_k:
             until = epochs
-        rungs.append(Rung(len(rungs), count, until))
         if until >= epochs:
+            rungs.append(Rung(len(rungs), count, max(epochs, final_epochs or epochs)))
             return rungs
+        rungs.append(Rung(len(rungs), count, until))
         count, until = max(top_k, math.ceil(count / eta)), min(epochs, until * eta)
 
 
@@ -135,5 +140,5 @@ def cut_in_noise(order: list[str], scores: dict[str, float], keep: int, n_val: i
     return [c for c in order[keep:] if ties(max(last, scores[c]), min(last, scores[c]), n_val)]
 
 
-__all__ = ["NOISE_Z", "RUNG_DESIGNS", "RUNG_SIGNALS", "Rung", "cut_in_noise", "order_members", "plan_rungs", "restarts_for", "rung_score",
+__all__ = ["FINISH_CHOICES", "NOISE_Z", "RUNG_DESIGNS", "RUNG_SIGNALS", "Rung", "cut_in_noise", "order_members", "plan_rungs", "restarts_for", "rung_score",
            "student_epochs"]

@@ -34,7 +34,7 @@ from kdsearch.data import Task, load_task
 from kdsearch.distill import create_loss
 from kdsearch.distill.ranking import best_first
 from kdsearch.exceptions import BudgetError, RunFolderError, RuntimeUnavailable, TrainingDiverged
-from kdsearch.pipeline.halving import drain, halving_recipe, run_halving, rung_unit_score
+from kdsearch.pipeline.halving import drain, finish_epochs, halving_recipe, run_halving, rung_unit_score
 from kdsearch.pipeline.student import distill_student
 from kdsearch.pipeline.worker import (
     POLL_S,
@@ -425,7 +425,8 @@ def _select_by_halving(settings: RunSettings, task: Task, feasible: list[dict], 
         pool = state["pool"]
     sel = settings.selection
     logger.info(f"halving: pool of {len(pool)} (the top by {proxy} within the budget), eta {sel['eta']}, first rung "
-                f"{sel['first_rung']} epoch(s), design {sel['rung_design']}, signal {sel['rung_signal']}")
+                f"{sel['first_rung']} epoch(s), design {sel['rung_design']}, signal {sel['rung_signal']}, survivors to epoch "
+                f"{finish_epochs(settings)}")
     queue.set_phase("distilling")
     distil = student_job(settings, task, teacher, folder, ranker)
     state = run_halving(settings, task, folder, queue, distil, pool, {c: float(finalists[c][proxy]) for c in pool})
@@ -532,7 +533,9 @@ def student_job(settings: RunSettings, task: Task, teacher: Teacher, folder: Run
         options: dict = {}
         recipe = settings.recipe()
         if rung is not None or final.get("rung") is not None:  # a rung unit, or a cut pool member distilled on: the
-            recipe = halving_recipe(settings, folder.halving())  # rungs' schedule (halving.json precedes any rung unit)
+            # rungs' schedule (halving.json precedes any rung unit); a cut member goes on to --epochs, like the bands
+            survivor = rung is not None or final.get("role") == "top"
+            recipe = halving_recipe(settings, folder.halving(), epochs=None if survivor else settings.epochs)
         if rung is not None:
             if not val_logits:
                 val_logits.append(validation_logits(teacher.model, task, device=torch.device(settings.device)))

@@ -4,7 +4,8 @@ The pool (the proxy's top ``--pool`` within the budget, re-measured) is distille
 (``kdsearch.distill.halving.plan_rungs``): every member of rung r is a unit of the run's students' queue (a trial of
 the ``kdsearch-students`` study that reports its validation accuracy each epoch), taken by this process and by any
 worker; once all of rung r are done, the best ``1/eta`` by the rung's signal go on from their checkpoints. The last
-rung brings the survivors to ``--epochs``; they are the run's top picks.
+rung brings the survivors to ``--epochs`` (``--finish target``: to ``--target-epochs``, so that their final order is
+made at the recipe the student ships with); they are the run's top picks.
 
 Synchronous, not Optuna's asynchronous SuccessiveHalvingPruner/HyperbandPruner: in ASHA the first students a process
 takes are compared with nobody and run to the end, so with one process (or a few) the stage spends its budget on the
@@ -32,11 +33,20 @@ from kdsearch.training import Recipe
 logger = logging.getLogger(__name__)
 
 
-def halving_recipe(settings: RunSettings, state: dict) -> Recipe:
+def halving_recipe(settings: RunSettings, state: dict, *, epochs: int | None = None) -> Recipe:
     """The recipe of every pool member: the run's, with the rungs' restarts (halving.json's plan) for the 'restart'
-    design."""
+    design, to the last rung's end (``--finish target``: the target recipe). ``epochs``: to that many instead — a member
+    the rungs cut that stands for a band or as a control is distilled on to ``--epochs``, like the other bands."""
     rungs = [Rung(**r) for r in state["plan"]]
-    return Recipe(**{**settings.recipe().to_dict(), "restarts": restarts_for(rungs, state["design"])})
+    return Recipe(**{**settings.recipe().to_dict(), "epochs": epochs or rungs[-1].until_epoch,
+                     "restarts": restarts_for(rungs, state["design"])})
+
+
+def finish_epochs(settings: RunSettings) -> int:
+    """Where the survivors are distilled to: ``--target-epochs`` with ``--finish target``, else ``--epochs``."""
+    if settings.selection.get("finish") == "target" and settings.target_epochs:
+        return max(settings.epochs, settings.target_epochs)
+    return settings.epochs
 
 
 def drain(queue: RunQueue, distil: Callable, settings: RunSettings, what: str = "student(s)") -> None:
@@ -61,7 +71,7 @@ def run_halving(settings: RunSettings, task: Task, folder: RunFolder, queue: Run
     """Distil ``pool`` (candidate ids, the proxy's order) in rungs; the record written to halving.json, with
     ``survivors`` best first. ``proxy``: each member's ranking-proxy score (ties, and the report's comparison)."""
     sel = settings.selection
-    rungs = plan_rungs(len(pool), settings.top_k, sel["eta"], sel["first_rung"], settings.epochs)
+    rungs = plan_rungs(len(pool), settings.top_k, sel["eta"], sel["first_rung"], settings.epochs, finish_epochs(settings))
     plan = [asdict(r) for r in rungs]
     state = folder.halving()
     if state is not None and (state["plan"] != plan or state["pool"] != pool or state["signal"] != sel["rung_signal"]
@@ -72,7 +82,7 @@ def run_halving(settings: RunSettings, task: Task, folder: RunFolder, queue: Run
     if state is None:
         state = {"plan": plan, "pool": pool, "proxy": {c: proxy[c] for c in pool}, "signal": sel["rung_signal"],
                  "design": sel["rung_design"], "eta": sel["eta"], "rungs": [], "target_epochs": target,
-                 "student_epochs": student_epochs(rungs), "full_top_k_epochs": settings.top_k * settings.epochs}
+                 "student_epochs": student_epochs(rungs), "full_top_k_epochs": settings.top_k * rungs[-1].until_epoch}
         folder.write_halving(state)
     members = list(pool)
     for rung in rungs:
@@ -122,4 +132,4 @@ def rung_unit_score(record: dict) -> float:
     return rung_score(history, "accuracy") if history else 0.0
 
 
-__all__ = ["drain", "halving_recipe", "run_halving", "rung_unit_score"]
+__all__ = ["drain", "finish_epochs", "halving_recipe", "run_halving", "rung_unit_score"]

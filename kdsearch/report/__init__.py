@@ -312,6 +312,11 @@ def recipe_line(settings, halving: dict | None) -> str:
         return f"chosen by {how} at find's recipe of {settings.epochs} epochs (the run names no target recipe)"
     if target == settings.epochs:
         return f"chosen by {how} for a recipe of {target} epochs, the one find distilled each student with (--target-epochs)"
+    finished = halving["plan"][-1]["until_epoch"] if halving and halving.get("plan") else settings.epochs
+    if finished > settings.epochs:
+        return (f"chosen by {how} for a student to be distilled for {target} epochs (--target-epochs): the survivors were "
+                f"distilled for {finished} (--finish target), so the top picks are the students you ship; the bands and "
+                f"controls for {settings.epochs}")
     return (f"chosen by {how} for a student to be distilled for {target} epochs (--target-epochs); find distilled each "
             f"for {settings.epochs}: the accuracies above are at {settings.epochs}")
 

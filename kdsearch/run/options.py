@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kdsearch._util import suggest
-from kdsearch.distill.halving import RUNG_SIGNALS
+from kdsearch.distill.halving import FINISH_CHOICES, RUNG_SIGNALS
 from kdsearch.exceptions import KdsearchError
 from kdsearch.search.storage import HEARTBEAT_S
 
@@ -153,6 +153,8 @@ FIND_OPTIONS: tuple[Option, ...] = (
            "orders students whose accuracies tie within the validation noise; rank_blend: the mean of the accuracy's and "
            "the proxy's ranks; extrapolated: the curve extended to --target-epochs)",
            choices=RUNG_SIGNALS),
+    Option("finish", "epochs", HALVING + "where the survivors are distilled to: --epochs, or --target-epochs (their "
+           "final order made at the recipe you ship; the top picks are then the students you ship)", choices=FINISH_CHOICES),
     Option("subspaces", 3, SUPERNET + "latency bands of the space, one supernet each (only bands holding candidates "
            "within the budget are trained)", POSITIVE),
     Option("supernet_epochs", 5, SUPERNET + "epochs of each band's supernet", POSITIVE),

@@ -93,7 +93,7 @@ class RunSettings:
             auto_selection = auto_fallback(pool=o.pool, top_k=o.top_k, epochs=o.epochs, target_epochs=target_epochs) or ""
             select = "proxy" if auto_selection else "halving"
         selection = check_selection(select, pool=o.pool, eta=o.eta, first_rung=o.first_rung, rung_design=o.rung_design,
-                                    rung_signal=o.rung_signal, top_k=o.top_k, epochs=o.epochs)
+                                    rung_signal=o.rung_signal, top_k=o.top_k, epochs=o.epochs, finish=o.finish)
         space_obj = load_space(o.space) if o.space else None
         supernet = _supernet_settings(o, proxies, space_obj)
         loss_config = create_loss(o.loss, **(o.loss_options or {})).config()
@@ -264,10 +264,10 @@ def auto_fallback(*, pool: int, top_k: int, epochs: int, target_epochs: int | No
 
 
 def check_selection(select: str, *, pool: int, eta: int, first_rung: int, rung_design: str, rung_signal: str, top_k: int,
-                    epochs: int) -> dict:
+                    epochs: int, finish: str = "epochs") -> dict:
     """The selection settings of ``select`` (proxy or halving; ``RunSettings.create`` resolves auto first), checked:
     one sentence naming the option otherwise."""
-    from kdsearch.distill.halving import RUNG_DESIGNS, RUNG_SIGNALS
+    from kdsearch.distill.halving import FINISH_CHOICES, RUNG_DESIGNS, RUNG_SIGNALS
 
     if select not in SELECT_CHOICES:
         raise KdsearchError(f"--select must be one of {', '.join(SELECT_CHOICES)} (got {select!r}).")
@@ -287,8 +287,13 @@ def check_selection(select: str, *, pool: int, eta: int, first_rung: int, rung_d
         raise KdsearchError(f"--rung-design must be one of {', '.join(RUNG_DESIGNS)} (got {rung_design!r}).")
     if rung_signal not in RUNG_SIGNALS:
         raise KdsearchError(f"--rung-signal must be one of {', '.join(RUNG_SIGNALS)} (got {rung_signal!r}).")
-    return {"select": "halving", "pool": pool, "eta": eta, "first_rung": first_rung, "rung_design": rung_design,
-            "rung_signal": rung_signal}
+    if finish not in FINISH_CHOICES:
+        raise KdsearchError(f"--finish must be one of {', '.join(FINISH_CHOICES)} (got {finish!r}).")
+    selection = {"select": "halving", "pool": pool, "eta": eta, "first_rung": first_rung, "rung_design": rung_design,
+                 "rung_signal": rung_signal}
+    if finish != "epochs":  # absent = epochs: the runs from before --finish keep their record (and their identity)
+        selection["finish"] = finish
+    return selection
 
 
 def _budget(config: dict[str, Any]) -> Budget:
