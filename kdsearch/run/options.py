@@ -142,7 +142,8 @@ FIND_OPTIONS: tuple[Option, ...] = (
            "against (0: off)", NON_NEGATIVE),
     Option("select", "auto", "how the students that get the full recipe are chosen: successive halving (the proxy's top "
            "--pool distilled briefly from the teacher, the best 1/--eta kept at each rung, --top-k survivors), or the "
-           "proxy's --top-k; auto: halving, or proxy where halving cannot run (--epochs 1, or --top-k not below --pool)",
+           "proxy's --top-k; auto: halving when --target-epochs is --epochs, else the proxy (what the long-recipe "
+           "measurements support), and the proxy where halving cannot run (--epochs 1, or --top-k not below --pool)",
            choices=("auto", "halving", "proxy")),
     Option("pool", 27, HALVING + "candidates within the budget it starts from", POSITIVE),
     Option("eta", 3, HALVING + "each rung keeps the best 1/eta (at least 2)", int),
