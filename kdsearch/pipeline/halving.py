@@ -44,9 +44,8 @@ def halving_recipe(settings: RunSettings, state: dict, *, epochs: int | None = N
 
 def finish_epochs(settings: RunSettings) -> int:
     """Where the survivors are distilled to: ``--target-epochs`` with ``--finish target``, else ``--epochs``."""
-    if settings.selection.get("finish") == "target" and settings.target_epochs:
-        return max(settings.epochs, settings.target_epochs)
-    return settings.epochs
+    finish_at_target = settings.selection.get("finish") == "target" and settings.target_epochs
+    return settings.target_epochs if finish_at_target else settings.epochs  # check_target_epochs: never below --epochs
 
 
 def drain(queue: RunQueue, distil: Callable, settings: RunSettings, what: str = "student(s)") -> None:
