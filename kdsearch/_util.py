@@ -155,7 +155,9 @@ def file_sha256(path: str | os.PathLike, length: int = 16) -> str:
 
 
 def suggest(name: str, options: Iterable[str]) -> str:
-    """' Did you mean …?' with up to three close matches, or '' when none are close."""
+    """' Did you mean …?' with up to three close matches, or '' when none are close (or the name is not text)."""
+    if not isinstance(name, str):  # YAML keys can be None, numbers or booleans
+        return ""
     matches = difflib.get_close_matches(name, list(options), n=3, cutoff=0.6)
     return f" Did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
 

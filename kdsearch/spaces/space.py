@@ -39,7 +39,7 @@ def create_model(config: dict[str, Any], *, num_classes: int, in_chans: int = 3)
     unknown, missing = set() if open_keys(family) else set(config) - keys, required - set(config)
     if unknown or missing:
         raise SpaceError(
-            f"Candidate {config} does not fit family {family!r} (unknown keys: {sorted(unknown)}, "
+            f"Candidate {config} does not fit family {family!r} (unknown keys: {sorted(unknown, key=str)}, "
             f"missing keys: {sorted(missing)}); allowed keys: {', '.join(sorted(keys))}."
         )
     return get_family(family)(**config, num_classes=num_classes, in_chans=in_chans)
@@ -173,7 +173,7 @@ def _check_keys(where: str, family: str, keys, required, choices: dict, fixed: d
             raise SpaceError(f"{where}: choices.{key} may hold only numbers, strings or booleans.")
     both = set(choices) & set(fixed)
     if both:
-        raise SpaceError(f"{where}: key {sorted(both)[0]!r} is both in 'choices' and 'fixed'; keep it in one.")
+        raise SpaceError(f"{where}: key {sorted(both, key=str)[0]!r} is both in 'choices' and 'fixed'; keep it in one.")
     missing = required - set(choices) - set(fixed)
     if missing:
         raise SpaceError(f"{where}: family {family!r} needs key(s) {', '.join(sorted(missing))} in 'choices' or 'fixed'.")
@@ -193,7 +193,7 @@ def load_space(spec: str | Path) -> SearchSpace:
         raise SpaceError(f"{where}: a search space must be a mapping with keys 'family' and 'choices'.")
     unknown = set(raw) - _TOP_KEYS
     if unknown:
-        key = sorted(unknown)[0]
+        key = sorted(unknown, key=str)[0]
         raise SpaceError(f"{where}: unknown key {key!r};{suggest(key, _TOP_KEYS)} allowed: {', '.join(sorted(_TOP_KEYS))}.")
     family = raw.get("family")
     if family not in list_families():
