@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from kdsearch.cli import main
-from kdsearch.pipeline.find import band_covered, band_of
+from kdsearch.pipeline.finalists import band_covered, band_of
 
 TEACHER = "tests.test_teacher:tiny_teacher"
 

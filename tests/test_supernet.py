@@ -218,15 +218,15 @@ def test_the_sandwich_anchors_reach_the_supernets_from_the_cli_and_the_api(tiny_
     from kdsearch.exceptions import KdsearchError
     from kdsearch.run import RunSettings
 
-    find_module = importlib.import_module("kdsearch.pipeline.find")  # the module: the package exports its find()
+    stages = importlib.import_module("kdsearch.pipeline.stages")
 
     rules = []
-    monkeypatch.setattr(find_module, "prepare_supernets", lambda *a, rule, **k: rules.append(rule))
+    monkeypatch.setattr(stages, "prepare_supernets", lambda *a, rule, **k: rules.append(rule))
     args = build_parser().parse_args(_find("run", tiny_space, "--supernet-anchors", "uniform"))
     assert args.supernet_anchors == "uniform"
     for anchors, random_subnets in (("span", 2), ("uniform", 4), ("latency", 2)):
         settings = RunSettings.create("resnet18", "1ms", proxy="supernet", space=str(tiny_space), supernet_anchors=anchors)
-        find_module.run_supernets(settings, None, None)
+        stages.run_supernets(settings, None, None)
         assert (rules[-1].anchors, rules[-1].random_subnets) == (anchors, random_subnets)
         # the default stays out of config.yaml, so runs made before the option still resume
         assert settings.supernet.get("anchors") == (None if anchors == "latency" else anchors)

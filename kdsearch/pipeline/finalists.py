@@ -1,0 +1,121 @@
+"""The finalists: the students to distil, chosen from the scored candidates that fit the budget and re-measured with
+the finalists' latency settings (each kept only if it still fits). The selection strategy picks the top ones
+(``kdsearch.pipeline.selection``); then the best of each latency band of the front and ``--controls`` drawn at random.
+Resumes from finalists.json."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from kdsearch.cost import measure_against_reference
+from kdsearch.pipeline.records import CONTROL, POOL, TOP, Role, RunContext
+from kdsearch.run import RunSettings
+from kdsearch.search import latency_columns, measure_candidate
+from kdsearch.spaces import create_model
+from kdsearch.teacher import load_network
+
+logger = logging.getLogger(__name__)
+
+
+def band_edges(rows: dict[str, dict], settings: RunSettings) -> list[float]:
+    """``front + 1`` edges, evenly spaced on a log scale, from the fastest scored candidate to the budget (by the
+    budget's metric: latency, FLOPs or parameters)."""
+    metric, limit = settings.budget.metric, settings.budget.limit
+    low = min(float(r[metric]) for r in rows.values())
+    if settings.front < 1 or low >= limit:
+        return []
+    return [low * (limit / low) ** (i / settings.front) for i in range(settings.front + 1)]
+
+
+def band_of(value: float, edges: list[float]) -> int | None:
+    """1 = the fastest band, len(edges) - 1 = the one just under the budget; None outside them."""
+    for i in range(1, len(edges)):
+        if value <= edges[i] * (1 + 1e-9):
+            return i if value >= edges[i - 1] * (1 - 1e-9) else None
+    return None
+
+
+def band_covered(finalists: dict[str, dict], band: int, edges: list[float], metric: str) -> bool:
+    """Does a fitting finalist already stand for ``band``? Its own band pick, or a top pick or control that lies in
+    it — not another band's pick that re-measured into it (it keeps its band; counting it here too left the demo's
+    front without its fastest band), nor a pool member that successive halving cut."""
+    for f in finalists.values():
+        role = Role.of(f)
+        if f["within_budget"] and (role == Role("band", band) or (role in (TOP, CONTROL) and band_of(f[metric], edges) == band)):
+            return True
+    return False
+
+
+class Chooser:
+    """Re-measures candidates for one role until it holds ``count`` that fit (skipping any already chosen)."""
+
+    def __init__(self, run: RunContext, finalists: dict):
+        self.settings, self.task, self.folder, self.finalists = run.settings, run.task, run.folder, finalists
+        budget = run.settings.budget
+        self.reference = load_network(budget.reference, run.task) if budget.factor is not None else None
+
+    def measure(self, model: torch.nn.Module) -> dict:
+        """A finalist's latency columns (with a relative budget, the reference's latency timed in alternation)."""
+        device, latency = torch.device(self.settings.device), self.settings.latency("final")
+        if self.reference is None:
+            return measure_candidate(model, self.task, device, latency)
+        # three rounds of a third of the finalists' time each, so that the pair costs what one finalist did before
+        settings = {**latency, "max_time_s": latency["max_time_s"] / 3}
+        ours, reference = measure_against_reference(model, self.reference, self.task.input_shape, device=device, **settings)
+        return {**latency_columns(ours), "reference_p50_ms": reference.p50_ms}
+
+    def take(self, role: Role, ordered: list[dict], count: int) -> None:
+        budget = self.settings.budget
+        accepted = sum(1 for f in self.finalists.values() if Role.of(f) == role and f["within_budget"])
+        for row in ordered:
+            if accepted >= count:
+                return
+            cid = row["candidate_id"]
+            if cid in self.finalists:
+                final = self.finalists[cid]
+                if role != POOL and Role.of(final) == POOL and final["within_budget"]:
+                    # cut by successive halving: it still stands for its band (or as a control), distilled on to the
+                    # end from its rung checkpoint (else a pool covering the budget left no front and no control)
+                    final["role"] = str(role)
+                    accepted += 1
+                    self.folder.write_finalists(self.finalists)
+                continue
+            model = create_model(row["config"], num_classes=self.task.num_classes, in_chans=self.task.in_chans)
+            final = {**row, **self.measure(model)}
+            final["within_budget"], final["role"] = budget.fits(final), str(role)
+            self.finalists[cid] = final
+            if final["within_budget"]:
+                accepted += 1
+            else:
+                logger.info(f"finalist {cid} ({role}): {budget.describe(final[budget.metric])} on re-measurement exceeds "
+                            f"{budget.text}; taking the next one")
+            self.folder.write_finalists(self.finalists)
+
+
+def choose_finalists(run: RunContext, rows: dict[str, dict], selection) -> dict[str, dict]:
+    """The students to distil: ``selection``'s top picks among the candidates that fit (best by the ranking proxy
+    first), the best of each latency band of the front not yet covered, and ``controls`` drawn at random among those
+    that fit (seeded). Each finalist records its role; resumes from finalists.json."""
+    settings = run.settings
+    budget, proxy = settings.budget, settings.ranking_proxy
+    finalists = run.folder.finalists()
+    feasible = sorted((r for r in rows.values() if budget.fits(r)), key=lambda r: r[proxy], reverse=True)
+    chooser = Chooser(run, finalists)
+    selection.choose(run, feasible, chooser)
+    edges = band_edges(rows, settings)
+    for band in range(len(edges) - 1, 0, -1):  # from the budget down to the fastest
+        if not band_covered(finalists, band, edges, budget.metric):
+            chooser.take(Role("band", band), [r for r in feasible if band_of(r[budget.metric], edges) == band], 1)
+    if settings.controls:
+        order = np.random.default_rng(settings.seed).permutation(len(feasible))
+        chooser.take(CONTROL, [feasible[i] for i in order], settings.controls)
+    for final in finalists.values():  # a band's pick stays in the band it was chosen for (by its search reading)
+        role, value = Role.of(final), final[budget.metric]
+        if final["within_budget"] and edges:  # a relative budget judges it beside the reference: it may lie above the
+            value = min(value, edges[-1])     # limit the bands were cut at when the run started, and still fit
+        final["band"] = role.band if role.kind == "band" else band_of(value, edges)
+    run.folder.write_finalists(finalists)
+    return finalists
