@@ -289,3 +289,30 @@ def test_sqlite_hands_each_waiting_trial_to_one_process(tmp_path):
     assert [p.exitcode for p in procs] == [0, 0, 0]
     taken = [job for i in range(3) for job in json.loads((tmp_path / f"w{i}.json").read_text())]
     assert sorted(taken) == list(range(120))  # every job once, none twice
+
+
+def test_a_heartbeat_that_meets_a_lost_database_logs_instead_of_raising_and_patches_nothing(tmp_path, caplog):
+    """Optuna beats from its own thread; a database gone mid-trial must not print that thread's traceback. The quiet
+    beat lives in our storage class, not in a process-wide threading.excepthook."""
+    import threading
+
+    import optuna
+
+    from kdsearch.search.storage import is_storage_failure
+
+    hook = threading.excepthook
+    storage = make_storage(f"sqlite:///{tmp_path / 'study.db'}", heartbeat_s=1)
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    backend = storage._backend if hasattr(storage, "_backend") else storage  # Optuna wraps an RDBStorage in a cache
+    backend.record_heartbeat(trial._trial_id)  # a working database: recorded
+    backend.engine.dispose()
+    (tmp_path / "study.db").unlink()
+    (tmp_path / "study.db").mkdir()  # the file is gone and cannot be recreated: every statement fails
+    with caplog.at_level("DEBUG", logger="kdsearch.search.storage"):
+        backend.record_heartbeat(trial._trial_id)  # no exception: logged
+    assert f"heartbeat of trial {trial._trial_id} not recorded" in caplog.text
+    with pytest.raises(Exception) as failure:
+        study.ask()  # the main thread meets the failure at its next storage call
+    assert is_storage_failure(failure.value)
+    assert threading.excepthook is hook

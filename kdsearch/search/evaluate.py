@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -55,23 +54,15 @@ class ExactScore:
         return self.fn(config)
 
 
-_INITS = ("kaiming_normal_", "kaiming_uniform_", "normal_", "uniform_", "constant_", "zeros_", "ones_", "trunc_normal_",
-          "xavier_uniform_", "xavier_normal_", "orthogonal_")
-
-
-@contextlib.contextmanager
-def _shapes_only():
-    """Build without initialising weights: sizes and FLOPs do not depend on the values, and random
-    initialisation is ~60 % of building a CIFAR ResNet. (torch.nn.init is patched for the block only;
-    the search calls this from one thread.)"""
-    saved = {name: getattr(torch.nn.init, name) for name in _INITS if hasattr(torch.nn.init, name)}
-    for name in saved:
-        setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+def shapes_only_model(config: dict, task: Task) -> nn.Module:
+    """The candidate built on the meta device: parameters without storage and without initialisation (sizes and
+    FLOPs do not depend on the values), so nothing process-wide is patched and threads are safe. A builder that
+    needs real values while it builds (a ``.item()``) is built normally."""
     try:
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(torch.nn.init, name, fn)
+        with torch.device("meta"):
+            return create_model(config, num_classes=task.num_classes, in_chans=task.in_chans)
+    except (NotImplementedError, RuntimeError):
+        return create_model(config, num_classes=task.num_classes, in_chans=task.in_chans)
 
 
 def exact_proxy(name: str, task: Task, ctx: ProxyContext | None = None, device: torch.device | str = "cpu",
@@ -85,8 +76,7 @@ def exact_proxy(name: str, task: Task, ctx: ProxyContext | None = None, device: 
     if name in CHEAP_PROXIES:
 
         def value(config: dict) -> float:
-            with _shapes_only():
-                model = create_model(config, num_classes=task.num_classes, in_chans=task.in_chans)
+            model = shapes_only_model(config, task)
             return float(count_params(model) if name == "params" else count_flops(model, task.input_shape))
 
     else:

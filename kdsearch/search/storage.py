@@ -10,6 +10,7 @@ this module in clear: ``redact`` is what logs and reports print, ``without_passw
 from __future__ import annotations
 
 import functools
+import logging
 import time
 import warnings
 from urllib.parse import urlsplit, urlunsplit
@@ -17,6 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 import optuna
 
 from kdsearch.exceptions import StorageError
+
+logger = logging.getLogger(__name__)
 
 HEARTBEAT_S = 10  # a worker beats this often while it holds a unit
 GRACE_PERIODS = 3  # beats missed before its unit goes back to the queue
@@ -90,24 +93,22 @@ def _with_driver(url: str) -> str:
     raise StorageError(f"The storage {redact(url)} needs a PostgreSQL driver; install it with pip install 'kdsearch[postgres]'.")
 
 
-@functools.cache
-def _quiet_heartbeat_threads() -> None:
-    """Optuna beats from a thread; when the database goes away that thread dies with a traceback on stderr. The
-    main thread meets the same failure at its next storage call and says it in one line, so the thread stays quiet."""
-    import threading
+class _RDBStorage(optuna.storages.RDBStorage):
+    """Optuna's RDBStorage whose heartbeats keep quiet when the database goes away. Optuna beats from a thread of its
+    own; a storage failure there ended the thread with a traceback on stderr. The main thread meets the same failure at
+    its next storage call and says it in one line, so the beat only logs it (no process-wide ``threading.excepthook``)."""
 
-    default = threading.excepthook
-
-    def hook(args):
-        if not is_storage_failure(args.exc_value):
-            default(args)
-
-    threading.excepthook = hook
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except Exception as exc:
+            if not is_storage_failure(exc):
+                raise
+            logger.debug(f"heartbeat of trial {trial_id} not recorded: {type(exc).__name__}")
 
 
 @functools.lru_cache(maxsize=8)
 def _rdb_storage(url: str, heartbeat_s: int) -> optuna.storages.RDBStorage:
-    _quiet_heartbeat_threads()
     sqlite = url.startswith("sqlite")
     driver_url = _with_driver(url)
     engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}} if sqlite else {"pool_pre_ping": True}
@@ -119,7 +120,7 @@ def _rdb_storage(url: str, heartbeat_s: int) -> optuna.storages.RDBStorage:
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are, since Optuna 2.8
                 callback = {"heartbeat_stale_trial_callback": retry(max_retry=MAX_RETRY)} if retry else \
                     {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRY)}
-                storage = optuna.storages.RDBStorage(driver_url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s,
+                storage = _RDBStorage(driver_url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s,
                                                      grace_period=heartbeat_s * GRACE_PERIODS, **callback)
             break
         except ImportError:
