@@ -362,3 +362,33 @@ def test_the_optuna_adapter_counts_and_rereads_trials_through_the_storage(tmp_pa
     other._storage.set_trial_user_attr(trial._trial_id, "seen", True)  # another process writes to the running trial
     assert reread_trial(study, trial).user_attrs["seen"] is True
     assert count_trials(study, optuna.trial.TrialState.RUNNING) == 1 and count_trials(study, optuna.trial.TrialState.WAITING) == 1
+
+
+def test_our_retry_is_the_retry_optuna_s_own_callback_queues(tmp_path):
+    """The adapter writes Optuna's retry bookkeeping itself (a retry with a fresh draw has no callback of its own);
+    if a new Optuna changes that bookkeeping, this fails here rather than as double-counted slots in a run."""
+    import warnings
+
+    import optuna
+
+    from kdsearch.search.optuna_adapter import queue_retry, retried_trial_number, retry_callback, retry_history
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}")
+    trial = study.ask({"x": optuna.distributions.IntDistribution(0, 9)})
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    failed = study.trials[0]
+    callback = next(iter(retry_callback(3).values()))
+    callback(study, failed)  # Optuna's own retry of a stale trial
+    queue_retry(study, failed)  # ours
+    theirs, ours = study.trials[1], study.trials[2]
+    assert ours.system_attrs == theirs.system_attrs and ours.params == theirs.params
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the readers are experimental in Optuna
+        public = type(callback)
+        for t in (failed, theirs, ours):
+            assert retried_trial_number(t) == public.retried_trial_number(t)
+            assert retry_history(t) == public.retry_history(t)
+    queue_retry(study, ours, fresh=True)  # a second retry of the chain, drawn anew
+    again = study.trials[3]
+    assert retried_trial_number(again) == failed.number and retry_history(again) == [failed.number, ours.number]
+    assert again.state == optuna.trial.TrialState.WAITING and again.params == {}

@@ -179,3 +179,19 @@ def test_a_family_is_one_registry_entry_with_its_builder_block_keys_and_sharing_
             sharing_rule("tiny_mlp")
     finally:
         FAMILIES._items.pop("tiny_mlp", None)
+
+
+def test_the_timm_builder_pieces_mobilenetv3_borrows_still_behave_as_checked():
+    """The one reach into timm's private modules (kdsearch.spaces.mobilenetv3): a timm release that moves or changes
+    them fails here, by name, instead of inside a search."""
+    import inspect
+
+    from kdsearch.spaces.mobilenetv3 import timm_efficientnet_builder
+
+    squeeze_excite, decode_arch_def, round_channels = timm_efficientnet_builder()
+    assert {"rd_round_fn", "gate_layer", "force_act_layer"} <= set(inspect.signature(squeeze_excite).parameters)
+    blocks = decode_arch_def([["ds_r1_k3_s1_e1_c16_nre"], ["ir_r2_k5_s2_e6_c40_se0.25"]])
+    assert [len(stage) for stage in blocks] == [1, 2]
+    assert blocks[1][0]["block_type"] == "ir" and blocks[1][0]["dw_kernel_size"] == 5 and blocks[1][0]["stride"] == 2
+    assert blocks[1][1]["out_chs"] == 40 and blocks[1][1]["exp_ratio"] == 6.0
+    assert round_channels(40, multiplier=0.5) == 24 and round_channels(16) == 16

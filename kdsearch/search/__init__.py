@@ -26,7 +26,7 @@ from kdsearch.search.evaluate import (
     measure_candidate,
     reference_models,
 )
-from kdsearch.search.optuna_adapter import count_trials, reread_trial
+from kdsearch.search.optuna_adapter import count_trials, queue_retry, reread_trial, retried_trial_number, retry_history
 from kdsearch.search.storage import HEARTBEAT_S, fail_stale_trials, is_storage_failure, make_storage, redact, unreachable
 from kdsearch.spaces import SearchSpace, candidate_id
 
@@ -113,10 +113,10 @@ def trial_slots(trials: list[optuna.trial.FrozenTrial]) -> dict[int, int]:
     by the storage one at a time, so slots are unique and stable once a trial exists."""
     import bisect
 
-    retries = sorted(t.number for t in trials if "failed_trial" in t.system_attrs)
-    fresh = {t.number: t.number - bisect.bisect_left(retries, t.number) for t in trials if "failed_trial" not in t.system_attrs}
-    return {t.number: fresh.get(int(t.system_attrs["failed_trial"]), -1) if "failed_trial" in t.system_attrs else fresh[t.number]
-            for t in trials}
+    first = {t.number: retried_trial_number(t) for t in trials}
+    retries = sorted(n for n, f in first.items() if f is not None)
+    fresh = {n: n - bisect.bisect_left(retries, n) for n, f in first.items() if f is None}
+    return {n: fresh[n] if f is None else fresh.get(f, -1) for n, f in first.items()}
 
 
 def filled_slots(trials: list[optuna.trial.FrozenTrial], n_trials: int) -> int:
@@ -138,7 +138,7 @@ def has_open_slot(study: optuna.Study, n_trials: int) -> bool:
     if count_trials(study) < n_trials:  # cheap: fewer trials than slots (the usual case, until the end)
         return True
     trials = study.get_trials(deepcopy=False)
-    return sum(1 for t in trials if "failed_trial" not in t.system_attrs) < n_trials
+    return sum(1 for t in trials if retried_trial_number(t) is None) < n_trials
 
 
 def requeue(study: optuna.Study, trial: optuna.Trial | optuna.trial.FrozenTrial, *, fresh: bool = False) -> None:
@@ -146,14 +146,7 @@ def requeue(study: optuna.Study, trial: optuna.Trial | optuna.trial.FrozenTrial,
     beating), so that the next worker to look takes it: the same candidate again (an interrupted trial), or with
     ``fresh`` a new draw of the sampler (a trial whose candidate another worker already holds)."""
     frozen = trial if isinstance(trial, optuna.trial.FrozenTrial) else reread_trial(study, trial)
-    system = {"failed_trial": int(frozen.system_attrs.get("failed_trial", frozen.number)),
-              "retry_history": [*frozen.system_attrs.get("retry_history", []), frozen.number]}
-    if fresh:
-        study.add_trial(optuna.create_trial(state=optuna.trial.TrialState.WAITING, system_attrs={**system, "fixed_params": {}}))
-    else:
-        study.add_trial(optuna.create_trial(state=optuna.trial.TrialState.WAITING, params=frozen.params,
-                                            distributions=frozen.distributions, user_attrs=frozen.user_attrs,
-                                            system_attrs=system))
+    queue_retry(study, frozen, fresh=fresh)
 
 
 def run_search(
@@ -264,7 +257,7 @@ def _scored_by_another_worker(study: optuna.Study, trial: optuna.Trial, cid: str
         twins = [t for t in study.get_trials(deepcopy=False, states=states)
                  if t.user_attrs.get("candidate_id") == cid and t.number != trial.number
                  and (t.state == optuna.trial.TrialState.COMPLETE or t.user_attrs.get("measuring") or t.number < trial.number)]
-        if twins and len(reread_trial(study, trial).system_attrs.get("retry_history", [])) < 3:
+        if twins and len(retry_history(reread_trial(study, trial))) < 3:
             requeue(study, trial, fresh=True)
             trial.set_user_attr("twin_of", twins[0].number)
             raise optuna.TrialPruned()

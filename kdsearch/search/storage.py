@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import optuna
 
 from kdsearch.exceptions import StorageError
+from kdsearch.search.optuna_adapter import retry_callback
 
 logger = logging.getLogger(__name__)
 
@@ -112,16 +113,12 @@ def _rdb_storage(url: str, heartbeat_s: int) -> optuna.storages.RDBStorage:
     sqlite = url.startswith("sqlite")
     driver_url = _with_driver(url)
     engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}} if sqlite else {"pool_pre_ping": True}
-    # Optuna 4.9 renamed the retry callback and its argument; both put a WAITING copy in the queue
-    retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
     for attempt in range(3):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are, since Optuna 2.8
-                callback = {"heartbeat_stale_trial_callback": retry(max_retry=MAX_RETRY)} if retry else \
-                    {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRY)}
                 storage = _RDBStorage(driver_url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s,
-                                                     grace_period=heartbeat_s * GRACE_PERIODS, **callback)
+                                      grace_period=heartbeat_s * GRACE_PERIODS, **retry_callback(MAX_RETRY))
             break
         except ImportError:
             raise StorageError(f"The storage {redact(url)} needs a database driver that is not installed; install it "
