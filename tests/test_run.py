@@ -41,6 +41,11 @@ def test_settings_round_trip_through_config_yaml(tmp_path):
     assert restored.recipe() == original.recipe() and restored.recipe().batch_size == 32
     assert restored.data == original.data and restored.data.train_samples == 500
     assert restored.space.choices == original.space.choices and restored.budget == original.budget
+    from kdsearch.run.options import RECORDED
+
+    # an option declared with setting="record" is a field, written to config.yaml and read back: nothing else to add
+    assert {"trials", "top_k", "epochs", "target_epochs", "device", "seed"} <= set(RECORDED)
+    assert {name: getattr(restored, name) for name in RECORDED} == {name: getattr(original, name) for name in RECORDED}
 
 
 def test_run_folder_refuses_what_it_cannot_resume(tmp_path):

@@ -1,8 +1,10 @@
 """The options of a run, declared once: ``kdsearch find``'s flags, the keywords of ``kdsearch.find`` /
 ``RunSettings.create`` and their defaults and help all come from :data:`FIND_OPTIONS`.
 
-Adding an option is one :class:`Option` here and its validation (and mapping into a settings field) in
-``RunSettings.create``; the CLI parser, its ``--help``, the API's accepted keywords and its defaults follow.
+An option with ``setting="record"`` is also a field of ``RunSettings`` of the same name and default, written to
+config.yaml and read back on resume (``"run"``: a field, not recorded); the class is generated from this table
+(:func:`setting_fields`). Adding such an option is one :class:`Option` here plus its use; an option whose value is
+checked or reshaped (a budget, a loss) is mapped into its settings field in ``RunSettings.create``.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class Option:
     action: str | None = None  # store_true, store_false, append
     metavar: str | None = None
     required: bool = False  # on the command line (the API has defaults for all)
+    setting: str | None = None  # "record": a RunSettings field kept in config.yaml; "run": a field only; None: mapped by hand
 
     @property
     def cli_flags(self) -> tuple[str, ...]:
@@ -114,9 +117,9 @@ SUPERNET = "with --proxy supernet: "
 TEACHER_AND_DATA = (
     Option("teacher", "resnet101", "timm model name, a candidate config (.json file or JSON text), package.module:callable, "
            "or a TorchScript/torch.export file", required=True),
-    Option("teacher_weights", None, "checkpoint for the teacher (state_dict, {'state_dict'|'model': …}, safetensors)"),
-    Option("pretrained", True, "do not fetch timm's pretrained teacher weights", flags=("--no-pretrained",), action="store_false"),
-    Option("teacher_epochs", None, "epochs to prepare (fine-tune or train) the teacher when needed", POSITIVE),
+    Option("teacher_weights", None, "checkpoint for the teacher (state_dict, {'state_dict'|'model': …}, safetensors)", setting="record"),
+    Option("pretrained", True, "do not fetch timm's pretrained teacher weights", flags=("--no-pretrained",), action="store_false", setting="record"),
+    Option("teacher_epochs", None, "epochs to prepare (fine-tune or train) the teacher when needed", POSITIVE, setting="record"),
     Option("data", "digits", "a data set name or an ImageFolder directory"),
     Option("data_root", None, "folder for fashion-mnist IDX files or torchvision CIFAR downloads"),
     Option("input_size", None, "resize images to this many pixels square (default: native ≤64 px, else 224)", POSITIVE),
@@ -132,14 +135,14 @@ FIND_OPTIONS: tuple[Option, ...] = (
     Option("proxy", "default", "ranking proxy, or several comma-separated (the first ranks); 'a+b' or '2*a+b' is a rank "
            "ensemble; 'default' is the proxy chosen on distilled ground truth (docs/benchmarks.md; today params)"),
     Option("sampler", "auto", "Optuna sampler; auto = exhaustive when the space has at most --trials candidates, else "
-           "constrained", choices=_names("samplers")),
-    Option("trials", 100, "candidates to score", POSITIVE),
-    Option("timeout", None, "stop scoring after this many seconds", float),
-    Option("top_k", 3, "best candidates (by the proxy) within the budget to distil", POSITIVE),
+           "constrained", choices=_names("samplers"), setting="record"),
+    Option("trials", 100, "candidates to score", POSITIVE, setting="record"),
+    Option("timeout", None, "stop scoring after this many seconds", float, setting="record"),
+    Option("top_k", 3, "best candidates (by the proxy) within the budget to distil", POSITIVE, setting="record"),
     Option("front", 4, "latency bands between the fastest candidate and the budget; the best of each is distilled too "
-           "(0: off)", NON_NEGATIVE),
+           "(0: off)", NON_NEGATIVE, setting="record"),
     Option("controls", 1, "candidates within the budget drawn at random and distilled, to check the proxy's picks "
-           "against (0: off)", NON_NEGATIVE),
+           "against (0: off)", NON_NEGATIVE, setting="record"),
     Option("select", "auto", "how the students that get the full recipe are chosen: successive halving (the proxy's top "
            "--pool distilled briefly from the teacher, the best 1/--eta kept at each rung, --top-k survivors), or the "
            "proxy's --top-k; auto: halving when --target-epochs is --epochs, else the proxy (what the long-recipe "
@@ -163,32 +166,40 @@ FIND_OPTIONS: tuple[Option, ...] = (
            "band's slowest and fastest (latency), its per-key largest and smallest configs (span), or none: 4 random "
            "(uniform)", choices=("latency", "span", "uniform")),
     Option("warm_start", False, SUPERNET + "start each student from its subnet's inherited weights", action="store_true"),
-    Option("epochs", 10, "distillation epochs per student", POSITIVE),
+    Option("epochs", 10, "distillation epochs per student", POSITIVE, setting="record"),
     Option("target_epochs", None, "the epochs you will distil the shipped student for: the selection is made for that "
            f"recipe (default: {TARGET_FACTOR:g} x --epochs, rounded up; at least --epochs)",
-           POSITIVE),
-    Option("batch_size", 64, "training batch size of the distilled students", POSITIVE),
+           POSITIVE, setting="record"),
+    Option("batch_size", 64, "training batch size of the distilled students", POSITIVE, setting="record"),
     Option("loss", "kd", "distillation loss (ce = no KD)"),
     Option("loss_options", None, "override a loss setting, e.g. temperature=2", flags=("--loss-opt",), action="append",
            metavar="KEY=VALUE"),
-    Option("device", "auto", "auto | cpu | cuda[:N]: where latency is measured and training runs"),
-    Option("latency_batch_size", 1, "batch size the latency budget is measured at", POSITIVE),
-    Option("threads", 1, "CPU threads for latency measurement (pinned and recorded)", POSITIVE),
+    Option("device", "auto", "auto | cpu | cuda[:N]: where latency is measured and training runs", setting="record"),
+    Option("latency_batch_size", 1, "batch size the latency budget is measured at", POSITIVE, setting="record"),
+    Option("threads", 1, "CPU threads for latency measurement (pinned and recorded)", POSITIVE, setting="record"),
     Option("runtime", "torch", "the runtime latency is measured in (and exported for): eager torch, torchscript (trace + "
-           "freeze), compile (torch.compile), onnxruntime (CPU provider; CUDA provider on a GPU)", choices=_names("runtimes")),
+           "freeze), compile (torch.compile), onnxruntime (CPU provider; CUDA provider on a GPU)", choices=_names("runtimes"), setting="record"),
     Option("latency_model", "auto", "screen candidates with a latency model fitted on this device (finalists are still "
-           "timed); auto: for spaces of 100,000+ candidates, or --runtime compile", choices=("auto", "on", "off")),
+           "timed); auto: for spaces of 100,000+ candidates, or --runtime compile", choices=("auto", "on", "off"), setting="record"),
     Option("storage", None, "Optuna storage URL, e.g. postgresql://user@host/db for workers on several machines "
            "(password from PGPASSWORD or ~/.pgpass; default: SQLite in the run folder)"),
     Option("workers", 0, "local worker processes to start beside find; they take trials and students from the run's "
-           "storage", NON_NEGATIVE),
+           "storage", NON_NEGATIVE, setting="run"),
     Option("heartbeat_s", HEARTBEAT_S, "workers beat this often; a dead worker's trial or student is retried 3 beats after its "
-           "last one", POSITIVE, flags=("--heartbeat",), metavar="SECONDS"),
-    Option("seed", 0, "seed of the split, the sampler and training", int),
+           "last one", POSITIVE, flags=("--heartbeat",), metavar="SECONDS", setting="record"),
+    Option("seed", 0, "seed of the split, the sampler and training", int, setting="record"),
     Option("out", None, "run folder (default runs/<teacher>-<budget>-<time>); an existing one is resumed"),
-    Option("quiet", False, "no progress bars or log lines", flags=("-q", "--quiet"), action="store_true"),
+    Option("quiet", False, "no progress bars or log lines", flags=("-q", "--quiet"), action="store_true", setting="run"),
 )
 BY_NAME = {o.name: o for o in FIND_OPTIONS}
+RECORDED = tuple(o.name for o in FIND_OPTIONS if o.setting == "record")  # fields config.yaml keeps
+
+
+def setting_fields() -> list[tuple[str, Any, Any]]:
+    """(name, type, field) of every option that is a RunSettings field of its own name (``make_dataclass``'s form)."""
+    from dataclasses import field
+
+    return [(o.name, Any, field(default=o.default)) for o in FIND_OPTIONS if o.setting]
 HELP_LISTS = {"proxy": "proxies", "loss": "losses", "data": "data"}  # help text that lists a registry's names
 
 
@@ -208,5 +219,5 @@ def find_keywords(options: dict[str, Any]) -> dict[str, Any]:
     return {name: options.get(name, option.default) for name, option in BY_NAME.items()}
 
 
-__all__ = ["FIND_OPTIONS", "NON_NEGATIVE", "POSITIVE", "TARGET_FACTOR", "TEACHER_AND_DATA", "Option", "add_find_options", "find_keywords",
+__all__ = ["FIND_OPTIONS", "NON_NEGATIVE", "POSITIVE", "RECORDED", "setting_fields", "TARGET_FACTOR", "TEACHER_AND_DATA", "Option", "add_find_options", "find_keywords",
            "whole_number"]

@@ -7,7 +7,7 @@ proxy list or a loss. ``identity()`` is what a run folder refuses to resume unde
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, make_dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,9 +20,9 @@ from kdsearch.data import DataSpec
 from kdsearch.distill import create_loss
 from kdsearch.exceptions import KdsearchError
 from kdsearch.proxies import needs_supernet, parse_proxies
-from kdsearch.run.options import TARGET_FACTOR, find_keywords
+from kdsearch.run.options import BY_NAME, RECORDED, TARGET_FACTOR, find_keywords, setting_fields
 from kdsearch.search import check_sampler
-from kdsearch.search.storage import HEARTBEAT_S, check_storage, without_password
+from kdsearch.search.storage import check_storage, without_password
 from kdsearch.spaces import SearchSpace, load_space
 from kdsearch.training import STUDENT_RECIPE, Recipe
 
@@ -35,36 +35,24 @@ IDENTITY_KEYS = (
 IDENTITY_DEFAULTS = {"runtime": "torch", "latency_model": "auto", "selection": {"select": "proxy"}}
 
 
-@dataclass(frozen=True)
-class RunSettings:
+# The plain options' fields (name, default), generated from their one declaration in kdsearch.run.options.
+_OptionSettings = make_dataclass("_OptionSettings", setting_fields(), frozen=True, kw_only=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSettings(_OptionSettings):
+    """Every option with ``setting=`` in FIND_OPTIONS is a field of this class (trials, top_k, epochs, device, …);
+    the fields below are those built from several options or checked into another shape."""
+
     teacher: str
     budget: Budget
     data: DataSpec = field(default_factory=DataSpec)
     space: SearchSpace | None = None  # None until the data tells which bundled space is the default
     out: Path = Path("runs/run")
-    teacher_weights: str | None = None
     teacher_weights_sha: str | None = None
-    pretrained: bool = True
-    teacher_epochs: int | None = None
-    trials: int = 100
-    timeout: float | None = None
-    top_k: int = 3
-    front: int = 4  # latency bands below the budget, the best candidate of each distilled too
-    controls: int = 1  # feasible candidates drawn at random and distilled, to check the ranking
     proxies: tuple[str, ...] = ("params",)
-    sampler: str = "auto"
-    device: str = "cpu"
-    latency_batch_size: int = 1
-    threads: int = 1
-    runtime: str = "torch"  # the deployment runtime latency is measured in (kdsearch.cost.runtime)
-    latency_model: str = "auto"  # on | off | auto: screen candidates with a latency model fitted on the device
-    epochs: int = 10
-    target_epochs: int | None = None  # what the user will distil the shipped student for (None: --epochs; runs before it)
-    batch_size: int = 64
     loss: dict = field(default_factory=lambda: {"name": "kd"})  # name + every setting, typed
     storage: str | None = None  # None: SQLite in the run folder (RunFolder.storage_url); config.yaml keeps no password
-    workers: int = 0  # local worker processes find starts beside itself (kdsearch worker)
-    heartbeat_s: int = HEARTBEAT_S  # a worker's unit goes back to the queue 3 beats after its last one
     # With a supernet proxy: {"subspaces": K, "epochs": E, "warm_start": bool[, "anchors": other than "latency"]}
     supernet: dict | None = None
     # How the students that get the full recipe are chosen: {"select": "proxy"} (the proxy's top-k) or
@@ -73,8 +61,6 @@ class RunSettings:
     # --select auto (the default): why it fell back to the proxy, "" when it chose halving; None: chosen by the user.
     # A resumed run keeps the selection it was started with when the user did not choose (kdsearch.pipeline.find).
     auto_selection: str | None = None
-    seed: int = 0
-    quiet: bool = False
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -103,20 +89,17 @@ class RunSettings:
             raise KdsearchError(f"--latency-model must be one of {', '.join(LATENCY_MODEL_CHOICES)} (got {o.latency_model!r}).")
         run_dir = Path(o.out) if o.out else Path("runs") / f"{Path(str(o.teacher)).stem}-{parsed_budget.text}-{datetime.now():%Y%m%d-%H%M%S}"
         weights = o.teacher_weights
-        return cls(
-            teacher=o.teacher, budget=parsed_budget, space=space_obj, out=run_dir, teacher_weights=weights,
-            teacher_weights_sha=file_sha256(weights) if weights and Path(weights).is_file() else None,
-            pretrained=o.pretrained, teacher_epochs=o.teacher_epochs, trials=o.trials, timeout=o.timeout, top_k=o.top_k,
-            front=o.front, controls=o.controls, proxies=proxies, sampler=check_sampler(o.sampler), device=str(torch_device),
-            latency_batch_size=o.latency_batch_size, threads=o.threads, runtime=get_runtime(o.runtime).name,
-            latency_model=o.latency_model, epochs=o.epochs, target_epochs=target_epochs, batch_size=o.batch_size,
-            loss=loss_config,
-            storage=check_storage(o.storage), supernet=supernet, seed=o.seed, quiet=o.quiet, workers=o.workers,
-            heartbeat_s=o.heartbeat_s, selection=selection,
-            auto_selection=auto_selection,
-            data=DataSpec(data=o.data, data_root=o.data_root, input_size=o.input_size, train_samples=o.train_samples,
-                          val_samples=o.val_samples, seed=o.seed),
-        )
+        plain = {name: getattr(o, name) for name, _, _ in setting_fields()}
+        return cls(**{
+            **plain, "sampler": check_sampler(o.sampler), "device": str(torch_device), "runtime": get_runtime(o.runtime).name,
+            "target_epochs": target_epochs,
+            "teacher": o.teacher, "budget": parsed_budget, "space": space_obj, "out": run_dir,
+            "teacher_weights_sha": file_sha256(weights) if weights and Path(weights).is_file() else None,
+            "proxies": proxies, "loss": loss_config, "storage": check_storage(o.storage), "supernet": supernet,
+            "selection": selection, "auto_selection": auto_selection,
+            "data": DataSpec(data=o.data, data_root=o.data_root, input_size=o.input_size, train_samples=o.train_samples,
+                             val_samples=o.val_samples, seed=o.seed),
+        })
 
     def with_space(self, space: SearchSpace) -> RunSettings:
         return replace(self, space=space)
@@ -162,19 +145,13 @@ class RunSettings:
         space_record = {"name": space.name, "family": space.family, "choices": space.choices, "fixed": space.fixed,
                         "description": space.description, "resolution": list(space.resolution)} if space else None
         return {
-            "kdsearch_version": __version__, "teacher": self.teacher, "teacher_weights": self.teacher_weights,
-            "teacher_weights_sha": self.teacher_weights_sha, "pretrained": self.pretrained, "teacher_epochs": self.teacher_epochs,
-            "data": self.data.to_dict(), "space": space.name if space else None,
+            "kdsearch_version": __version__, "teacher": self.teacher, **{name: getattr(self, name) for name in RECORDED},
+            "teacher_weights_sha": self.teacher_weights_sha, "data": self.data.to_dict(), "space": space.name if space else None,
             "space_sha": stable_hash({k: v for k, v in space_record.items() if k != "description"}) if space else None,
             "space_path": space.path if space else None, "space_record": space_record, "budget": self.budget.text,
             "budget_reference_ms": self.budget.limit / self.budget.factor if self.budget.factor and self.budget.resolved else None,
-            "proxies": list(self.proxies), "sampler": self.sampler, "device": self.device,
-            "latency_batch_size": self.latency_batch_size, "threads": self.threads, "runtime": self.runtime,
-            "latency_model": self.latency_model, "seed": self.seed, "trials": self.trials,
-            "timeout": self.timeout, "top_k": self.top_k, "front": self.front, "controls": self.controls, "epochs": self.epochs,
-            "target_epochs": self.target_epochs, "batch_size": self.batch_size,
-            "storage": without_password(self.storage), "heartbeat_s": self.heartbeat_s, "loss": dict(self.loss), "recipe": self.recipe().to_dict(), "supernet": self.supernet,
-            "selection": dict(self.selection),
+            "proxies": list(self.proxies), "storage": without_password(self.storage), "loss": dict(self.loss),
+            "recipe": self.recipe().to_dict(), "supernet": self.supernet, "selection": dict(self.selection),
         }
 
     @classmethod
@@ -182,17 +159,15 @@ class RunSettings:
         """The settings a run folder was created with (no re-validation: the device may not exist on this machine)."""
         record = config.get("space_record")
         space = SearchSpace(path=config.get("space_path"), **{**record, "resolution": tuple(record["resolution"])}) if record else None
-        return cls(
-            teacher=config["teacher"], budget=_budget(config), data=DataSpec(**config["data"]), space=space,
-            out=Path(out), teacher_weights=config.get("teacher_weights"), teacher_weights_sha=config.get("teacher_weights_sha"),
-            pretrained=config.get("pretrained", True), teacher_epochs=config.get("teacher_epochs"), trials=config["trials"],
-            timeout=config.get("timeout"), top_k=config["top_k"], front=config.get("front", 0),
-            controls=config.get("controls", 0), proxies=tuple(config["proxies"]), sampler=config["sampler"],
-            device=config["device"], latency_batch_size=config["latency_batch_size"], threads=config["threads"],
-            runtime=config.get("runtime", "torch"), latency_model=config.get("latency_model", "auto"),
-            epochs=config["epochs"], target_epochs=config.get("target_epochs"), batch_size=config["batch_size"], loss=dict(config["loss"]), storage=config["storage"],
-            supernet=config.get("supernet"), selection=dict(config.get("selection") or {"select": "proxy"}), seed=config["seed"], heartbeat_s=config.get("heartbeat_s", HEARTBEAT_S),
-        )
+        # an option recorded after runs existed reads as its default; bands and controls came later still: off
+        recorded = {name: config.get(name, BY_NAME[name].default) for name in RECORDED}
+        return cls(**{
+            **recorded, "front": config.get("front", 0), "controls": config.get("controls", 0),
+            "teacher": config["teacher"], "budget": _budget(config), "data": DataSpec(**config["data"]), "space": space,
+            "out": Path(out), "teacher_weights_sha": config.get("teacher_weights_sha"), "proxies": tuple(config["proxies"]),
+            "loss": dict(config["loss"]), "storage": config["storage"], "supernet": config.get("supernet"),
+            "selection": dict(config.get("selection") or {"select": "proxy"}),
+        })
 
 
 def _check_counts(o: SimpleNamespace) -> None:
