@@ -346,13 +346,20 @@ def test_distill_a_trial_from_a_run_uses_its_teacher_and_data(digits_run, tmp_pa
 def test_a_band_pick_that_re_measures_into_a_faster_band_does_not_cover_it():
     """make demo once lost its fastest band: band 2's pick re-measured at 2.13 ms, inside band 1, and band 1 counted
     as covered. A band pick stands for its own band only; top picks and controls cover the band they lie in."""
-    edges = [1.33, 2.21, 3.67, 6.09, 10.0]
+    from kdsearch.cost import parse_budget
+
+    edges, budget = [1.33, 2.21, 3.67, 6.09, 10.0], parse_budget("10ms")
     moved = {"a": {"role": "band 2", "within_budget": True, "latency_p50_ms": 2.13}}
-    assert band_covered(moved, 2, edges, "latency_p50_ms") and not band_covered(moved, 1, edges, "latency_p50_ms")
+    assert band_covered(moved, 2, edges, budget) and not band_covered(moved, 1, edges, budget)
     top = {"b": {"role": "top", "within_budget": True, "latency_p50_ms": 1.9}}
-    assert band_covered(top, 1, edges, "latency_p50_ms") and not band_covered(top, 2, edges, "latency_p50_ms")
+    assert band_covered(top, 1, edges, budget) and not band_covered(top, 2, edges, budget)
     over = {"c": {"role": "control", "within_budget": False, "latency_p50_ms": 1.9}}
-    assert not band_covered(over, 1, edges, "latency_p50_ms")
+    assert not band_covered(over, 1, edges, budget)
+    # a relative budget places a finalist by its ratio to the reference timed beside it: 2.6 ms beside a reference
+    # that read 13 ms (the run started when it read 10 ms) lies where 2.0 ms did at the start: band 1
+    relative = parse_budget("1.0x:resnet18").with_reference(10.0)
+    slow = {"d": {"role": "top", "within_budget": True, "latency_p50_ms": 2.6, "reference_p50_ms": 13.0}}
+    assert band_covered(slow, 1, edges, relative) and not band_covered(slow, 2, edges, relative)
 
 
 def test_find_in_onnxruntime_with_a_latency_model_and_a_budget_relative_to_a_shipped_network(tmp_path, capsys, monkeypatch):
@@ -380,6 +387,11 @@ def test_find_in_onnxruntime_with_a_latency_model_and_a_budget_relative_to_a_shi
     # a finalist is within budget exactly when it ran under 0.9 x the reference timed beside it
     for _, row in finalists.iterrows():
         assert bool(row["within_budget"]) == (row["latency_p50_ms"] <= 0.9 * row["reference_p50_ms"])
+    # the figure the decision used, beside the milliseconds; the report's front is drawn on it, the budget at 0.9
+    ratio = finalists["latency_p50_ms"] / finalists["reference_p50_ms"]
+    assert (finalists["latency_ratio"] - ratio).abs().max() < 1e-9
+    html = (out / "report.html").read_text()
+    assert "timed beside it" in html and "latency_ratio" in html
     assert "latency model:" in stdout and "predicted vs measured" in stdout and "measured in onnxruntime" in stdout
     code, stdout, _ = run_cli(capsys, "export", out)  # the runtime's format by default
     assert code == 0 and "as onnx" in stdout and (out / "export" / "student.onnx").exists()

@@ -143,6 +143,11 @@ def test_relative_budget_compares_with_the_reference_timed_beside_the_candidate(
     # beside a reference that ran 12 % slower (a loaded machine), the same candidate is judged against that reading
     assert budget.fits({"latency_p50_ms": 8.5, "reference_p50_ms": 11.2})
     assert not budget.fits({"latency_p50_ms": 8.5, "reference_p50_ms": 10.0})
+    # on the run's scale: 8.5 ms beside an 11.2 ms reference is 8.5 / 11.2 of the reference, i.e. 7.6 ms at the start
+    assert budget.limit_for({"latency_p50_ms": 8.5, "reference_p50_ms": 11.2}) == pytest.approx(8.96)
+    assert budget.comparable({"latency_p50_ms": 8.5, "reference_p50_ms": 11.2}) == pytest.approx(8.5 * 10 / 11.2)
+    assert budget.comparable({"latency_p50_ms": 8.5}) == 8.5  # no reading beside it: the run's limit
+    assert parse_budget("10ms").comparable({"latency_p50_ms": 8.5, "reference_p50_ms": 3.0}) == 8.5  # absolute budget
     assert parse_budget('0.5x:{"family": "resnet_cifar"}').reference == '{"family": "resnet_cifar"}'
     with pytest.raises(BudgetError, match="positive factor"):
         parse_budget("0x:resnet18")

@@ -392,3 +392,38 @@ def test_our_retry_is_the_retry_optuna_s_own_callback_queues(tmp_path):
     again = study.trials[3]
     assert retried_trial_number(again) == failed.number and retry_history(again) == [failed.number, ours.number]
     assert again.state == optuna.trial.TrialState.WAITING and again.params == {}
+
+
+def test_a_relative_budget_holds_each_candidate_to_the_reference_timed_around_it(digits_task, monkeypatch):
+    """Relative budgets in the search: every timed candidate carries the reference's latency of its moment, read
+    again once the last reading is REFERENCE_RETIME_S old; a re-check times the pair in alternation."""
+    import torch
+
+    import kdsearch.search.evaluate as evaluate_module
+    from kdsearch.cost import LATENCY_FINAL, LATENCY_SEARCH, parse_budget
+    from kdsearch.search import CandidateEvaluator
+    from kdsearch.spaces import create_model
+
+    space = load_space("resnet_cifar")
+    reference = create_model(space.config({k: max(v) for k, v in space.choices.items()}), num_classes=10, in_chans=1)
+    budget = parse_budget("1.0x:resnet18").with_reference(1e-6)  # a start reading far too low: nothing would fit it
+    quick = {**LATENCY_SEARCH, "max_time_s": 0.05, "min_repeats": 3}
+    from kdsearch.proxies import ProxyContext
+
+    images, labels = digits_task.sample_batch(8)
+    ctx = ProxyContext(teacher=None, images=images, labels=labels, num_classes=10, input_shape=digits_task.input_shape)
+    evaluator = CandidateEvaluator(digits_task, ctx, ["params"], torch.device("cpu"), quick, budget=budget,
+                                   recheck={**LATENCY_FINAL, "max_time_s": 0.15, "min_repeats": 3, "max_repeats": 30},
+                                   reference=reference)
+    readings = []
+    measure = evaluate_module.measure_latency
+    monkeypatch.setattr(evaluate_module, "measure_latency", lambda model, *a, **k: readings.append(model) or measure(model, *a, **k))
+    configs = space.sample(3, seed=1)
+    rows = [evaluator(c) for c in configs]
+    assert all(r["reference_p50_ms"] > 0 for r in rows)
+    assert sum(m is reference for m in readings) == 1  # one reading serves the candidates timed within 20 s of it
+    assert [budget.fits(r) for r in rows] == [r["latency_p50_ms"] <= r["reference_p50_ms"] for r in rows]
+    assert any(budget.fits(r) for r in rows)  # the largest config is the reference: smaller ones fit beside it
+    monkeypatch.setattr(evaluate_module, "REFERENCE_RETIME_S", 0.0)
+    evaluator(configs[0])
+    assert sum(m is reference for m in readings) == 2  # an old reading is replaced

@@ -36,12 +36,23 @@ class Budget:
     factor: float | None = None  # a relative budget ('0.8x:resnet20.json'): at most factor × the reference's latency
     reference: str | None = None  # the network the user ships: a timm name, candidate JSON, module:callable or file
 
-    def excess(self, metrics: dict) -> float:
-        """≤ 0 when the candidate fits (Optuna's constraint convention). A relative budget compares with the
-        reference's latency measured beside the candidate (``reference_p50_ms``) where the row has one."""
+    def limit_for(self, metrics: dict) -> float:
+        """The limit this candidate is held to: a relative budget's factor × the reference's latency timed beside it
+        (``reference_p50_ms``) where the row has one, else the run's limit."""
         if self.factor is not None and metrics.get("reference_p50_ms") is not None:
-            return float(metrics[self.metric]) - self.factor * float(metrics["reference_p50_ms"])
-        return float(metrics[self.metric]) - self.limit
+            return self.factor * float(metrics["reference_p50_ms"])
+        return self.limit
+
+    def excess(self, metrics: dict) -> float:
+        """≤ 0 when the candidate fits (Optuna's constraint convention), against :meth:`limit_for`."""
+        return float(metrics[self.metric]) - self.limit_for(metrics)
+
+    def comparable(self, metrics: dict) -> float:
+        """The candidate's metric on the scale of ``limit``: with a reference timed beside it, its latency as a
+        ratio to that reference × the run's limit — so candidates timed while the machine ran fast or slow compare
+        with one another and with one limit (the search's models of what fits use this)."""
+        value = float(metrics[self.metric])
+        return value * self.limit / self.limit_for(metrics) if self.resolved else value
 
     @property
     def resolved(self) -> bool:

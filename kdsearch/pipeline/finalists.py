@@ -10,7 +10,7 @@ import logging
 import numpy as np
 import torch
 
-from kdsearch.cost import measure_against_reference
+from kdsearch.cost import Budget, measure_against_reference
 from kdsearch.pipeline.records import CONTROL, POOL, TOP, Role, RunContext
 from kdsearch.run import RunSettings
 from kdsearch.search import latency_columns, measure_candidate
@@ -22,9 +22,9 @@ logger = logging.getLogger(__name__)
 
 def band_edges(rows: dict[str, dict], settings: RunSettings) -> list[float]:
     """``front + 1`` edges, evenly spaced on a log scale, from the fastest scored candidate to the budget (by the
-    budget's metric: latency, FLOPs or parameters)."""
-    metric, limit = settings.budget.metric, settings.budget.limit
-    low = min(float(r[metric]) for r in rows.values())
+    budget's metric: latency, FLOPs or parameters; a relative budget's latency per the reference timed beside it)."""
+    budget, limit = settings.budget, settings.budget.limit
+    low = min(budget.comparable(r) for r in rows.values())
     if settings.front < 1 or low >= limit:
         return []
     return [low * (limit / low) ** (i / settings.front) for i in range(settings.front + 1)]
@@ -38,13 +38,13 @@ def band_of(value: float, edges: list[float]) -> int | None:
     return None
 
 
-def band_covered(finalists: dict[str, dict], band: int, edges: list[float], metric: str) -> bool:
+def band_covered(finalists: dict[str, dict], band: int, edges: list[float], budget: Budget) -> bool:
     """Does a fitting finalist already stand for ``band``? Its own band pick, or a top pick or control that lies in
     it — not another band's pick that re-measured into it (it keeps its band; counting it here too left the demo's
     front without its fastest band), nor a pool member that successive halving cut."""
     for f in finalists.values():
         role = Role.of(f)
-        if f["within_budget"] and (role == Role("band", band) or (role in (TOP, CONTROL) and band_of(f[metric], edges) == band)):
+        if f["within_budget"] and (role == Role("band", band) or (role in (TOP, CONTROL) and band_of(budget.comparable(f), edges) == band)):
             return True
     return False
 
@@ -107,15 +107,15 @@ def choose_finalists(run: RunContext, rows: dict[str, dict], selection) -> dict[
     selection.choose(run, feasible, chooser)
     edges = band_edges(rows, settings)
     for band in range(len(edges) - 1, 0, -1):  # from the budget down to the fastest
-        if not band_covered(finalists, band, edges, budget.metric):
-            chooser.take(Role("band", band), [r for r in feasible if band_of(r[budget.metric], edges) == band], 1)
+        if not band_covered(finalists, band, edges, budget):
+            chooser.take(Role("band", band), [r for r in feasible if band_of(budget.comparable(r), edges) == band], 1)
     if settings.controls:
         order = np.random.default_rng(settings.seed).permutation(len(feasible))
         chooser.take(CONTROL, [feasible[i] for i in order], settings.controls)
     for final in finalists.values():  # a band's pick stays in the band it was chosen for (by its search reading)
-        role, value = Role.of(final), final[budget.metric]
-        if final["within_budget"] and edges:  # a relative budget judges it beside the reference: it may lie above the
-            value = min(value, edges[-1])     # limit the bands were cut at when the run started, and still fit
+        role, value = Role.of(final), budget.comparable(final)
+        if final["within_budget"] and edges:  # fits beside its reference: at most the budget's edge
+            value = min(value, edges[-1])
         final["band"] = role.band if role.kind == "band" else band_of(value, edges)
     run.folder.write_finalists(finalists)
     return finalists

@@ -244,6 +244,8 @@ def candidates_table(rows: dict[str, dict], finalists: dict[str, dict], folder: 
                "params": row["params"], "flops": row["flops"]}
         rec.update({k: (final or row).get(k) for k in LATENCY_COLUMNS})
         rec["latency_predicted_ms"] = row.get("latency_predicted_ms")  # the model's figure, beside the measured one
+        if rec.get("reference_p50_ms"):  # a relative budget: the ratio it was judged on, to the reference timed beside it
+            rec["latency_ratio"] = rec["latency_p50_ms"] / rec["reference_p50_ms"]
         for name in settings.proxies:
             rec[f"proxy_{name}"] = row.get(name)
             rec[f"proxy_{name}_ms"] = row.get(f"{name}_ms")

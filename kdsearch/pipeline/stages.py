@@ -140,8 +140,10 @@ def scorer(run: RunContext, predictor: LatencyModel | None, *, worker: int = 0, 
     settings, task, teacher, folder, ranker = run.settings, run.task, run.teacher, run.folder, run.ranker
     space, budget = settings.space, settings.budget
     ctx = proxy_context(settings, task, teacher, space, ranker)
+    reference = load_network(budget.reference, task) if budget.factor is not None else None  # re-timed as the search goes
     evaluate = CandidateEvaluator(task, ctx, list(settings.proxies), torch.device(settings.device), settings.latency("search"),
-                                  seed=settings.seed, budget=budget, recheck=settings.latency("final"), predictor=predictor)
+                                  seed=settings.seed, budget=budget, recheck=settings.latency("final"), predictor=predictor,
+                                  reference=reference)
     cheap = exact_proxy(settings.ranking_proxy, task, ctx, settings.device, settings.seed)
 
     def score():

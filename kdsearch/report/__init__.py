@@ -14,24 +14,12 @@ from pathlib import Path
 import pandas as pd
 
 from kdsearch.distill.ranking import best_first
+from kdsearch.report.figures import figures_html, human_count, on_ratio_scale
 from kdsearch.run import RunFolder, RunSettings
 
-TABLE_COLUMNS = ["candidate_id", "role", "band", "distilled_accuracy", "latency_p50_ms", "latency_p90_ms", "params", "flops",
+TABLE_COLUMNS = ["candidate_id", "role", "band", "distilled_accuracy", "latency_p50_ms", "latency_p90_ms", "latency_ratio", "params", "flops",
                  "pareto", "teacher_source", "trial", "config"]
 MIN_TAU_N = 5  # below this many distilled students a rank correlation says nothing
-
-
-def human_count(value) -> str:
-    """2524522 -> '2.52 M', 31234 -> '31.2 k' (parameters and FLOPs are counts, not floats)."""
-    if value is None or pd.isna(value):
-        return ""
-    value = float(value)
-    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= scale:
-            return f"{value / scale:.3g} {suffix}"
-    return f"{value:.0f}"
-
-
 Z95 = 1.96  # the self-check's intervals are 95 % (normal approximation of the binomial validation noise)
 
 
@@ -194,115 +182,6 @@ def pareto_mask(latency: pd.Series, accuracy: pd.Series) -> pd.Series:
     return pd.Series(mask, index=latency.index)
 
 
-ROLE_STYLE = {"top": ("crimson", "circle"), "band": ("steelblue", "diamond"), "control": ("gray", "x")}
-
-
-def _log_range(values: list[float]) -> list[float]:
-    """A log axis fitted to the data (teacher and budget included), with a small margin."""
-    import math
-
-    values = [v for v in values if v is not None and v > 0 and math.isfinite(v)]
-    low, high = math.log10(min(values)), math.log10(max(values))
-    margin = max(0.05, 0.08 * (high - low))
-    return [low - margin, high + margin]
-
-
-def _front_figure(report: Report):
-    import plotly.graph_objects as go
-
-    settings, teacher, table = report.settings, report.teacher, report.table
-    budget_ms = settings.budget.latency_limit_ms
-    fig = go.Figure()
-    xs, ys = [], []
-    if not table.empty:
-        kinds = table["role"].fillna("top").map(lambda r: r.split()[0])
-        for kind, (color, symbol) in ROLE_STYLE.items():
-            part = table[kinds == kind]
-            if part.empty:
-                continue
-            err = (part["latency_p90_ms"] - part["latency_p50_ms"]).clip(lower=0)
-            label = {"top": "proxy's top picks", "band": "best of a latency band", "control": "random controls"}[kind]
-            fig.add_scatter(
-                x=part["latency_p50_ms"], y=part["distilled_accuracy"], mode="markers", name=label,
-                error_x={"type": "data", "array": err, "symmetric": False},
-                text=part["candidate_id"] + " (" + part["role"].fillna("top") + ")<br>" + part["params"].map(human_count) + " params",
-                marker={"size": 11, "color": color, "symbol": symbol},
-            )
-        front = table[table["pareto"]].sort_values("latency_p50_ms")
-        fig.add_scatter(x=front["latency_p50_ms"], y=front["distilled_accuracy"], mode="lines", name="Pareto front",
-                        line={"dash": "dot", "color": "black"})
-        xs += list(table["latency_p50_ms"]) + list(table["latency_p90_ms"])
-        ys += list(table["distilled_accuracy"])
-    if teacher.get("latency"):
-        fig.add_scatter(x=[teacher["latency"]["p50_ms"]], y=[teacher["val_accuracy"]], mode="markers",
-                        name=f"teacher ({teacher['spec']})", marker={"symbol": "star", "size": 16, "color": "goldenrod"})
-        xs.append(teacher["latency"]["p50_ms"])
-        ys.append(teacher["val_accuracy"])
-    if budget_ms:
-        fig.add_vline(x=budget_ms, line_dash="dash", annotation_text=f"budget {settings.budget.text}")
-        xs.append(budget_ms)
-    layout = {"title": "Distilled accuracy vs latency (p50, bar to p90)", "xaxis_title": "latency p50 (ms)",
-              "yaxis_title": "validation accuracy", "xaxis_type": "log"}
-    if xs:
-        layout["xaxis_range"] = _log_range(xs)
-    if ys:
-        low, high = min(ys), max(ys)
-        pad = max(0.02, 0.08 * (high - low))
-        layout["yaxis_range"] = [max(0.0, low - pad), min(1.0, high + pad)]
-    fig.update_layout(**layout)
-    return fig
-
-
-def _figures(report: Report) -> list[str]:
-    import plotly.graph_objects as go
-
-    settings, table, cands = report.settings, report.table, report.candidates
-    budget_ms = settings.budget.latency_limit_ms
-    figs = [_front_figure(report)]
-    proxy = settings.ranking_proxy
-    if not cands.empty:
-        fig = go.Figure()
-        fig.add_scatter(
-            x=cands["latency_p50_ms"], y=cands[f"proxy_{proxy}"], mode="markers", name="candidates",
-            text=cands["candidate_id"], marker={"color": cands["finalist"].map({True: "crimson", False: "steelblue"})},
-        )
-        if budget_ms:
-            fig.add_vline(x=budget_ms, line_dash="dash")
-        fig.update_layout(title=f"Proxy '{proxy}' vs latency, every candidate within budget (red: distilled)",
-                          xaxis_title="latency p50 (ms)", yaxis_title=proxy)
-        figs.append(fig)
-    curves = go.Figure()
-    folder = RunFolder(report.run_dir)
-    for _, row in table.iterrows():
-        result = folder.student(row["candidate_id"]).result()
-        if result:
-            history = result.get("history", [])
-            curves.add_scatter(x=[h["epoch"] for h in history], y=[h["val_accuracy"] for h in history], mode="lines+markers",
-                               name=f"{row['candidate_id']} ({row.get('role') or 'top'})")
-    curves.update_layout(title="Learning curves of the distilled students", xaxis_title="epoch", yaxis_title="validation accuracy")
-    figs.append(curves)
-    if report.halving and report.halving.get("rungs"):
-        figs.append(_halving_figure(report))
-    if report.supernets:
-        figs.append(_supernet_figure(report.supernets))
-    return [f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figs)]
-
-
-def _supernet_figure(supernets: dict):
-    """Each trained band's supernet: the hold-out accuracy of its largest and smallest subnet per epoch."""
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    for band, history in sorted(supernets["histories"].items()):
-        for end, dash in (("largest", "solid"), ("smallest", "dot")):
-            fig.add_scatter(x=[h["epoch"] for h in history], y=[h.get(f"holdout_accuracy_{end}") for h in history],
-                            mode="lines+markers", line={"dash": dash}, name=f"band {band + 1}, {end} subnet")
-    edges = supernets["bands"].get("edges_ms", [])
-    fig.update_layout(title=f"Supernets: hold-out accuracy with inherited weights (band edges {', '.join(f'{e:.2f}' for e in edges) or 'none'} ms)",
-                      xaxis_title="epoch", yaxis_title="hold-out accuracy (training images)")
-    return fig
-
-
 def recipe_line(settings, halving: dict | None) -> str:
     """The recipe length the choice was made for: find's own distillations, and the one the student will ship with."""
     target = settings.target_epochs
@@ -362,35 +241,6 @@ def halving_lines(state: dict | None, epochs: int) -> list[str]:
     return lines
 
 
-def _halving_figure(report: Report):
-    """Every pool member's validation accuracy per epoch, up to where its rung cut it."""
-    import plotly.graph_objects as go
-
-    folder, state = RunFolder(report.run_dir), report.halving
-    fig = go.Figure()
-    cut_at = {}
-    for rung in state["rungs"]:
-        for cid in rung["members"]:
-            if cid not in rung["survivors"]:
-                cut_at[cid] = rung["index"]
-    for cid in state["pool"]:
-        student, history = folder.student(cid), []
-        for index in range(len(state["rungs"]) - 1, -1, -1):
-            record = student.rung(index)
-            if record and record.get("history"):
-                history = record["history"]
-                break
-        if history:
-            label = f"{cid} (cut after rung {cut_at[cid]})" if cid in cut_at else f"{cid} (survivor)"
-            fig.add_scatter(x=[h["epoch"] for h in history], y=[h["val_accuracy"] for h in history], mode="lines+markers",
-                            name=label, line={"dash": "dot" if cid in cut_at else "solid"})
-    for rung in state["rungs"][:-1]:
-        fig.add_vline(x=rung["until_epoch"], line_dash="dash", line_color="gray")
-    fig.update_layout(title="Successive halving: each pool member's learning curve up to the rung that cut it",
-                      xaxis_title="epoch", yaxis_title="validation accuracy")
-    return fig
-
-
 def supernet_lines(supernets: dict | None) -> list[str]:
     if not supernets:
         return []
@@ -420,7 +270,8 @@ def latency_lines(candidates: pd.DataFrame, settings: RunSettings, model: dict |
              f"{settings.threads} thread(s))"]
     if budget.factor is not None and budget.resolved:
         lines.append(f"budget: {budget.factor:g} x {budget.reference} ({budget.limit / budget.factor:.3g} ms when the run "
-                     f"started, limit {budget.limit:.3g} ms); each finalist is compared with the reference timed beside it")
+                     f"started, limit {budget.limit:.3g} ms); each candidate is held to the reference timed beside it (re-timed as "
+                     "the search went, in alternation with each finalist): latency_ratio, the figure drawn")
     if model:
         held = model["validation"][model["chosen"]]
         lines.append(f"latency model: {model['chosen']} fitted on {model['samples']} measured candidates; held-out MAPE "
@@ -444,7 +295,8 @@ def build_report(run_dir: str | Path) -> Report:
     for column in ("role", "band", "teacher_source"):  # run folders written before the front existed
         if column not in table:
             table[column] = "top" if column == "role" else None
-    table["pareto"] = pareto_mask(table["latency_p50_ms"], table["distilled_accuracy"]) if not table.empty else []
+    speed = "latency_ratio" if on_ratio_scale(table, settings) else "latency_p50_ms"  # the scale the budget judged them on
+    table["pareto"] = pareto_mask(table[speed], table["distilled_accuracy"]) if not table.empty else []
     data = folder.data_record()
     n_val = data.get("val_size")
     table = best_first(table, n_val).reset_index(drop=True)
@@ -466,7 +318,7 @@ def _html(report: Report, data: dict) -> str:
     notes = (report.check.lines() + [recipe_line(settings, report.halving)] + halving_lines(report.halving, settings.epochs)
              + report.latency_notes)
     check = "".join(f"<li>{html.escape(line.strip())}</li>" for line in notes)
-    body = "\n".join(_figures(report))  # plotly writes names as JSON with < and > escaped
+    body = "\n".join(figures_html(report))  # plotly writes names as JSON with < and > escaped
     e = html.escape  # every name comes from the user (a teacher spec, a folder, class names): text, never markup
     space = settings.space.name if settings.space else "?"
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>kdsearch report — {e(run_dir.name)}</title>

@@ -110,7 +110,7 @@ class ConstrainedSampler(optuna.samplers.BaseSampler):
                 continue
             rows.append(index)
             objective.append(float(t.value))
-            metric.append(float(t.user_attrs[self.budget.metric]))
+            metric.append(self.budget.comparable(t.user_attrs))  # a relative budget: per the reference timed beside it
         return np.array(rows, dtype=np.int16).reshape(-1, len(self.keys)), np.array(objective), np.array(metric)
 
     def _propose(self, history: tuple[np.ndarray, np.ndarray, np.ndarray], seen: set[tuple[int, ...]]) -> list[tuple[int, ...]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -9,7 +10,15 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from kdsearch.cost import Budget, LatencyModel, LatencyStats, count_flops, count_params, measure_latency
+from kdsearch.cost import (
+    Budget,
+    LatencyModel,
+    LatencyStats,
+    count_flops,
+    count_params,
+    measure_against_reference,
+    measure_latency,
+)
 from kdsearch.data import Task
 from kdsearch.proxies import ProxyContext, score
 from kdsearch.spaces import SearchSpace, create_model
@@ -33,6 +42,10 @@ def predicted_candidate(config: dict, predictor: LatencyModel) -> dict[str, Any]
     return {"latency_p50_ms": ms, "latency_p90_ms": ms, "latency_iqr_ms": 0.0, "latency_repeats": 0,
             "latency_key": f"model:{predictor.chosen}", "latency_source": "model", "latency_predicted_ms": ms}
 
+
+# A relative budget's reference is timed again during the search once its last reading is this old: the machine's
+# speed drifts by tens of percent from minute to minute; a reading costs what timing one candidate does.
+REFERENCE_RETIME_S = 20.0
 
 # Proxies that need no data and no forward pass: the search may compute them exactly for any candidate.
 CHEAP_PROXIES = ("params", "flops")
@@ -104,13 +117,21 @@ class CandidateEvaluator:
 
     With a ``predictor`` (a :class:`~kdsearch.cost.LatencyModel` fitted on the device) candidates are not timed:
     their latency is predicted, and the same two cases — predicted within the model's error of the limit (its 90th
-    percentile relative error on held-out candidates), or a new best that fits — are measured for real."""
+    percentile relative error on held-out candidates), or a new best that fits — are measured for real.
+
+    With a relative budget and its ``reference`` network, a timed candidate records the reference's latency
+    (``reference_p50_ms``): timed again whenever the last reading is ``REFERENCE_RETIME_S`` old, and timed in
+    alternation with the candidate for a re-check. Each candidate is so held to the reference as the machine ran
+    around it, not to one reading taken when the run started (on a machine whose speed drifts by tens of percent,
+    one slow start reading set the search's limit 1.6x too high)."""
 
     def __init__(self, task: Task, ctx: ProxyContext, proxies: list[str], device: torch.device, latency: dict[str, Any],
                  seed: int = 0, budget: Budget | None = None, recheck: dict[str, Any] | None = None,
-                 predictor: LatencyModel | None = None):
+                 predictor: LatencyModel | None = None, reference: nn.Module | None = None):
         self.task, self.ctx, self.proxies, self.device, self.latency, self.seed = task, ctx, proxies, device, latency, seed
         self.budget, self.recheck, self.predictor = budget, recheck, predictor
+        self.reference = reference if budget is not None and budget.factor is not None else None
+        self._reference_reading: tuple[float, float] | None = None  # (time.monotonic() of the reading, p50 ms)
         self.best_fitting: float | None = None  # the ranking proxy's best value among candidates counted in
 
     def __call__(self, config: dict) -> dict[str, Any]:
@@ -121,10 +142,12 @@ class CandidateEvaluator:
             metrics.update(predicted_candidate(config, self.predictor))
         else:
             metrics.update(measure_candidate(model, self.task, self.device, self.latency))
+            if self.reference is not None:
+                metrics["reference_p50_ms"] = self._reference_ms()
         metrics.update(score(self.proxies, model, self.ctx, {**metrics, "config": config}))
         if self._needs_recheck(metrics):
             first = metrics["latency_p50_ms"]
-            metrics.update(measure_candidate(model, self.task, self.device, self.recheck or self.latency))
+            metrics.update(self._measure_again(model))
             metrics["latency_first_p50_ms"] = first
             if self.predictor is not None:
                 self.predictor.observe(config, metrics["latency_p50_ms"])
@@ -133,10 +156,28 @@ class CandidateEvaluator:
             self.best_fitting = value if self.best_fitting is None else max(self.best_fitting, value)
         return metrics
 
+    def _reference_ms(self) -> float:
+        """The reference's p50 latency, timed again once the last reading is REFERENCE_RETIME_S old."""
+        now = time.monotonic()
+        if self._reference_reading is None or now - self._reference_reading[0] > REFERENCE_RETIME_S:
+            stats = measure_latency(self.reference, self.task.input_shape, device=self.device, **self.latency)
+            self._reference_reading = (now, stats.p50_ms)
+        return self._reference_reading[1]
+
+    def _measure_again(self, model: nn.Module) -> dict[str, Any]:
+        """A re-check with the stricter settings; with a relative budget, timed in alternation with the reference."""
+        settings = self.recheck or self.latency
+        if self.reference is None:
+            return measure_candidate(model, self.task, self.device, settings)
+        # three rounds of a third of the time each, so that the pair costs what one re-check did before
+        ours, reference = measure_against_reference(model, self.reference, self.task.input_shape, device=self.device,
+                                                    **{**settings, "max_time_s": settings["max_time_s"] / 3})
+        return {**latency_columns(ours), "reference_p50_ms": reference.p50_ms}
+
     def _needs_recheck(self, metrics: dict) -> bool:
-        limit = self.budget.latency_limit_ms if self.budget is not None else None
-        if limit is None or (self.recheck is None and self.predictor is None):
+        if self.budget is None or self.budget.latency_limit_ms is None or (self.recheck is None and self.predictor is None):
             return False
+        limit = self.budget.limit_for(metrics)
         noise = max(0.03 * limit, 0.5 * metrics["latency_iqr_ms"])
         if self.predictor is not None:
             noise = max(noise, self.predictor.rel_error * limit)
