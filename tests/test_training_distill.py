@@ -47,7 +47,7 @@ def test_teacher_logits_are_computed_once_per_view(digits_task, trained_teacher,
 
 
 def test_interrupted_training_resumes_exactly(digits_task, tmp_path, monkeypatch):
-    import kdsearch.training as training
+    import kdsearch.training.loop as training  # the module whose fit() evaluates after each epoch
 
     recipe = Recipe(epochs=3, lr=0.05)
     torch.manual_seed(0)

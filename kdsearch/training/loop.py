@@ -11,12 +11,11 @@ resumes from the last finished epoch and continues exactly as it would have.
 from __future__ import annotations
 
 import io
-import math
 import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,75 +27,9 @@ import torch.nn as nn
 from kdsearch._util import atomic_torch_save, atomic_write_text, read_resume_state
 from kdsearch.data import Task
 from kdsearch.exceptions import DistributedError, RecipeError, TrainingDiverged
-from kdsearch.taps import Taps, as_logits, forward_taps
-
-RECIPE_CHOICES = {"optimizer": ("sgd", "adamw"), "schedule": ("cosine", "step"), "amp": ("auto", "none", "bf16", "fp16"),
-            "channels_last": ("auto", "on", "off")}
-
-
-# The distillation recipe of find's students (and its supernets), apart from what the user chooses (epochs, batch
-# size, seed).
-STUDENT_RECIPE = {"optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4}
-
-
-@dataclass
-class Recipe:
-    epochs: int = 10
-    batch_size: int = 64  # per process under DDP
-    optimizer: str = "sgd"  # sgd | adamw
-    lr: float = 0.05
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"  # cosine | step (×0.1 at 50 % and 75 %)
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.0
-    augment: bool = True
-    seed: int = 0
-    amp: str = "auto"  # auto (bf16/fp16 on CUDA, off on CPU) | none | bf16 | fp16
-    channels_last: str = "auto"  # auto (= on: faster with cuDNN and oneDNN alike) | on | off
-    compile: bool = False
-    clip_grad_norm: float = 0.0  # 0 = off
-    # Epochs at which the schedule starts again (its warm-up, then its decay to zero by the next restart): SGDR-style
-    # segments, so that each rung of successive halving is a short complete schedule (kdsearch.pipeline.halving).
-    restarts: tuple[int, ...] = ()
-
-    def __post_init__(self) -> None:
-        for key, allowed in RECIPE_CHOICES.items():
-            if getattr(self, key) not in allowed:
-                raise RecipeError(f"Recipe {key} {getattr(self, key)!r} is not one of {', '.join(allowed)}; pick one of those.")
-        for key in ("epochs", "batch_size"):
-            if int(getattr(self, key)) < 1:
-                raise RecipeError(f"Recipe {key} must be at least 1 (got {getattr(self, key)}).")
-        for key in ("lr", "weight_decay", "warmup_epochs", "clip_grad_norm"):
-            if not getattr(self, key) >= 0:
-                raise RecipeError(f"Recipe {key} must be zero or positive (got {getattr(self, key)}).")
-        if not 0 <= self.label_smoothing < 1:
-            raise RecipeError(f"Recipe label_smoothing must lie in [0, 1) (got {self.label_smoothing}).")
-        object.__setattr__(self, "restarts", tuple(int(e) for e in self.restarts))
-        if list(self.restarts) != sorted(set(self.restarts)) or any(not 0 < e < self.epochs for e in self.restarts):
-            raise RecipeError(f"Recipe restarts must be increasing epochs between 1 and epochs - 1 = {self.epochs - 1} "
-                              f"(got {list(self.restarts)}).")
-
-    def to_dict(self) -> dict:
-        record = asdict(self)
-        if not self.restarts:  # absent = none, so the records of recipes without restarts stay as they were
-            record.pop("restarts")
-        else:
-            record["restarts"] = list(self.restarts)
-        return record
-
-    def segments(self) -> list[tuple[int, int]]:
-        """(first epoch, end epoch) of each part of the schedule: one without restarts."""
-        edges = [0, *self.restarts, self.epochs]
-        return list(zip(edges[:-1], edges[1:]))
-
-    def lr_at_step(self, step: int, steps_per_epoch: int) -> float:
-        """The learning rate of a step: linear warm-up, then cosine or step decay, within the step's segment."""
-        for first, end in self.segments():
-            if step < end * steps_per_epoch or end == self.epochs:
-                total = (end - first) * steps_per_epoch
-                warmup = int(min(self.warmup_epochs, (end - first) / 5) * steps_per_epoch)
-                return lr_at(step - first * steps_per_epoch, total, warmup, self.lr, self.schedule)
-        raise AssertionError("unreachable: the last segment ends at the last epoch")
+from kdsearch.taps import Taps, forward_taps
+from kdsearch.training.evaluation import evaluate, evaluate_scores, fold_batchnorm, teacher_class_means
+from kdsearch.training.recipe import Recipe, amp_dtype_for, epoch_seed, make_optimizer, memory_format_for
 
 
 class CrossEntropyObjective(nn.Module):
@@ -130,92 +63,6 @@ class TrainResult:
     world_size: int = 1
     teacher_source: str = "none"  # "live", "shared outputs <key>" (kdsearch.teacher.outputs) or "none" (no teacher)
 
-
-def evaluate(model: nn.Module, task: Task, *, device: torch.device | str = "cpu", batch_size: int = 256) -> float:
-    """Top-1 accuracy on the task's validation split (inputs in the model's memory format; one read-back at the end)."""
-    return evaluate_scores(model, task, device=device, batch_size=batch_size)["val_accuracy"]
-
-
-VAL_KD_TEMPERATURE = 4.0
-
-
-@torch.inference_mode()
-def evaluate_scores(model: nn.Module, task: Task, *, device: torch.device | str = "cpu", batch_size: int = 256,
-                    teacher_logits: torch.Tensor | None = None) -> dict[str, float]:
-    """``val_accuracy`` on the validation split; with the teacher's validation logits (in the split's order) also
-    ``val_kd_loss``: the mean KL divergence from the teacher at temperature ``VAL_KD_TEMPERATURE`` (x T^2)."""
-    model.eval()
-    channels_last = any(p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
-                        for p in model.parameters())
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    correct, total = torch.zeros((), dtype=torch.long, device=device), 0
-    kl = torch.zeros((), dtype=torch.float64, device=device)
-    t = VAL_KD_TEMPERATURE
-    for x, y in task.batches("val", batch_size, device=device):
-        logits = as_logits(model(x.contiguous(memory_format=fmt))).float()
-        correct += (logits.argmax(1) == y).sum()
-        if teacher_logits is not None:
-            target = teacher_logits[total:total + len(y)].to(device=logits.device, dtype=torch.float32)
-            kl += nn.functional.kl_div(nn.functional.log_softmax(logits / t, 1), nn.functional.log_softmax(target / t, 1),
-                                       reduction="sum", log_target=True).double() * t * t
-        total += len(y)
-    scores = {"val_accuracy": int(correct) / max(total, 1)}
-    if teacher_logits is not None:
-        scores["val_kd_loss"] = float(kl) / max(total, 1)
-    return scores
-
-
-@torch.inference_mode()
-def validation_logits(model: nn.Module, task: Task, *, device: torch.device | str = "cpu", batch_size: int = 256) -> torch.Tensor:
-    """A (frozen) model's logits on the validation split, in its order, on ``device``."""
-    model.eval()
-    return torch.cat([as_logits(model(x)).float() for x, _ in task.batches("val", batch_size, device=device)])
-
-
-def make_optimizer(params: list[nn.Parameter], recipe: Recipe) -> torch.optim.Optimizer:
-    decay = [p for p in params if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in params if p.requires_grad and p.ndim <= 1]  # no weight decay on BN and biases
-    groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=recipe.lr)
-    return torch.optim.SGD(groups, lr=recipe.lr, momentum=0.9, nesterov=True)
-
-
-def lr_at(step: int, total: int, warmup: int, base: float, schedule: str = "cosine") -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    if schedule == "step":
-        return base * (0.1 ** (int(progress >= 0.5) + int(progress >= 0.75)))
-    return base * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-# torch 2.14.1's oneDNN crashes the process (segfault, "double free or corruption") in the backward pass of a
-# strided 1x1 convolution in channels_last once its input is 48 px or more (found 2026-11-26: resnet_cifar's
-# projection shortcut at 64 px; 32 and 40 px run fine; with oneDNN off it runs). timm ResNets downsample the same way.
-CPU_CHANNELS_LAST_MAX_PX = 40
-
-
-def memory_format_for(recipe: Recipe, device: torch.device | str | None = None,
-                      input_shape: tuple[int, ...] | None = None) -> torch.memory_format:
-    """channels_last unless the recipe turns it off: cuDNN's fast path on GPU, 1.3x on this CPU at 32 px. 'auto' on a
-    CPU keeps it only for inputs (C, H, W) up to ``CPU_CHANNELS_LAST_MAX_PX`` (above, oneDNN's training path crashes)."""
-    if recipe.channels_last == "off":
-        return torch.contiguous_format
-    if (recipe.channels_last == "auto" and device is not None and torch.device(device).type == "cpu"
-            and input_shape is not None and max(input_shape[1:]) > CPU_CHANNELS_LAST_MAX_PX):
-        return torch.contiguous_format
-    return torch.channels_last
-
-
-def amp_dtype_for(recipe: Recipe, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda" or recipe.amp == "none":
-        return None
-    if recipe.amp == "fp16":
-        return torch.float16
-    if recipe.amp == "bf16" or torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float16
 
 
 def distributed_context() -> tuple[int, int]:
@@ -280,42 +127,6 @@ def _write_metrics(path: Path, history: list[dict]) -> None:
     pd.DataFrame(history).to_csv(buf, index=False)
     atomic_write_text(path, buf.getvalue())
 
-
-def epoch_seed(recipe: Recipe, epoch: int) -> int:
-    """The seed of an epoch's order and augmentation: a function of the recipe's seed and the epoch alone, so every
-    student of a run sees the same views (and the teacher's logits for them can be shared: kdsearch.teacher.outputs)."""
-    return recipe.seed * 1000 + epoch
-
-
-@torch.no_grad()
-def fold_batchnorm(teacher: nn.Module, probe: torch.Tensor) -> nn.Module:
-    """Conv+BN folding (torch.fx) for an eval-mode teacher; the original when tracing fails or outputs differ."""
-    from torch.fx.experimental.optimization import fuse
-
-    try:
-        fused = fuse(teacher)
-        reference, candidate = as_logits(teacher(probe)), as_logits(fused(probe))
-        scale = reference.abs().max().clamp_min(1.0)
-        if torch.allclose(candidate, reference, atol=1e-3 * float(scale), rtol=1e-3):
-            return fused.eval()
-    except Exception:  # not symbolically traceable (data-dependent control flow): keep it as it is
-        pass
-    return teacher
-
-
-@torch.no_grad()
-def teacher_class_means(teacher: nn.Module, task: Task, device, amp_dtype=None) -> torch.Tensor:
-    """(classes, features) mean of the teacher's pre-logit embedding over the un-augmented training set."""
-    teacher.eval()
-    sums, counts = None, torch.zeros(task.num_classes, device=device)
-    for x, y in task.batches("train", 512, device=device):
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            emb = forward_taps(teacher, x).prelogits.float()
-        if sums is None:
-            sums = torch.zeros(task.num_classes, emb.shape[1], device=device)
-        sums.index_add_(0, y, emb)
-        counts += torch.bincount(y, minlength=task.num_classes).float()
-    return sums / counts.clamp(min=1)[:, None]
 
 
 @dataclass
