@@ -25,7 +25,7 @@ import torch.nn as nn
 from kdsearch._util import atomic_write_json, cache_dir, stable_hash
 from kdsearch.cost import LATENCY_SEARCH
 from kdsearch.data import Task
-from kdsearch.data.task import balanced_indices
+from kdsearch.data.sources import balanced_indices
 from kdsearch.similarity import kl_div_t
 from kdsearch.spaces import SearchSpace
 from kdsearch.spaces.families import sharing_rule
