@@ -94,7 +94,7 @@ def let_through(predicted: np.ndarray, measured: np.ndarray, margin: float) -> d
 
 def run_space(name: str, size: int, args) -> dict:
     from kdsearch.cost import MeasureSettings, fit_latency_model
-    from kdsearch.cost.latency_model import ConfigRegressor, errors
+    from kdsearch.cost.predictors import ConfigRegressor, errors
     from kdsearch.spaces import load_space
 
     space = load_space(name)
@@ -108,7 +108,7 @@ def run_space(name: str, size: int, args) -> dict:
     sample_ms = np.array([ms for _, ms in model.samples.values()])
     predictors = {"regressor": ConfigRegressor(space).fit(sample, sample_ms)}
     if "lut" in model.validation:
-        from kdsearch.cost.latency_model import LookupTable
+        from kdsearch.cost.predictors import LookupTable
         from kdsearch.spaces.families import family_spec
 
         lut = LookupTable(family_spec(space.family).block_keys, measure.input_shape, model.table)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from kdsearch.cost import MeasureSettings, fit_latency_model, use_latency_model
-from kdsearch.cost.latency_model import errors
+from kdsearch.cost.predictors import errors
 from kdsearch.spaces import candidate_id, create_model, load_space
 from kdsearch.spaces.families import family_spec, latency_blocks
 

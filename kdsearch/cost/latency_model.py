@@ -22,7 +22,6 @@ import json
 import logging
 import platform
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ import torch.nn as nn
 from kdsearch._util import atomic_write_json, cache_dir, stable_hash
 from kdsearch.cost.budget import LATENCY
 from kdsearch.cost.latency import measure_latency, pinned_threads
+from kdsearch.cost.predictors import ConfigRegressor, LookupTable, errors
 from kdsearch.spaces import SearchSpace, create_model
 from kdsearch.spaces.families import family_spec, latency_blocks
 
@@ -54,67 +54,6 @@ def use_latency_model(setting: str, space: SearchSpace, runtime: str, metric: st
     if setting != "auto":
         return setting == "on"
     return metric == LATENCY and (space.size >= AUTO_MIN_SPACE or runtime == "compile")
-
-
-def errors(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
-    """MAPE, Kendall's tau and nn-Meter's share within ±10 % of predictions against measurements."""
-    from scipy.stats import kendalltau
-
-    predicted, measured = np.asarray(predicted, float), np.asarray(measured, float)
-    rel = np.abs(predicted - measured) / measured
-    tau = float(kendalltau(predicted, measured).statistic) if len(measured) > 1 else float("nan")
-    return {"mape": float(rel.mean()), "p90_rel_error": float(np.percentile(rel, 90)), "kendall_tau": tau,
-            "within_10pct": float((rel <= 0.10).mean()), "n": int(len(measured)), "bias": float(np.median(predicted / measured) - 1)}
-
-
-# --------------------------------------------------------------------------- predictors (fit / predict)
-class ConfigRegressor:
-    """Gradient boosting on the encoded config, on log latency (latencies span orders of magnitude)."""
-
-    def __init__(self, space: SearchSpace, seed: int = 0):
-        self.space, self.seed = space, seed
-
-    def encode(self, configs: list[dict]) -> np.ndarray:
-        return self.space.encode(configs)
-
-    def fit(self, configs: list[dict], latency_ms: np.ndarray) -> ConfigRegressor:
-        from sklearn.ensemble import GradientBoostingRegressor
-
-        self.model = GradientBoostingRegressor(n_estimators=600, learning_rate=0.05, max_depth=3, subsample=0.8,
-                                               random_state=self.seed)
-        self.model.fit(self.encode(configs), np.log(latency_ms))
-        return self
-
-    def predict(self, configs: list[dict]) -> np.ndarray:
-        return np.exp(self.model.predict(self.encode(configs)))
-
-
-class LookupTable:
-    """Σ of per-block latencies (``table``: block key → ms), calibrated by ``a·Σ + b`` on measured networks."""
-
-    def __init__(self, keys: Callable[[dict, tuple], list], input_shape: tuple, table: dict[str, float]):
-        self.keys, self.input_shape, self.table = keys, input_shape, table
-        self.a, self.b = 1.0, 0.0
-
-    def block_keys(self, config: dict) -> list[str]:
-        return [repr(k) for k in self.keys(config, self.input_shape)]
-
-    def missing(self, config: dict) -> list[str]:
-        return [k for k in self.block_keys(config) if k not in self.table]
-
-    def sums(self, configs: list[dict]) -> np.ndarray:
-        return np.array([sum(self.table[k] for k in self.block_keys(c)) for c in configs])
-
-    def fit(self, configs: list[dict], latency_ms: np.ndarray) -> LookupTable:
-        sums = self.sums(configs)
-        design = np.stack([sums, np.ones_like(sums)], axis=1)
-        # relative least squares: every network's error counts alike, the fast ones as much as the slow ones
-        weights = 1.0 / np.asarray(latency_ms)
-        (self.a, self.b), *_ = np.linalg.lstsq(design * weights[:, None], np.asarray(latency_ms) * weights, rcond=None)
-        return self
-
-    def predict(self, configs: list[dict]) -> np.ndarray:
-        return self.a * self.sums(configs) + self.b
 
 
 # --------------------------------------------------------------------------- the device's model
