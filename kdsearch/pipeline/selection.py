@@ -13,7 +13,7 @@ import logging
 
 from kdsearch.exceptions import KdsearchError
 from kdsearch.pipeline.finalists import Chooser
-from kdsearch.pipeline.halving import finish_epochs, run_halving
+from kdsearch.pipeline.halving import HalvingState, finish_epochs, run_halving
 from kdsearch.pipeline.records import POOL, TOP, Role, RunContext
 from kdsearch.pipeline.students import student_job
 from kdsearch.registry import Registry
@@ -46,13 +46,13 @@ class SuccessiveHalving(Selection):
 
     def choose(self, run: RunContext, feasible: list[dict], chooser: Chooser) -> None:
         settings, folder, finalists, proxy = run.settings, run.folder, chooser.finalists, run.settings.ranking_proxy
-        state = folder.halving()
+        state = HalvingState.read(folder)
         if state is None:
             chooser.take(POOL, feasible, settings.selection["pool"])
             pool = sorted((c for c, f in finalists.items() if Role.of(f) == POOL and f["within_budget"]),
                           key=lambda c: (-finalists[c][proxy], c))
         else:  # resumed: the pool the stage started with (its survivors may already be 'top')
-            pool = state["pool"]
+            pool = state.pool
         sel = settings.selection
         logger.info(f"halving: pool of {len(pool)} (the top by {proxy} within the budget), eta {sel['eta']}, first rung "
                     f"{sel['first_rung']} epoch(s), design {sel['rung_design']}, signal {sel['rung_signal']}, survivors to "
@@ -60,12 +60,12 @@ class SuccessiveHalving(Selection):
         run.queue.set_phase("distilling")
         state = run_halving(settings, run.task, folder, run.queue, student_job(run), pool,
                             {c: float(finalists[c][proxy]) for c in pool})
-        reached = {cid: (r["index"], r["until_epoch"]) for r in state["rungs"] for cid in r["members"]}
+        reached = {cid: (r["index"], r["until_epoch"]) for r in state.rungs for cid in r["members"]}
         for cid in pool:
             final = finalists[cid]
             final["rung"], final["stopped_at_epoch"] = reached[cid]
             if Role.of(final) in (POOL, TOP):  # a cut member promoted to a band or control keeps that role (resume)
-                final["role"] = str(TOP if cid in state["survivors"] else POOL)
+                final["role"] = str(TOP if cid in state.survivors else POOL)
         folder.write_finalists(finalists)
 
 

@@ -10,7 +10,7 @@ import torch
 
 from kdsearch.distill import create_loss
 from kdsearch.exceptions import TrainingDiverged
-from kdsearch.pipeline.halving import drain, halving_recipe, rung_unit_score
+from kdsearch.pipeline.halving import HalvingState, drain, halving_recipe, rung_unit_score
 from kdsearch.pipeline.records import POOL, TOP, Role, RunContext
 from kdsearch.pipeline.student import distill_student
 from kdsearch.pipeline.worker import epoch_boundaries, stop_point
@@ -53,7 +53,7 @@ def _recipe(run: RunContext, final: dict, rung: int | None) -> Recipe:
     if rung is None and final.get("rung") is None:
         return settings.recipe()
     survivor = rung is not None or Role.of(final) == TOP
-    return halving_recipe(settings, run.folder.halving(), epochs=None if survivor else settings.epochs)
+    return halving_recipe(settings, HalvingState.read(run.folder), epochs=None if survivor else settings.epochs)
 
 
 def student_job(run: RunContext):
