@@ -19,7 +19,15 @@ in one minute and 2.4 ms a few minutes later. Here, on 32-px CIFAR inputs, 1 thr
 Reported: per method, students let through that truly do not fit (and the slowest of them as a multiple of ResNet-20)
 and fitting students refused.
 
+``--find``: the whole of ``kdsearch find --budget 1.0x:<ResNet-20>`` (digits, resnet_cifar, the proxy's top 20 as
+finalists) with this checkout and with ``--baseline`` (a git commit, checked out beside it: the search limit from one
+reading of the reference at the start), each run twice: on the machine as it is, and with the machine loaded (two
+busy processes) until the reference's start reading is taken — the slow first reading of issue 32. Per run: the
+reference's start reading, candidates the search table counts within the budget, finalists examined and refused on
+re-measurement beside the reference.
+
     .venv/bin/python benchmarks/relative_budget.py        # writes benchmarks/results/relative_budget.json
+    .venv/bin/python benchmarks/relative_budget.py --find # writes benchmarks/results/relative_budget_find.json
 """
 
 from __future__ import annotations
@@ -59,6 +67,76 @@ def students_near_the_limit(reference, n: int, seed: int) -> list:
     return picked
 
 
+def _find_run(code: Path, out: Path, cache: Path, loaded_start: bool, trials: int) -> dict:
+    """One ``kdsearch find`` with the code in ``code``; with ``loaded_start``, two busy processes until config.yaml
+    (written right after the reference's start reading) exists."""
+    import subprocess
+
+    import optuna
+    import yaml
+
+    env = {**os.environ, "PYTHONPATH": str(code), "KDSEARCH_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
+    reference, teacher = out.parent / "resnet20.json", out.parent / "teacher.json"
+    reference.write_text(json.dumps(RESNET20))
+    teacher.write_text(json.dumps({**RESNET20, "width1": 32, "width2": 64, "width3": 128}))
+    argv = [sys.executable, "-m", "kdsearch.cli", "find", "--teacher", str(teacher), "--teacher-epochs", "3",
+            "--budget", f"1.0x:{reference}", "--data", "digits", "--space", "resnet_cifar", "--proxy", "params",
+            "--trials", str(trials), "--select", "proxy", "--top-k", "20", "--front", "0", "--controls", "0",
+            "--train-samples", "500", "--val-samples", "200",
+            "--epochs", "1", "--out", str(out), "-q"]
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2 if loaded_start else 0)]
+    started = time.time()
+    proc = subprocess.Popen(argv, cwd=code, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while hogs and proc.poll() is None and not (out / "config.yaml").exists():
+        time.sleep(0.2)
+    for hog in hogs:
+        hog.kill()
+    stdout, stderr = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"find failed ({code}): {stderr[-2000:]}")
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    study = optuna.load_study(study_name="kdsearch", storage=f"sqlite:///{out / 'study.db'}")
+    excess = {}
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        excess.setdefault(t.user_attrs["candidate_id"], t.user_attrs["budget_excess"])
+    finalists = json.loads((out / "finalists.json").read_text())
+    refused = sum(1 for f in finalists.values() if not f["within_budget"])
+    return {"reference_start_ms": config["budget_reference_ms"], "scored": len(excess),
+            "search_within_budget": sum(1 for e in excess.values() if e <= 0), "finalists_examined": len(finalists),
+            "refused_on_re_measurement": refused, "accepted": len(finalists) - refused, "seconds": time.time() - started}
+
+
+def find_runs(args) -> None:
+    """--find: this checkout against --baseline, on a quiet and on a loaded start."""
+    import subprocess
+    import tempfile
+
+    root = Path(__file__).resolve().parents[1]
+    work = Path(tempfile.mkdtemp(prefix="kdsearch-relative-find-"))
+    baseline = work / "baseline"
+    subprocess.run(["git", "worktree", "add", "--detach", str(baseline), args.baseline], cwd=root, check=True,
+                   capture_output=True)
+    load_before, record = os.getloadavg(), {"baseline": args.baseline, "trials": args.trials, "runs": []}
+    try:
+        for loaded in (False, True):
+            for name, code in (("baseline", baseline), ("this checkout", root)):
+                (work / name.replace(" ", "_")).mkdir(exist_ok=True)
+                run = _find_run(code, work / name.replace(" ", "_") / f"run_{'loaded' if loaded else 'quiet'}",
+                                work / "cache", loaded, args.trials)
+                record["runs"].append({"code": name, "start": "loaded" if loaded else "quiet", **run})
+                print(f"{name:14s} {'loaded' if loaded else 'quiet':6s} start: reference {run['reference_start_ms']:.3f} ms; "
+                      f"{run['search_within_budget']} of {run['scored']} within the budget in the search table; "
+                      f"{run['refused_on_re_measurement']} of {run['finalists_examined']} finalists refused on re-measurement",
+                      flush=True)
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(baseline)], cwd=root, capture_output=True)
+    record.update({"loadavg_before": load_before, "loadavg_after": os.getloadavg(), "torch": torch.__version__,
+                   "date": time.strftime("%Y-%m-%d %H:%M")})
+    out = Path(args.out).with_name("relative_budget_find.json")
+    out.write_text(json.dumps(record, indent=1))
+    print(f"wrote {out}")
+
+
 def main() -> None:
     from kdsearch.cost import LATENCY_FINAL, measure_against_reference, measure_latency
     from kdsearch.spaces import create_model
@@ -68,8 +146,14 @@ def main() -> None:
     parser.add_argument("--truth-rounds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "relative_budget.json"))
+    parser.add_argument("--find", action="store_true", help="whole find runs, this checkout against --baseline")
+    parser.add_argument("--baseline", default="fed03a9", help="the commit to compare with (default: before issue 32's "
+                        "re-timing)")
+    parser.add_argument("--trials", type=int, default=150)
     add_smoke(parser, "2 students, 1 round of ground truth")
     args = parser.parse_args()
+    if args.find:
+        return find_runs(args)
     if args.smoke:
         args.students, args.truth_rounds, args.out = 2, 1, str(smoke_dir("relative_budget") / "relative_budget.json")
     torch.set_num_threads(1)
