@@ -16,9 +16,10 @@ def add_smoke(parser, what: str) -> None:
 
 def smoke_dir(name: str) -> Path:
     """A fresh temporary folder for a smoke run's results and caches (KDSEARCH_CACHE_DIR points into it, so no
-    cached teacher or supernet of a real run is read or written)."""
+    cached teacher or supernet of a real run is read or written). ``KDSEARCH_SMOKE_CACHE``: one cache the smoke runs
+    share instead (the test suite sets it, so a teacher prepared by one smoke run serves the others)."""
     path = Path(tempfile.mkdtemp(prefix=f"kdsearch-smoke-{name}-"))
-    os.environ["KDSEARCH_CACHE_DIR"] = str(path / "cache")
+    os.environ["KDSEARCH_CACHE_DIR"] = os.environ.get("KDSEARCH_SMOKE_CACHE") or str(path / "cache")
     print(f"smoke run: results in {path}", flush=True)
     return path
 

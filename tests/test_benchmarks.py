@@ -122,7 +122,8 @@ def test_every_benchmark_runs_its_smoke_mode_to_the_end_without_touching_the_res
     import subprocess
 
     before = _results_state()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # temp folders in the system's: scale_out's PostgreSQL runs as its own user
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",  # temp folders in the system's: scale_out's PostgreSQL runs as its own user
+           "KDSEARCH_SMOKE_CACHE": os.environ["KDSEARCH_CACHE_DIR"]}  # the session's cache: one teacher serves every run
     proc = subprocess.run([sys.executable, str(BENCHMARKS / f"{script}.py"), "--smoke"], cwd=BENCHMARKS.parent, env=env,
                           capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
