@@ -76,7 +76,7 @@ def _setting(smoke: bool):
     if smoke:
         from kdsearch.data import DataSpec, load_task
 
-        task = load_task(DataSpec(data="digits", val_samples=200, train_samples=600, seed=0))
+        task = load_task(DataSpec(data="digits", val_samples=200, train_samples=300, seed=0))
         teacher = _smoke_teacher(task)
     else:
         from supernet_rank import setting
@@ -532,14 +532,14 @@ def main() -> None:
                         "(and params' and the proxy's) with seed 2: they are then judged on seeds 1 and 2")
     parser.add_argument("--warm-start", action="store_true", help="also rank first rungs started from supernet weights "
                         "(trains find's supernets for the cell: ~10 min more)")
-    add_smoke(parser, "digits, 6 students, 3 and 5 epochs")
+    add_smoke(parser, "digits, 4 students, 2 and 3 epochs")
     args = parser.parse_args()
     args.first_rungs = [int(r) for r in args.first_rungs.split(",")]
     args.signals = [s for s in args.signals.split(",") if s]
     if "accuracy" not in args.signals:
         args.signals.insert(0, "accuracy")  # the default's stage: its survivors are finished at the long recipe
     if args.smoke:
-        args.pool, args.epochs, args.long_epochs, args.first_rungs, args.workers, args.top_k = 6, 3, 4, [1], 1, 2
+        args.pool, args.epochs, args.long_epochs, args.first_rungs, args.workers, args.top_k = 4, 2, 3, [1], 1, 2
         args.signals = ["accuracy", "rank_blend"]
     tmp = smoke_dir("teacher_decides") if args.smoke else None
     work, results = (tmp, tmp) if tmp else (WORK, RESULTS)
