@@ -21,8 +21,8 @@ and fitting students refused.
 
 ``--find``: the whole of ``kdsearch find --budget 1.0x:<ResNet-20>`` (digits, resnet_cifar, the proxy's top 20 as
 finalists) with this checkout and with ``--baseline`` (a git commit, checked out beside it: the search limit from one
-reading of the reference at the start), each run twice: on the machine as it is, and with the machine loaded (two
-busy processes) until the reference's start reading is taken — the slow first reading of issue 32. Per run: the
+reading of the reference at the start), each run twice: on the machine as it is, and with the machine loaded (HOGS
+= 3 busy processes) until the reference's start reading is taken — the slow first reading of issue 32. Per run: the
 reference's start reading, candidates the search table counts within the budget, finalists examined and refused on
 re-measurement beside the reference.
 
@@ -49,6 +49,7 @@ FACTOR = 0.9
 RESNET20 = {"family": "resnet_cifar", "depth1": 3, "depth2": 3, "depth3": 3, "width1": 16, "width2": 32, "width3": 64}
 SHAPE = (3, 32, 32)
 QUICK = {"max_time_s": 0.2, "min_repeats": 10, "warmup_s": 0.02}
+HOGS = 3  # --find's loaded start: busy processes on this 2-core machine until the reference's start reading is taken
 
 
 def students_near_the_limit(reference, n: int, seed: int) -> list:
@@ -68,7 +69,7 @@ def students_near_the_limit(reference, n: int, seed: int) -> list:
 
 
 def _find_run(code: Path, out: Path, cache: Path, loaded_start: bool, trials: int) -> dict:
-    """One ``kdsearch find`` with the code in ``code``; with ``loaded_start``, two busy processes until config.yaml
+    """One ``kdsearch find`` with the code in ``code``; with ``loaded_start``, HOGS busy processes until config.yaml
     (written right after the reference's start reading) exists."""
     import subprocess
 
@@ -84,7 +85,8 @@ def _find_run(code: Path, out: Path, cache: Path, loaded_start: bool, trials: in
             "--trials", str(trials), "--select", "proxy", "--top-k", "20", "--front", "0", "--controls", "0",
             "--train-samples", "500", "--val-samples", "200",
             "--epochs", "1", "--out", str(out), "-q"]
-    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2 if loaded_start else 0)]
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(HOGS if loaded_start else 0)]
+    time.sleep(1.0 if hogs else 0.0)  # busy before find's first timing
     started = time.time()
     proc = subprocess.Popen(argv, cwd=code, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while hogs and proc.poll() is None and not (out / "config.yaml").exists():
@@ -118,7 +120,7 @@ def find_runs(args) -> None:
                    capture_output=True)
     load_before, record = os.getloadavg(), {"baseline": args.baseline, "trials": args.trials, "runs": []}
     try:
-        for loaded in (False, True):
+        for loaded in [start == "loaded" for start in args.starts.split(",")]:
             for name, code in (("baseline", baseline), ("this checkout", root)):
                 (work / name.replace(" ", "_")).mkdir(exist_ok=True)
                 run = _find_run(code, work / name.replace(" ", "_") / f"run_{'loaded' if loaded else 'quiet'}",
@@ -150,6 +152,7 @@ def main() -> None:
     parser.add_argument("--baseline", default="fed03a9", help="the commit to compare with (default: before issue 32's "
                         "re-timing)")
     parser.add_argument("--trials", type=int, default=150)
+    parser.add_argument("--starts", default="quiet,loaded", help="--find: which starts to run (quiet, loaded)")
     add_smoke(parser, "2 students, 1 round of ground truth")
     args = parser.parse_args()
     if args.find:
