@@ -141,7 +141,8 @@ def test_report_renders_in_headless_chromium(digits_run, tmp_path):
 def test_front_plot_axes_fit_the_students_teacher_and_budget(digits_run):
     import math
 
-    from kdsearch.report import _front_figure, build_report
+    from kdsearch.report import build_report
+    from kdsearch.report.figures import _front_figure
 
     report = build_report(digits_run)
     fig = _front_figure(report)
