@@ -8,8 +8,8 @@ moves them breaks this module alone (tests/test_search.py exercises each functio
 Retries: a unit whose worker died is queued again as Optuna's own ``RetryFailedTrialCallback`` (4.9+:
 ``RetryHeartbeatStaleTrialCallback``) queues it — a WAITING trial whose system attributes ``failed_trial`` and
 ``retry_history`` name the chain — so that the callback's public readers (``retried_trial_number``, ``retry_history``)
-and our slots agree. The attribute names are that callback's bookkeeping, read here and nowhere else; checked against
-Optuna 4.0 to 5.1 (tests/test_search.py compares our retry with the callback's own, so a change fails loudly).
+and our slots agree. The attribute names are that callback's bookkeeping, read here and nowhere else; checked with
+Optuna 5.1.0 (tests/test_search.py compares our retry with the callback's own, so a change fails loudly).
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ from kdsearch.exceptions import SpaceError
 from kdsearch.spaces.family import NESTED, half, register_family
 
 # timm builds MobileNetV3 from an architecture definition (``decode_arch_def``) whose pieces it keeps in private modules
-# and exports nowhere public; this is the one place kdsearch reaches for them. Checked against timm 1.0.0 to 1.0.31;
+# and exports nowhere public; this is the one place kdsearch reaches for them. Checked with timm 1.0.31;
 # tests/test_spaces.py fails loudly when a release moves or changes them.
-TIMM_BUILDER_CHECKED = "timm 1.0.0 to 1.0.31"
+TIMM_BUILDER_CHECKED = "timm 1.0.31"
 
 
 def timm_efficientnet_builder():
@@ -25,7 +25,7 @@ def timm_efficientnet_builder():
         from timm.models._efficientnet_builder import decode_arch_def, round_channels
     except ImportError as exc:
         raise SpaceError(f"timm {timm.__version__} moved the EfficientNet builder the mobilenetv3 family uses ({exc}); "
-                         f"install a timm it was checked against ({TIMM_BUILDER_CHECKED}): pip install 'timm>=1.0,<1.1'.") from None
+                         f"install the timm it was checked with: pip install '{TIMM_BUILDER_CHECKED.replace(' ', '==')}'.") from None
     return SqueezeExcite, decode_arch_def, round_channels
 
 
