@@ -462,14 +462,14 @@ def _gains(long_cells: list[dict], anchor: str) -> dict:
         cells = [c["long_picks"] for c in long_cells if name in c["long_picks"]]
         both = [100 * (p[name]["acc_2_seeds"] - p[anchor]["acc_2_seeds"]) for p in cells]
         seed1 = [100 * (p[name]["acc_seed1"] - p[anchor]["acc_seed1"]) for p in cells]
-        if all(p[name].get("acc_seed2") is not None and p[anchor].get("acc_seed2") is not None for p in cells):
+        third = all(p[name].get("acc_seed2") is not None and p[anchor].get("acc_seed2") is not None for p in cells)
+        if third:
             seed1 = [100 * ((p[name]["acc_seed1"] + p[name]["acc_seed2"]) - (p[anchor]["acc_seed1"] + p[anchor]["acc_seed2"])) / 2
                      for p in cells]  # --third-seed: seeds 1 and 2, both unbiased for a choice made on seed 0
         gains[name] = {"mean_gain_points": float(np.mean(both)), "worst_cell_points": float(min(both)),
                        "per_cell_points": both, "mean_gain_points_seed1": float(np.mean(seed1)),
                        "worst_cell_points_seed1": float(min(seed1)), "per_cell_points_seed1": seed1, "cells": len(both),
-                       "seeds_1_and_2": all(p[name].get("acc_seed2") is not None and p[anchor].get("acc_seed2") is not None
-                                            for p in cells)}
+                       "seeds_1_and_2": third}
     return gains
 
 

@@ -10,6 +10,7 @@ controls are added after it by ``choose_finalists``. A new strategy: a class her
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 
 from kdsearch.exceptions import KdsearchError
 from kdsearch.pipeline.finalists import Chooser
@@ -21,11 +22,11 @@ from kdsearch.registry import Registry
 logger = logging.getLogger(__name__)
 
 
-class Selection:
+class Selection(ABC):
     """Chooses the run's top picks among ``feasible`` (fitting candidates, the ranking proxy's order)."""
 
-    def choose(self, run: RunContext, feasible: list[dict], chooser: Chooser) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def choose(self, run: RunContext, feasible: list[dict], chooser: Chooser) -> None: ...
 
 
 SELECTIONS: Registry[type[Selection]] = Registry("selection", KdsearchError, hint=" See kdsearch find --help (--select).")

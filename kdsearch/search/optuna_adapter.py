@@ -51,8 +51,8 @@ def retry_history(trial: optuna.trial.FrozenTrial) -> list[int]:
 def queue_retry(study: optuna.Study, frozen: optuna.trial.FrozenTrial, *, fresh: bool = False) -> None:
     """Queue a WAITING retry of ``frozen`` as Optuna's retry callback would: the same candidate (params, distributions,
     user attributes), or with ``fresh`` a new draw of the sampler (no fixed params)."""
-    system = {"failed_trial": retried_trial_number(frozen) if retried_trial_number(frozen) is not None else frozen.number,
-              "retry_history": [*retry_history(frozen), frozen.number]}
+    first = retried_trial_number(frozen)
+    system = {"failed_trial": frozen.number if first is None else first, "retry_history": [*retry_history(frozen), frozen.number]}
     if fresh:  # ``fixed_params`` is what enqueue_trial leaves for the sampler; empty: the sampler draws anew
         study.add_trial(optuna.create_trial(state=optuna.trial.TrialState.WAITING, system_attrs={**system, "fixed_params": {}}))
     else:
