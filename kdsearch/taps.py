@@ -18,10 +18,25 @@ from kdsearch.exceptions import ModelOutputError
 
 @dataclass
 class Taps:
-    prepool: torch.Tensor  # (B, C, H, W) or (B, D)
+    prepool: torch.Tensor  # (B, C, H, W), (B, tokens, D) or (B, D)
     prelogits: torch.Tensor  # (B, D): the classifier's input
     logits: torch.Tensor  # (B, num_classes)
     exact: bool  # False when features had to be approximated by logits
+    # one transformer layer's queries, keys and values, heads concatenated: 3 × (B, tokens, heads·head_dim) and the
+    # layer's head count; only when asked for (forward_taps(..., attention_layer=i)), for the relation losses
+    attention: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    attention_heads: int = 0
+
+
+def attention_blocks(model: nn.Module) -> list[nn.Module] | None:
+    """The model's transformer layers whose attention has a fused ``qkv`` projection and a head count (timm's ViT and
+    DeiT, kdsearch's vit family); None for any other model."""
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(blocks, (nn.Sequential, nn.ModuleList)) or len(blocks) == 0:
+        return None
+    ok = all(isinstance(getattr(getattr(b, "attn", None), "qkv", None), nn.Linear)
+             and isinstance(getattr(b.attn, "num_heads", None), int) for b in blocks)
+    return list(blocks) if ok else None
 
 
 def as_logits(output) -> torch.Tensor:
@@ -59,7 +74,31 @@ def classifier_of(model: nn.Module) -> nn.Module | None:
     return found[1] if found else None
 
 
-def forward_taps(model: nn.Module, x: torch.Tensor) -> Taps:
+def forward_taps(model: nn.Module, x: torch.Tensor, attention_layer: int | None = None) -> Taps:
+    """The model's taps on ``x``; with ``attention_layer`` (an index into its transformer layers, -1 the last) also
+    that layer's queries, keys and values (``Taps.attention``)."""
+    if attention_layer is None:
+        return _forward_taps(model, x)
+    blocks = attention_blocks(model)
+    if blocks is None:
+        raise ModelOutputError(f"{type(model).__name__} has no transformer layers with a fused qkv projection, so its "
+                               "attention cannot be read; use a logit or feature loss for it.")
+    if not -len(blocks) <= attention_layer < len(blocks):
+        raise ModelOutputError(f"Layer {attention_layer} is out of range for a transformer of {len(blocks)} layers; "
+                               f"choose one in {-len(blocks)}..{len(blocks) - 1}.")
+    attn = blocks[attention_layer].attn
+    captured = {}
+    handle = attn.qkv.register_forward_hook(lambda _m, _i, out: captured.__setitem__("qkv", out))
+    try:
+        taps = _forward_taps(model, x)
+    finally:
+        handle.remove()
+    taps.attention = tuple(captured["qkv"].chunk(3, dim=-1))
+    taps.attention_heads = attn.num_heads
+    return taps
+
+
+def _forward_taps(model: nn.Module, x: torch.Tensor) -> Taps:
     if hasattr(model, "forward_features") and hasattr(model, "forward_head"):
         feats = model.forward_features(x)
         if isinstance(feats, torch.Tensor):

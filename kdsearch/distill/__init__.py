@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from kdsearch.data import Task
+from kdsearch.distill import relations as _relations  # noqa: F401  (registers minilm)
 from kdsearch.distill.losses import LOSSES, DistillLoss, create_loss, list_losses, register_loss
 from kdsearch.teacher.outputs import teacher_outputs
 from kdsearch.training import Recipe, TrainResult, distributed_context, fit

@@ -29,8 +29,8 @@ logger = logging.getLogger(__name__)
 def choose_space(settings: RunSettings, task: Task) -> RunSettings:
     if settings.space is not None:
         logger.info(f"space: {settings.space.name} ({settings.space.size:,} candidates)")
-        return settings
-    space = load_space(default_space_path(task.input_shape[1]))
+        return settings.with_space(settings.space.for_input(task.input_shape[1]))
+    space = load_space(default_space_path(task.input_shape[1])).for_input(task.input_shape[1])
     logger.info(f"space: {space.name} (default for {task.input_shape[1]}x{task.input_shape[2]} inputs; --space to change)")
     return settings.with_space(space)
 

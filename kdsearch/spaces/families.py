@@ -3,6 +3,7 @@ it) and re-exports the registry (``kdsearch.spaces.family``). A new family: a mo
 its ``register_family(...)`` line, imported here."""
 
 from kdsearch.spaces import mobilenetv3 as _mobilenetv3  # noqa: F401  (registers mobilenetv3)
+from kdsearch.spaces import vit as _vit  # noqa: F401  (registers vit)
 from kdsearch.spaces import zoo as _zoo  # noqa: F401  (registers timm, nni)
 from kdsearch.spaces.family import (
     FAMILIES,

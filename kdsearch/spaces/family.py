@@ -23,11 +23,13 @@ from kdsearch.registry import Registry
 
 @dataclass(frozen=True)
 class SharingRule:
-    """How a family shares weights in a supernet (kdsearch.supernet): the supernet module for a space, and the name
-    of the supernet tensor each subnet tensor is cut from."""
+    """How a family shares weights in a supernet (kdsearch.supernet): the supernet module for a space, the name
+    of the supernet tensor each subnet tensor is cut from, and (where a leading slice is wrong) how it is cut."""
 
     build: Callable[[Any, int, int], nn.Module]  # (space, num_classes, in_chans) -> supernet module
-    source_name: Callable[[str, dict], str]  # (subnet tensor name, config) -> supernet tensor name
+    source_name: Callable[[str, dict, Any], str]  # (subnet tensor name, config, space) -> supernet tensor name
+    # (subnet tensor name, supernet tensor, subnet shape) -> the cut, or None for the generic first-k cut
+    cut: Callable[[str, Any, Any], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -40,19 +42,21 @@ class FamilySpec:
     build: Callable[..., nn.Module]
     block_keys: Callable[[dict, tuple], list] | None = None
     sharing: SharingRule | None = None
+    check: Callable[[str, dict, dict], None] | None = None  # (where, choices, fixed): refuses a bad space at load
 
 
 FAMILIES: Registry[FamilySpec] = Registry("candidate family", SpaceError)
 
 
 def register_family(build: Callable[..., nn.Module] | None = None, *, name: str | None = None,
-                    block_keys: Callable[[dict, tuple], list] | None = None, sharing: SharingRule | None = None):
-    """Register a family: ``@register_family`` on a builder, or ``register_family(builder, block_keys=…, sharing=…)``
-    (the name is the builder's unless given). Returns the builder."""
+                    block_keys: Callable[[dict, tuple], list] | None = None, sharing: SharingRule | None = None,
+                    check: Callable[[str, dict, dict], None] | None = None):
+    """Register a family: ``@register_family`` on a builder, or ``register_family(builder, block_keys=…, sharing=…,
+    check=…)`` (the name is the builder's unless given). Returns the builder."""
 
     def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         family = name or fn.__name__
-        FAMILIES.add(family, FamilySpec(family, fn, block_keys, sharing))
+        FAMILIES.add(family, FamilySpec(family, fn, block_keys, sharing, check))
         return fn
 
     return add(build) if build is not None else add
@@ -137,7 +141,7 @@ def _nested(space, num_classes: int, in_chans: int) -> nn.Module:
     return build_config(largest_config(space), num_classes, in_chans)
 
 
-def _same_name(name: str, config: dict) -> str:
+def _same_name(name: str, config: dict, space) -> str:
     return name
 
 

@@ -149,7 +149,7 @@ def _nb201_supernet(space, num_classes: int, in_chans: int) -> nn.Module:
     return model
 
 
-def _nb201_source(name: str, config: dict) -> str:
+def _nb201_source(name: str, config: dict, space) -> str:
     parts = name.split(".")
     if "edges" in parts:  # cells.<i>.edges.<edge>.<rest> → cells.<i>.edges.<edge>.<op>.<rest>
         at = parts.index("edges") + 1

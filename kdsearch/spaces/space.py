@@ -3,7 +3,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import yaml
 
 from kdsearch._util import stable_hash, suggest
 from kdsearch.exceptions import SpaceError
-from kdsearch.spaces.families import family_keys, get_family, list_families, open_keys
+from kdsearch.spaces.families import family_keys, family_spec, get_family, list_families, open_keys
 
 # The bundled spaces ship inside the package (package data of the wheel); the repository's top-level
 # search_spaces/ is a link to this folder.
@@ -110,6 +110,14 @@ class SearchSpace:
             if config not in picked:
                 picked.append(config)
         return picked
+
+    def for_input(self, size: int) -> SearchSpace:
+        """The space for inputs of ``size`` px: a family built for one input size (a ViT's position embedding: key
+        ``img_size``) gets it fixed, unless the space already names it; every other space is returned as it is."""
+        keys, _ = family_keys(self.family)
+        if "img_size" not in keys or "img_size" in self.choices or "img_size" in self.fixed:
+            return self
+        return replace(self, fixed={**self.fixed, "img_size": size})
 
     def build(self, config: dict[str, Any], *, num_classes: int, in_chans: int = 3) -> nn.Module:
         return create_model(config, num_classes=num_classes, in_chans=in_chans)
@@ -209,6 +217,8 @@ def load_space(spec: str | Path) -> SearchSpace:
     if not isinstance(fixed, dict):
         raise SpaceError(f"{where}: key 'fixed' must be a mapping of key: value.")
     _check_keys(where, family, keys, required, choices, fixed)
+    if family_spec(family).check is not None:
+        family_spec(family).check(where, choices, fixed)
     resolution = raw.get("resolution", [1, 100000])
     if not (isinstance(resolution, list) and len(resolution) == 2 and all(isinstance(r, int) for r in resolution)):
         raise SpaceError(f"{where}: key 'resolution' must be [min, max] input sizes in pixels, e.g. [16, 64].")

@@ -70,10 +70,11 @@ class Supernet(nn.Module):
         shared.update(self.shared.named_buffers())
         out = {}
         for name, tensor in [*self._skeleton(config).named_parameters(), *self._skeleton(config).named_buffers()]:
-            source = self.rule.source_name(name, config)
+            source = self.rule.source_name(name, config, self.space)
             if source not in shared:
                 raise SpaceError(f"Subnet tensor {name!r} has no source {source!r} in the {self.space.family} supernet.")
-            out[name] = cut(shared[source], tensor.shape)
+            special = self.rule.cut(name, shared[source], tensor.shape) if self.rule.cut else None
+            out[name] = cut(shared[source], tensor.shape) if special is None else special
         return out
 
     def forward(self, config: dict, x: torch.Tensor) -> torch.Tensor:

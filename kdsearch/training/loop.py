@@ -94,7 +94,7 @@ class _StudentStep(nn.Module):
         self.model, self.loss = model, loss
 
     def forward(self, x, teacher: Taps | None, labels, epoch: int):
-        taps = forward_taps(self.model, x)
+        taps = forward_taps(self.model, x, getattr(self.loss, "student_attention_layer", None))
         return self.loss(taps, teacher, labels, epoch), taps.logits
 
 
@@ -242,7 +242,9 @@ def _prepare(model, task: Task, recipe: Recipe, loss, teacher, device: torch.dev
     probe_x = task.sample_batch(min(8, len(task.train_labels)))[0].to(device=device, memory_format=memory_format)
     with torch.no_grad():
         model.eval()
-        loss.setup(forward_taps(model, probe_x), forward_taps(teacher.eval(), probe_x) if teacher is not None else None)
+        loss.setup(forward_taps(model, probe_x, getattr(loss, "student_attention_layer", None)),
+                   forward_taps(teacher.eval(), probe_x, getattr(loss, "teacher_attention_layer", None))
+                   if teacher is not None else None)
     if getattr(loss, "uses_class_means", False):
         loss.set_class_means(teacher_class_means(teacher, task, device, amp_dtype))
     loss.to(device)
@@ -296,7 +298,7 @@ def _train_epoch(run: _Session, task: Task, recipe: Recipe, epoch: int, bar) -> 
                 teacher_taps = Taps(t_logits, t_logits, t_logits, False)
             elif uses_teacher:
                 with torch.no_grad():
-                    teacher_taps = forward_taps(run.teacher, x)
+                    teacher_taps = forward_taps(run.teacher, x, getattr(run.loss, "teacher_attention_layer", None))
             else:
                 teacher_taps = None
             value, _ = run.step_module(x, teacher_taps, y, epoch)
