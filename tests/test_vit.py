@@ -135,3 +135,56 @@ def test_minilm_distils_a_vit_student_from_a_vit_teacher_on_real_images(digits_t
     result = distill(student, teacher, digits_task, Recipe(epochs=1, batch_size=128), loss="minilm")
     assert math.isfinite(result.history[-1]["loss"]) and result.history[-1]["loss"] > 0
     assert any(not torch.equal(before[k], v) for k, v in student.state_dict().items())
+
+
+VIT_TEACHER = '{"family": "vit", "depth": 3, "embed_dim": 96, "num_heads": 3, "head_dim": 32}'
+RESNET_TEACHER = '{"family": "resnet_cifar", "depth1": 1, "depth2": 1, "depth3": 1}'
+
+
+def _find(out, *extra, teacher=VIT_TEACHER, space="vit_cifar"):
+    from kdsearch.cli import main
+
+    return main([str(a) for a in ["find", "--teacher", teacher, "--teacher-epochs", 2, "--space", space, "--budget",
+                                  "0.4Mparams", "--trials", 6, "--top-k", 1, "--front", 0, "--controls", 0, "--epochs", 1,
+                                  "--select", "proxy", "--val-samples", 200, "--out", out, "-q", *extra]])
+
+
+def test_find_distils_vit_students_with_minilm_and_exports_one_that_onnx_runtime_matches(tmp_path, capsys):
+    import pandas as pd
+    import yaml
+
+    from kdsearch.cli import main
+
+    assert _find(tmp_path / "run", "--loss", "minilm") == 0
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert config["loss"]["name"] == "minilm" and config["loss"]["relation_heads"] == 0  # 0: the teacher's head count
+    assert config["space_record"]["fixed"]["img_size"] == 32  # the digits' input size, set by find
+    table = pd.read_csv(tmp_path / "run" / "candidates.csv")
+    done = table[table["distilled_accuracy"].notna()]
+    assert len(done) == 1 and (table["params"] <= 400_000).sum() >= 1
+    capsys.readouterr()
+    pytest.importorskip("onnxruntime")
+    assert main(["export", str(tmp_path / "run"), "--best", "--format", "onnx", "--out", str(tmp_path / "onnx")]) == 0
+    out = capsys.readouterr().out
+    assert float(out.rsplit("max abs diff", 1)[1].strip().strip(":").strip()) < 1e-4
+
+
+@pytest.mark.parametrize("teacher, space, message", [
+    (RESNET_TEACHER, "vit_cifar", "the teacher (CifarResNet) is not a transformer"),
+    (VIT_TEACHER, "resnet_cifar_s1", "students of space resnet_cifar_s1 (family resnet_cifar) are not transformers"),
+])
+def test_minilm_without_two_transformers_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, teacher, space, message):
+    assert _find(tmp_path / "run", "--loss", "minilm", teacher=teacher, space=space) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_deit_hard_label_distillation_is_half_labels_half_the_teacher_s_argmax():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.5]])
+    teacher = torch.tensor([[0.0, 3.0, 0.0], [0.0, 0.0, 1.0]])
+    labels = torch.tensor([0, 1])
+    s, t = Taps(logits, logits, logits, True), Taps(teacher, teacher, teacher, True)
+    log_p = torch.log_softmax(logits, 1)
+    want = 0.5 * -log_p[[0, 1], [0, 1]].mean() + 0.5 * -log_p[[0, 1], [1, 2]].mean()
+    assert float(create_loss("deit_hard")(s, t, labels, 0)) == pytest.approx(float(want), rel=1e-6)

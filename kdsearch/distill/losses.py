@@ -141,6 +141,21 @@ class KD(DistillLoss):
         return _kd_objective(p, student.logits.float(), teacher.logits.float(), labels, p.label_smoothing)
 
 
+@register_loss("deit_hard")
+class DeiTHard(DistillLoss):
+    """DeiT's hard-label distillation (Touvron et al. 2021), for a transformer student of a CNN teacher:
+    ½·CE(student, labels) + ½·CE(student, the teacher's argmax)."""
+
+    @dataclass
+    class Params:
+        label_smoothing: float = 0.0
+
+    def forward(self, student, teacher, labels, epoch):
+        s = student.logits.float()
+        return 0.5 * F.cross_entropy(s, labels, label_smoothing=self.params.label_smoothing) + \
+            0.5 * F.cross_entropy(s, teacher.logits.argmax(1))
+
+
 @register_loss("dkd")
 class DKD(DistillLoss):
     """Decoupled KD (Zhao et al., CVPR 2022): α·TCKD + β·NCKD, ramped in over ``warmup`` epochs.

@@ -27,6 +27,8 @@ from kdsearch.pipeline.finalists import choose_finalists
 from kdsearch.pipeline.records import POOL, Role, RunContext
 from kdsearch.pipeline.selection import create_selection
 from kdsearch.pipeline.stages import (
+    check_loss_students,
+    check_loss_teacher,
     check_runtime,
     choose_space,
     fit_run_latency_model,
@@ -104,11 +106,13 @@ def run_find(settings: RunSettings) -> FindResult:
     logger.info(f"data: {task.description}")
     settings = choose_space(settings, task)
     check_runtime(settings, task)
+    check_loss_students(settings, task)
     folder = RunFolder(settings.out)
     settings = _settle_selection(settings, folder)
     folder.check_can_start(settings)
     seed_everything(settings.seed)
     teacher = load_run_teacher(settings, task)
+    check_loss_teacher(settings, teacher)
     settings = resolve_budget(settings, task)
     teacher_ms = teacher.latency.p50_ms if teacher.latency else None
     if settings.budget.met_at(teacher_ms):

@@ -11,7 +11,8 @@ import torch
 
 from kdsearch.cost import LatencyModel, LatencyTimer, MeasureSettings, fit_latency_model, measure_latency, use_latency_model
 from kdsearch.data import Task
-from kdsearch.exceptions import BudgetError, RunFolderError, RuntimeUnavailable
+from kdsearch.distill import create_loss
+from kdsearch.exceptions import BudgetError, LossError, RunFolderError, RuntimeUnavailable
 from kdsearch.pipeline.records import RunContext
 from kdsearch.pipeline.worker import stop_requested
 from kdsearch.proxies import ProxyContext, ensemble_components
@@ -20,6 +21,7 @@ from kdsearch.run import STUDY_NAME, RunFolder, RunSettings
 from kdsearch.search import CandidateEvaluator, exact_proxy, reference_models, run_search, scored_candidates
 from kdsearch.spaces import SearchSpace, create_model, default_space_path, load_space
 from kdsearch.supernet import SandwichRule, SupernetRanker, prepare_supernets
+from kdsearch.taps import attention_blocks
 from kdsearch.teacher import Teacher, load_network, load_teacher
 from kdsearch.teacher.teacher import teacher_summary
 
@@ -47,6 +49,29 @@ def check_runtime(settings: RunSettings, task: Task) -> None:
     except RuntimeUnavailable as exc:
         raise RuntimeUnavailable(f"--runtime {settings.runtime} cannot run the candidates of {settings.space.name} "
                                  f"(family {settings.space.family}): {exc}") from None
+
+
+def _attention_loss(settings: RunSettings) -> bool:
+    return getattr(create_loss(settings.loss_name, **settings.loss_options), "teacher_attention_layer", None) is not None
+
+
+def check_loss_students(settings: RunSettings, task: Task) -> None:
+    """A loss that reads attention (minilm) needs transformer students: refused before the teacher is loaded."""
+    if not _attention_loss(settings):
+        return
+    config = settings.space.sample(1, seed=settings.seed)[0]
+    if attention_blocks(create_model(config, num_classes=task.num_classes, in_chans=task.in_chans)) is None:
+        raise LossError(f"--loss {settings.loss_name} distils self-attention, but the students of space "
+                        f"{settings.space.name} (family {settings.space.family}) are not transformers; search a vit "
+                        "space (--space vit_cifar) or use --loss kd.")
+
+
+def check_loss_teacher(settings: RunSettings, teacher: Teacher) -> None:
+    """... and a transformer teacher: refused once it is loaded, before the run folder is written."""
+    if _attention_loss(settings) and attention_blocks(teacher.model) is None:
+        raise LossError(f"--loss {settings.loss_name} distils self-attention, but the teacher "
+                        f"({type(teacher.model).__name__}) is not a transformer with readable attention; use --loss kd "
+                        "(or --loss deit_hard, DeiT's hard-label distillation) for a CNN teacher.")
 
 
 def load_run_teacher(settings: RunSettings, task: Task) -> Teacher:

@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kdsearch.proxies.registry import ProxyContext, register_proxy
-from kdsearch.taps import as_logits, forward_taps
+from kdsearch.taps import as_logits, classifier_of, forward_taps
 
 _WEIGHTED = (nn.Conv2d, nn.Linear)
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish, nn.ELU)
@@ -92,7 +92,10 @@ def snip(model, ctx, metrics) -> float:
 
 @register_proxy("grasp")
 def grasp(model, ctx, metrics) -> float:
-    with preserved(model):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    # a Hessian-vector product: fused attention kernels have no double backward, the math one does (transformers)
+    with preserved(model), sdpa_kernel(SDPBackend.MATH):
         model.train()
         weights = [m.weight for m in weighted_layers(model)]
         first = torch.autograd.grad(_ce(model, ctx.images, ctx.labels), weights, allow_unused=True)
@@ -125,6 +128,8 @@ def fisher(model, ctx, metrics) -> float:
             if a.grad is None:
                 continue
             prod = a.detach() * a.grad
+            if prod.dim() == 3:  # tokens (B, N, C): channels last
+                prod = prod.transpose(1, 2)
             summed = prod.sum(dim=tuple(range(2, prod.dim()))) if prod.dim() > 2 else prod
             per_channel.append((0.5 * summed.pow(2).mean(0)).sum())
         return _sum(per_channel)
@@ -247,14 +252,16 @@ def meco(model, ctx, metrics) -> float:
     values: list[torch.Tensor] = []
 
     def hook(_m, _inputs, out):
-        if isinstance(out, torch.Tensor) and out.dim() == 4:
-            fea = out[0].detach().flatten(1).double()  # (channels, H·W) of the first sample
+        if isinstance(out, torch.Tensor) and out.dim() in (3, 4):
+            # (channels, H·W) of the first sample; a transformer's (tokens, channels) read the same way
+            fea = (out[0].detach().flatten(1) if out.dim() == 4 else out[0].detach().T).double()
             corr = torch.nan_to_num(torch.corrcoef(fea), nan=0.0, posinf=0.0, neginf=0.0)
             values.append(torch.linalg.eigvalsh(corr)[0])
 
     with preserved(model), torch.no_grad():
         model.train()
-        handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+        handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)
+                   or (isinstance(m, nn.Linear) and m is not classifier_of(model))]
         try:
             model(ctx.images)
         finally:
