@@ -249,6 +249,15 @@ def test_supernet_options_that_cannot_work_are_one_line_and_exit_2(tiny_space, t
 
 
 TINY_SPACES = {
+    "vit": """family: vit
+choices:
+  depth: [1, 2]
+  embed_dim: [32, 48]
+  num_heads: [1, 2]
+  mlp_ratio: [2.0]
+fixed:
+  head_dim: 16
+""",
     "nasbench201": """family: nasbench201
 choices:
   edge_1_0: [none, skip_connect, nor_conv_3x3]
@@ -285,7 +294,7 @@ choices:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family, data", [("nasbench201", "cifar"), ("mobilenetv3", "fashion")])
+@pytest.mark.parametrize("family, data", [("nasbench201", "cifar"), ("mobilenetv3", "fashion"), ("vit", "cifar")])
 def test_find_with_the_supernet_on_real_image_data_for_each_family(family, data, tmp_path, capsys, request):
     import pandas as pd
 
@@ -326,3 +335,33 @@ def test_supernets_train_with_amp_and_score_on_cuda_as_on_the_cpu(digits_task, t
     with torch.no_grad():
         torch.testing.assert_close(supernet.eval()(sample["config"], x[:32].cuda()), supernet.extract(sample["config"]).eval()(x[:32].cuda()),
                                    rtol=1e-4, atol=1e-4)
+
+
+def test_a_vit_supernet_step_runs_the_largest_the_smallest_and_two_random_subnets_then_steps_once(digits_task, teacher, tmp_path,
+                                                                                                    monkeypatch):
+    """The sandwich rule on transformers (AutoDistil's: largest, smallest, 2 random, one optimiser step)."""
+    from kdsearch.supernet import train as train_module
+
+    space_file = tmp_path / "tiny_vit.yaml"
+    space_file.write_text(TINY_SPACES["vit"])
+    space = load_space(space_file).for_input(digits_task.input_shape[1])
+    real_step, steps = train_module._sandwich_step, []
+
+    def recording(supernet, configs, *args, **kwargs):
+        before = {k: v.detach().clone() for k, v in supernet.shared.state_dict().items()}
+        value = real_step(supernet, configs, *args, **kwargs)
+        changed = any(not torch.equal(before[k], v) for k, v in supernet.shared.state_dict().items())
+        steps.append(([json.dumps(c, sort_keys=True) for c in configs], changed))
+        return value
+
+    monkeypatch.setattr(train_module, "_sandwich_step", recording)
+    ranker = prepare_supernets(space, digits_task, teacher, bands=1, limit_ms=None, recipe=Recipe(epochs=1, batch_size=256),
+                               latency=FAST_LATENCY, root=tmp_path / "sn")
+    assert steps and all(len(configs) == 4 and changed for configs, changed in steps)
+    assert len({configs[0] for configs, _ in steps}) == 1 and len({configs[1] for configs, _ in steps}) == 1  # anchors
+    assert len({c for configs, _ in steps for c in configs[2:]}) > 1  # the random two vary from step to step
+    config = json.loads(steps[0][0][0])
+    x, _ = digits_task.sample_batch(8)
+    supernet = ranker.supernets[0].eval()
+    with torch.no_grad():
+        assert (supernet(config, x) - supernet.extract(config).eval()(x)).abs().max().item() <= 1e-5
