@@ -188,3 +188,58 @@ def test_deit_hard_label_distillation_is_half_labels_half_the_teacher_s_argmax()
     log_p = torch.log_softmax(logits, 1)
     want = 0.5 * -log_p[[0, 1], [0, 1]].mean() + 0.5 * -log_p[[0, 1], [1, 2]].mean()
     assert float(create_loss("deit_hard")(s, t, labels, 0)) == pytest.approx(float(want), rel=1e-6)
+
+
+def test_a_supernet_starts_from_a_larger_vit_teacher_s_own_weights_sliced_and_not_from_a_mismatched_one(tmp_path):
+    space_file = tmp_path / "tiny_vit.yaml"
+    space_file.write_text("family: vit\nchoices:\n  depth: [1, 2]\n  embed_dim: [32, 48]\n  num_heads: [1, 2]\n"
+                          "  mlp_ratio: [2.0]\nfixed:\n  head_dim: 16\n  img_size: 32\n")
+    space = load_space(space_file)
+    teacher = _vit(depth=4, embed_dim=64, num_heads=4, head_dim=16)
+    supernet = Supernet(space, num_classes=10, in_chans=1)
+    assert supernet.start_from(teacher)
+    shared, t = supernet.shared, teacher
+    q_rows = 2 * 16  # the supernet's 2 heads of 16 of the teacher's 4
+    for part in range(3):
+        assert torch.equal(shared.blocks[1].attn.qkv.weight[part * q_rows:(part + 1) * q_rows],
+                           t.blocks[2].attn.qkv.weight[part * 64:part * 64 + q_rows, :48])  # layer 2 of 4: spread out
+    assert torch.equal(shared.pos_embed, t.pos_embed[..., :48]) and torch.equal(shared.head.weight, t.head.weight[:, :48])
+    assert torch.equal(shared.blocks[0].mlp.fc1.weight, t.blocks[0].mlp.fc1.weight[:96, :48])
+    fresh = Supernet(space, num_classes=10, in_chans=1)
+    before = {k: v.clone() for k, v in fresh.shared.state_dict().items()}
+    assert not fresh.start_from(_vit(depth=4, embed_dim=64, num_heads=2, head_dim=32))  # heads of another width
+    assert not fresh.start_from(_vit(depth=1, embed_dim=64, num_heads=4, head_dim=16))  # shallower than the supernet
+    assert not fresh.start_from(create_model({"family": "resnet_cifar", "depth1": 1, "depth2": 1, "depth3": 1},
+                                             num_classes=10, in_chans=1))
+    assert all(torch.equal(before[k], v) for k, v in fresh.shared.state_dict().items())
+
+
+def test_a_vit_supernet_learns_the_vit_teacher_s_relations_and_a_cnn_supernet_only_its_logits(digits_task, tmp_path,
+                                                                                                 monkeypatch, caplog):
+    from kdsearch.supernet import SandwichRule, prepare_supernets
+    from kdsearch.supernet import train as train_module
+    from kdsearch.training import Recipe
+
+    space_file = tmp_path / "tiny_vit.yaml"
+    space_file.write_text("family: vit\nchoices:\n  depth: [1, 2]\n  embed_dim: [32, 48]\n  num_heads: [1, 2]\n"
+                          "  mlp_ratio: [2.0]\nfixed:\n  head_dim: 16\n  img_size: 32\n")
+    space = load_space(space_file)
+    teacher = _vit(depth=3, embed_dim=64, num_heads=4, head_dim=16).eval()
+    real_step, seen = train_module._sandwich_step, []
+
+    def recording(*args, **kwargs):
+        relations = args[10] if len(args) > 10 else kwargs.get("relations")
+        seen.append(relations)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_sandwich_step", recording)
+    with caplog.at_level("INFO", logger="kdsearch.supernet"):
+        prepare_supernets(space, digits_task, teacher, bands=1, recipe=Recipe(epochs=1, batch_size=256),
+                          latency={"max_time_s": 0.05, "min_repeats": 3, "warmup_s": 0.0}, root=tmp_path / "sn")
+    assert seen and all(r is not None and r.attention_heads == 4 for r in seen)
+    assert "starts from the teacher's own weights" in caplog.text
+    supernet = Supernet(space, num_classes=10, in_chans=1)
+    assert SandwichRule().resolved(supernet, teacher).to_dict()["objective"] == "relations+kd"
+    resnet = create_model({"family": "resnet_cifar", "depth1": 1, "depth2": 1, "depth3": 1}, num_classes=10, in_chans=1)
+    assert SandwichRule().resolved(supernet, resnet).objective == "kd"
+    assert "objective" not in SandwichRule().resolved(supernet, resnet).to_dict()  # CNN supernets keep their cache keys

@@ -30,6 +30,9 @@ class SharingRule:
     source_name: Callable[[str, dict, Any], str]  # (subnet tensor name, config, space) -> supernet tensor name
     # (subnet tensor name, supernet tensor, subnet shape) -> the cut, or None for the generic first-k cut
     cut: Callable[[str, Any, Any], Any] | None = None
+    # (supernet module, teacher module, the supernet's config) -> whether the supernet now starts from the teacher's
+    # weights (AutoDistil starts its SuperLM from BERT's)
+    from_teacher: Callable[[nn.Module, nn.Module, dict], bool] | None = None
 
 
 @dataclass(frozen=True)

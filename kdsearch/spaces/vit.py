@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from kdsearch.exceptions import SpaceError
 from kdsearch.spaces.family import SharingRule, build_config, largest_config, register_family
+from kdsearch.taps import attention_blocks
 
 DEPTH_RULES = ("even", "first")
 
@@ -38,7 +39,6 @@ def vit(
         img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes, embed_dim=embed_dim,
         depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, global_pool="token", attn_layer=attention,
     )
-    model.head_dim = head_dim or embed_dim // num_heads  # read by the relation loss (kdsearch.distill.losses)
     return model
 
 
@@ -126,6 +126,51 @@ def _vit_cut(name: str, source: torch.Tensor, shape: torch.Size) -> torch.Tensor
     return cut.reshape(shape)
 
 
+def _head_dim(attn: nn.Module) -> int:
+    return attn.qkv.out_features // 3 // attn.num_heads
+
+
+@torch.no_grad()
+def start_from_teacher(shared: nn.Module, teacher: nn.Module, config: dict) -> bool:
+    """Load the supernet ``shared`` (the largest subnet, ``config``) with cuts of a ViT teacher's own weights, as
+    AutoDistil starts its SuperLM from BERT: the teacher's layers spread over the supernet's depth, every tensor the
+    first-k slice (Q/K/V per heads). Only for a teacher at least as large in every dimension, with the same patches,
+    tokens, head dimension and classes; returns whether it did (False: the supernet keeps its random init)."""
+    target = shared.state_dict()
+    source = teacher.state_dict()
+    blocks = attention_blocks(teacher)
+    if blocks is None or attention_blocks(shared) is None or len(blocks) < len(shared.blocks):
+        return False
+    if _head_dim(blocks[0].attn) != _head_dim(shared.blocks[0].attn):
+        return False  # heads of another width: a cut would split them
+    layers = kept_layers(len(shared.blocks), len(blocks), config.get("depth_rule", "even"))
+    cuts = {}
+    for name, tensor in target.items():
+        from_name = name
+        if name.startswith("blocks."):
+            _, index, rest = name.split(".", 2)
+            from_name = f"blocks.{layers[int(index)]}.{rest}"
+        have = source.get(from_name)
+        if have is None or have.dim() != tensor.dim():
+            return False
+        if name.endswith("attn.qkv.weight") or name.endswith("attn.qkv.bias"):
+            if have.shape[0] < tensor.shape[0] or (have.dim() == 2 and have.shape[1] < tensor.shape[1]):
+                return False
+            cuts[name] = _vit_cut(name, have, tensor.shape)
+            continue
+        token_dims = {1} if name == "pos_embed" else set()  # the same tokens, or the positions mean nothing
+        if name == "patch_embed.proj.weight":
+            token_dims = {1, 2, 3}  # the same input channels and patch size
+        if any(a < b or (d in token_dims and a != b) for d, (a, b) in enumerate(zip(have.shape, tensor.shape))):
+            return False
+        if name.startswith("head.") and have.shape[0] != tensor.shape[0]:
+            return False  # another label set
+        cuts[name] = have[tuple(slice(0, n) for n in tensor.shape)]
+    for name, tensor in target.items():
+        tensor.copy_(cuts[name])
+    return True
+
+
 def _vit_keys(config: dict, input_shape: tuple) -> list:
     """Blocks for the latency lookup table: embedding, each encoder layer (all alike), final norm and head."""
     tokens = (input_shape[1] // config.get("patch_size", 4)) * (input_shape[2] // config.get("patch_size", 4)) + 1
@@ -136,5 +181,5 @@ def _vit_keys(config: dict, input_shape: tuple) -> list:
             ("norm_pre",), *[layer] * config["depth"], ("norm", e, tokens), ("fc_norm",), ("head_drop",), ("head", e)]
 
 
-VIT_SHARING = SharingRule(_vit_supernet, _vit_source, cut=_vit_cut)
+VIT_SHARING = SharingRule(_vit_supernet, _vit_source, cut=_vit_cut, from_teacher=start_from_teacher)
 register_family(vit, block_keys=_vit_keys, sharing=VIT_SHARING, check=check_vit_space)

@@ -121,7 +121,7 @@ def prepare_supernets(
     sharing_rule(space.family)  # a clear error before anything is timed or trained
     device = torch.device(device)
     recipe = recipe or Recipe(**DEFAULT_RECIPE, seed=seed)
-    rule = rule or SandwichRule()
+    rule = (rule or SandwichRule()).resolved(Supernet(space, task.num_classes, task.in_chans), teacher)
     latency = latency or LATENCY_SEARCH
     bands_folder = Path(root or cache_dir() / "supernets") / _bands_key(space, task, bands, device, latency, seed)
     measured = _cached_bands(space, task, bands, device, latency, seed, bands_folder / "bands.json")
@@ -137,7 +137,7 @@ def prepare_supernets(
     supernets, histories = {}, {}
     for band in trained:
         supernets[band], histories[band] = _band_supernet(space, holdout_task, pool, band, outputs, recipe, rule,
-                                                          folder / f"band{band}", device, progress)
+                                                          folder / f"band{band}", device, progress, teacher)
     return SupernetRanker(measured, supernets, holdout_task, _teacher_logits(teacher, holdout_task, device), device,
                           rule.temperature, histories, folder)
 
@@ -164,7 +164,7 @@ def _cached_bands(space, task, bands, device, latency, seed, path: Path) -> Late
     return measured
 
 
-def _band_supernet(space, task, pool, band, outputs, recipe, rule, folder: Path, device, progress):
+def _band_supernet(space, task, pool, band, outputs, recipe, rule, folder: Path, device, progress, teacher=None):
     import json
 
     from safetensors.torch import load_file
@@ -177,7 +177,10 @@ def _band_supernet(space, task, pool, band, outputs, recipe, rule, folder: Path,
         logger.info(f"supernet band {band + 1}: reused ({len(history)} epochs, cache {folder.parent.name})")
         return supernet.eval(), history
     started = time.perf_counter()
-    history = train_band(supernet, pool, band, task, outputs, recipe, rule, folder=folder, device=device, progress=progress)
+    if teacher is not None and supernet.start_from(teacher.to(device)):  # a resumed run's checkpoint replaces it
+        logger.info(f"supernet band {band + 1}: starts from the teacher's own weights, sliced")
+    history = train_band(supernet, pool, band, task, outputs, recipe, rule, folder=folder, device=device, progress=progress,
+                         teacher=teacher)
     last = history[-1]
     logger.info(f"supernet band {band + 1}: {len(pool.members[band])} candidates of the pool, {recipe.epochs} epochs, "
                 f"hold-out accuracy largest {last['holdout_accuracy_largest']:.3f} / smallest {last['holdout_accuracy_smallest']:.3f} "

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -22,12 +22,15 @@ import torch.nn.functional as F
 from kdsearch._util import atomic_path, atomic_torch_save, atomic_write_json, read_resume_state
 from kdsearch.data import Task
 from kdsearch.similarity import kl_div_t
+from kdsearch.similarity.relations import relation_heads_for, relation_kl
 from kdsearch.supernet.bands import BandPool, check_anchors
 from kdsearch.supernet.weights import Supernet, recalibrate
+from kdsearch.taps import attention_blocks, forward_taps
 from kdsearch.teacher.outputs import TeacherOutputs
 from kdsearch.training import Recipe, amp_dtype_for, epoch_seed, lr_at, make_optimizer
 
 WEIGHTS_FILE = "weights.safetensors"  # a finished band's weights in its cache folder
+OBJECTIVES = ("auto", "kd", "relations+kd")
 
 
 @dataclass(frozen=True)
@@ -39,9 +42,15 @@ class SandwichRule:
     kd_weight: float = 0.9  # the rest is cross-entropy on the labels
     inplace: bool = False  # smaller subnets learn from the largest subnet's logits instead of the teacher's
     anchors: str = "latency"  # the members run every step (BandPool.anchors): latency, span or uniform
+    # what a subnet learns: "kd" (the teacher's logits) or "relations+kd" (and MiniLM's self-attention relations of
+    # the teacher's last layer, AutoDistil's objective; transformer teacher and supernet); "auto": the second where
+    # both are transformers (prepare_supernets decides)
+    objective: str = "auto"
 
     def __post_init__(self):
         check_anchors(self.anchors)
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"A supernet objective is one of {', '.join(OBJECTIVES)}, not {self.objective!r}.")
         if self.inplace and self.anchors == "uniform":
             raise ValueError("In-place distillation needs a largest subnet to learn from; use anchors 'latency' or 'span'.")
         if self.anchors == "uniform" and self.random_subnets < 1:
@@ -58,11 +67,21 @@ class SandwichRule:
                   "inplace": self.inplace}
         if self.anchors != "latency":  # the default stays out of the record so that supernets cached before it stay valid
             record["anchors"] = self.anchors
+        if self.objective == "relations+kd":  # (logit KD, the only objective before it, keeps the old records)
+            record["objective"] = self.objective
         return record
+
+    def resolved(self, supernet: Supernet, teacher) -> SandwichRule:
+        """``auto`` made concrete: relations where the teacher and the supernet both have readable attention."""
+        if self.objective != "auto":
+            return self
+        both = teacher is not None and attention_blocks(teacher) is not None and attention_blocks(supernet.shared) is not None
+        return replace(self, objective="relations+kd" if both else "kd")
 
 
 def train_band(supernet: Supernet, pool: BandPool, band: int, task: Task, outputs: TeacherOutputs, recipe: Recipe,
-               rule: SandwichRule, *, folder: Path, device: torch.device, progress: bool = False) -> list[dict]:
+               rule: SandwichRule, *, folder: Path, device: torch.device, progress: bool = False,
+               teacher: torch.nn.Module | None = None) -> list[dict]:
     """Train (or resume) one band's supernet on ``task``'s training split; returns its per-epoch history, in which the
     band's largest and smallest subnets are scored on ``task``'s validation split (for find: a slice carved out of the
     training images). ``folder`` holds the per-epoch training state, the history and, when done, ``weights.safetensors``."""
@@ -89,8 +108,9 @@ def train_band(supernet: Supernet, pool: BandPool, band: int, task: Task, output
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(epoch * steps + step, recipe.epochs * steps, int(recipe.warmup_epochs * steps),
                                     recipe.lr, recipe.schedule)
+            relations = _teacher_relations(teacher, x, rule, device, amp_dtype)
             losses.append(_sandwich_step(supernet, pool.sandwich(band, draws, rule.random_subnets, rule.anchors), x, y, lookup(idx),
-                                         rule, optimizer, scaler, device, amp_dtype))
+                                         rule, optimizer, scaler, device, amp_dtype, relations))
             bar.update(1)
         record = {"epoch": epoch + 1, "loss": sum(losses) / max(1, len(losses)), "seconds": time.perf_counter() - started}
         record.update(_extremes_accuracy(supernet, pool, band, task, device))  # the supernet's learning curve
@@ -105,15 +125,32 @@ def train_band(supernet: Supernet, pool: BandPool, band: int, task: Task, output
     return history
 
 
+def _teacher_relations(teacher, x, rule: SandwichRule, device, amp_dtype):
+    """The teacher's last-layer queries, keys and values on the batch (relations+kd), else None."""
+    if rule.objective != "relations+kd":
+        return None
+    if teacher is None:
+        raise ValueError("The relations+kd objective needs the teacher module; pass teacher= to train_band.")
+    with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        return forward_taps(teacher, x, attention_layer=-1)
+
+
 def _sandwich_step(supernet: Supernet, configs: list[dict], x, y, teacher_logits, rule: SandwichRule, optimizer, scaler,
-                   device: torch.device, amp_dtype) -> float:
+                   device: torch.device, amp_dtype, relations=None) -> float:
     optimizer.zero_grad(set_to_none=True)
     total, largest = 0.0, None
     for i, config in enumerate(configs):
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = supernet(config, x)
+            if relations is None:
+                logits = supernet(config, x)
+            else:
+                taps = supernet.taps(config, x, attention_layer=-1)
+                logits = taps.logits
         target = largest if (rule.inplace and largest is not None) else teacher_logits
         loss = rule.kd_weight * kl_div_t(logits.float(), target.float(), rule.temperature) + (1 - rule.kd_weight) * F.cross_entropy(logits.float(), y)
+        if relations is not None:
+            heads = relation_heads_for(0, relations.attention_heads, (taps.attention[0].shape[-1], relations.attention[0].shape[-1]))
+            loss = loss + sum(relation_kl(s, t, heads) for s, t in zip(taps.attention, relations.attention))
         scaler.scale(loss).backward()  # gradients accumulate over the sandwich
         if i == 0:
             largest = logits.detach()

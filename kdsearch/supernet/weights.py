@@ -52,6 +52,13 @@ class Supernet(nn.Module):
         self.shared = self.rule.build(space, num_classes, in_chans)
         self._skeletons: dict[str, nn.Module] = {}
 
+    def start_from(self, teacher: nn.Module) -> bool:
+        """Start the shared weights from cuts of the teacher's own, where the family can (a ViT teacher at least as
+        large as the supernet: AutoDistil's SuperLM starts from BERT); returns whether it did."""
+        if self.rule.from_teacher is None:
+            return False
+        return bool(self.rule.from_teacher(self.shared, teacher, largest_config(self.space)))
+
     def _skeleton(self, config: dict) -> nn.Module:
         from kdsearch.spaces import candidate_id
 
@@ -84,6 +91,12 @@ class Supernet(nn.Module):
         skeleton = self._skeleton(config).train(self.training)
         return torch.func.functional_call(skeleton, self.views(config), (x,))
 
+    def taps(self, config: dict, x: torch.Tensor, attention_layer: int | None = None):
+        """The subnet's taps (kdsearch.taps) on the shared weights, with one layer's attention when asked for."""
+        skeleton = self._skeleton(config).train(self.training)
+        tapped = _Tapped(skeleton, attention_layer)
+        return torch.func.functional_call(tapped, {f"model.{k}": v for k, v in self.views(config).items()}, (x,))
+
     def extract(self, config: dict) -> nn.Module:
         """The candidate as a plain family module holding copies of its inherited weights."""
         inherited = {k: v.detach().clone() for k, v in self.views(config).items()}
@@ -94,6 +107,19 @@ class Supernet(nn.Module):
             model = create_model(config, num_classes=self.num_classes, in_chans=self.in_chans)
             model.load_state_dict(inherited)
         return model.to(next(self.shared.parameters()).device)
+
+
+class _Tapped(nn.Module):
+    """A module whose forward is ``forward_taps`` of another (so that ``functional_call`` can run it on views)."""
+
+    def __init__(self, model: nn.Module, attention_layer: int | None):
+        super().__init__()
+        self.model, self.attention_layer = model, attention_layer
+
+    def forward(self, x: torch.Tensor):
+        from kdsearch.taps import forward_taps
+
+        return forward_taps(self.model, x, self.attention_layer)
 
 
 def recalibrate(model: nn.Module, batches) -> nn.Module:
