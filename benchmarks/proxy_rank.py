@@ -368,7 +368,7 @@ def evaluate(ground_truth: dict, args) -> None:
             "seed_tau": _tau([r[f"{n}_seeds"][0] for r in rows], [r[f"{n}_seeds"][1] for r in rows]),
             "ms_per_candidate": sum(r[f"{n}_ms"] for r in rows) / len(rows),
         }
-    selection = select_default(scores, kd, spaces)
+    selection = select_default(scores, kd, spaces, repeats=3 if args.smoke else 30)  # 30 repeats: 30 s of a smoke run
     default = selection["default_proxy"]
     from kdsearch.proxies.ensemble import rank_scores
 
@@ -448,12 +448,13 @@ def main() -> None:
     parser.add_argument("--shard", default="0/1", help="K/N: train only students i with i %% N == K (run N at once, "
                         "e.g. with --threads 1 each on a 2-core machine), then once without --shard to gather")
     parser.add_argument("--threads", type=int, default=2)
-    add_smoke(parser, "5 students, 1 epoch on 200 images, a 1-epoch teacher on 20 images per class")
+    add_smoke(parser, "5 students (2 with a second seed), 1 epoch on 200 images, a 1-epoch teacher on 20 images per "
+              "class, 3 two-fold repeats")
     args = parser.parse_args()
     global WORK
     if args.smoke:
         WORK = args.results = smoke_dir("proxy_rank")
-        args.resnet, args.nb201, args.seed_students, args.epochs, args.train_samples = 3, 2, 5, 1, 200
+        args.resnet, args.nb201, args.seed_students, args.epochs, args.train_samples = 3, 2, 2, 1, 200
         args.teacher_epochs, args.teacher_per_class, args.reuse, args.shard = 1, 20, False, "0/1"
     args.results.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)

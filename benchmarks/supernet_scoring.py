@@ -30,10 +30,11 @@ RUN = WORK / "run-2.37ms_supernet"
 
 
 def smoke_run(work: Path) -> Path:
-    """A small run with the supernet proxy on the digits (a 1-epoch test_resnet teacher, 1-epoch supernets)."""
+    """A small run with the supernet proxy on the digits (a 1-epoch test_resnet teacher, 1-epoch supernets of DisWOT's
+    64-student space: the full resnet_cifar's largest subnet made this smoke run take 100 s)."""
     from kdsearch.pipeline import find
 
-    result = find(teacher="test_resnet", teacher_epochs=1, budget="0.3Mparams", data="digits", proxy="supernet",
+    result = find(teacher="test_resnet", teacher_epochs=1, budget="0.3Mparams", data="digits", proxy="supernet", space="resnet_cifar_s1",
                   subspaces=2, supernet_epochs=1, trials=12, top_k=1, front=0, controls=0, epochs=1, out=work / "run", quiet=True)
     return result.run_dir
 

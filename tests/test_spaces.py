@@ -9,13 +9,21 @@ from kdsearch.spaces import candidate_id, create_model, default_space_path, list
 def test_bundled_spaces_load_and_build(path):
     space = load_space(path)
     assert space.size >= 24
-    config = next(space.enumerate())
-    size = 32 if space.resolution[0] <= 32 else 96
+    size = 32 if space.resolution[0] <= 32 else 224 if space.resolution[0] >= 224 else 96
+    config = next(space.for_input(size).enumerate())
     model = create_model(config, num_classes=7, in_chans=3).eval()
     with torch.no_grad():
         assert model(torch.zeros(2, 3, size, size)).shape == (2, 7)
     feats = model.forward_features(torch.zeros(1, 3, size, size))
-    assert feats.ndim == 4
+    assert feats.ndim == (3 if space.family == "vit" else 4)  # a transformer's features are tokens
+
+
+def test_autodistil_s_three_subspaces_are_its_ranges_with_256_students_each():
+    spaces = {name: load_space(f"autodistil_{name}") for name in ("tiny", "small", "base")}
+    assert all(s.size == 256 and s.fixed == {"patch_size": 16, "head_dim": 64} for s in spaces.values())
+    assert spaces["tiny"].choices["depth"] == [4, 5, 6, 7] and spaces["tiny"].choices["embed_dim"] == [128, 160, 192, 224]
+    assert spaces["small"].choices["num_heads"] == [7, 8, 9, 10] and spaces["base"].choices["num_heads"] == [9, 10, 11, 12]
+    assert spaces["base"].choices["embed_dim"] == [544, 576, 608, 640] and spaces["small"].choices["mlp_ratio"][-1] == 4.0
 
 
 def test_resnet20_is_in_the_cifar_space_and_has_resnet20_shape():
