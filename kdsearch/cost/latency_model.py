@@ -50,7 +50,16 @@ CONTEXT_REPEATS = 12  # forward passes whose per-block times (in context) are ke
 
 
 def use_latency_model(setting: str, space: SearchSpace, runtime: str, metric: str) -> bool:
-    """on / off as asked; auto: for a latency budget over a large space, or a runtime that compiles each network."""
+    """on / off as asked; auto: for a latency budget over a large space, or a runtime that compiles each network
+    (never for a union of spaces: the model is fitted on one family's keys)."""
+    from kdsearch.exceptions import SpaceError
+    from kdsearch.spaces.union import is_union
+
+    if is_union(space):
+        if setting == "on":
+            raise SpaceError(f"--latency-model on models one space's latency; --space {space.name} is a union: use "
+                             "--latency-model off (every candidate is timed).")
+        return False
     if setting != "auto":
         return setting == "on"
     return metric == LATENCY and (space.size >= AUTO_MIN_SPACE or runtime == "compile")

@@ -15,6 +15,7 @@ from kdsearch.pipeline.records import CONTROL, POOL, TOP, Role, RunContext
 from kdsearch.run import RunSettings
 from kdsearch.search import latency_columns, measure_candidate
 from kdsearch.spaces import create_model
+from kdsearch.spaces.union import is_union
 from kdsearch.teacher import load_network
 
 logger = logging.getLogger(__name__)
@@ -95,6 +96,22 @@ class Chooser:
             self.folder.write_finalists(self.finalists)
 
 
+def _each_family_in_each_band(finalists: dict, feasible: list[dict], edges: list[float], budget: Budget,
+                              chooser: Chooser) -> None:
+    """A union of spaces: each family's best in each band too, so that the front says which family wins where (the
+    proxy's scores are not comparable across families: a ViT holds far more parameters per millisecond)."""
+    families = dict.fromkeys(r["config"]["family"] for r in feasible)
+    for band in range(len(edges) - 1, 0, -1):
+        for family in families:
+            mine = {cid: f for cid, f in finalists.items() if f["config"]["family"] == family}
+            if band_covered(mine, band, edges, budget):
+                continue
+            role = Role("band", band)
+            held = sum(1 for f in finalists.values() if Role.of(f) == role and f["within_budget"])
+            chooser.take(role, [r for r in feasible if r["config"]["family"] == family
+                                and band_of(budget.comparable(r), edges) == band], held + 1)
+
+
 def choose_finalists(run: RunContext, rows: dict[str, dict], selection) -> dict[str, dict]:
     """The students to distil: ``selection``'s top picks among the candidates that fit (best by the ranking proxy
     first), the best of each latency band of the front not yet covered, and ``controls`` drawn at random among those
@@ -109,6 +126,8 @@ def choose_finalists(run: RunContext, rows: dict[str, dict], selection) -> dict[
     for band in range(len(edges) - 1, 0, -1):  # from the budget down to the fastest
         if not band_covered(finalists, band, edges, budget):
             chooser.take(Role("band", band), [r for r in feasible if band_of(budget.comparable(r), edges) == band], 1)
+    if is_union(settings.space):
+        _each_family_in_each_band(finalists, feasible, edges, budget, chooser)
     if settings.controls:
         order = np.random.default_rng(settings.seed).permutation(len(feasible))
         chooser.take(CONTROL, [feasible[i] for i in order], settings.controls)

@@ -41,14 +41,14 @@ def check_runtime(settings: RunSettings, task: Task) -> None:
     """A runtime that cannot run the space's networks is refused before the teacher (one RuntimeUnavailable line)."""
     if settings.runtime == "torch":
         return
-    config = settings.space.sample(1, seed=settings.seed)[0]
-    model = create_model(config, num_classes=task.num_classes, in_chans=task.in_chans)
-    try:
-        LatencyTimer(model, task.input_shape, torch.device(settings.device), settings.latency_batch_size, settings.threads,
-                     settings.runtime)  # prepares (compiles, exports) and runs it once
-    except RuntimeUnavailable as exc:
-        raise RuntimeUnavailable(f"--runtime {settings.runtime} cannot run the candidates of {settings.space.name} "
-                                 f"(family {settings.space.family}): {exc}") from None
+    for space in getattr(settings.space, "parts", (settings.space,)):  # each space of a union
+        model = create_model(space.sample(1, seed=settings.seed)[0], num_classes=task.num_classes, in_chans=task.in_chans)
+        try:
+            LatencyTimer(model, task.input_shape, torch.device(settings.device), settings.latency_batch_size,
+                         settings.threads, settings.runtime)  # prepares (compiles, exports) and runs it once
+        except RuntimeUnavailable as exc:
+            raise RuntimeUnavailable(f"--runtime {settings.runtime} cannot run the candidates of {space.name} "
+                                     f"(family {space.family}): {exc}") from None
 
 
 def _attention_loss(settings: RunSettings) -> bool:
@@ -59,11 +59,12 @@ def check_loss_students(settings: RunSettings, task: Task) -> None:
     """A loss that reads attention (minilm) needs transformer students: refused before the teacher is loaded."""
     if not _attention_loss(settings):
         return
-    config = settings.space.sample(1, seed=settings.seed)[0]
-    if attention_blocks(create_model(config, num_classes=task.num_classes, in_chans=task.in_chans)) is None:
-        raise LossError(f"--loss {settings.loss_name} distils self-attention, but the students of space "
-                        f"{settings.space.name} (family {settings.space.family}) are not transformers; search a vit "
-                        "space (--space vit_cifar) or use --loss kd.")
+    for space in getattr(settings.space, "parts", (settings.space,)):  # each space of a union
+        config = space.sample(1, seed=settings.seed)[0]
+        if attention_blocks(create_model(config, num_classes=task.num_classes, in_chans=task.in_chans)) is None:
+            raise LossError(f"--loss {settings.loss_name} distils self-attention, but the students of space "
+                            f"{space.name} (family {space.family}) are not transformers; search a vit "
+                            "space (--space vit_cifar) or use --loss kd.")
 
 
 def check_loss_teacher(settings: RunSettings, teacher: Teacher) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from kdsearch.distill.ranking import best_first
-from kdsearch.report.figures import figures_html, human_count, on_ratio_scale
+from kdsearch.report.figures import family_lines, figures_html, human_count, on_ratio_scale
 from kdsearch.run import RunFolder, RunSettings
 
 TABLE_COLUMNS = ["candidate_id", "role", "band", "distilled_accuracy", "latency_p50_ms", "latency_p90_ms", "latency_ratio", "params", "flops",
@@ -155,6 +155,7 @@ class Report:
             lines.append("* = on the Pareto front (no other student is both faster and more accurate); role: top = "
                          f"{top}, band N = best of latency band N (1 = fastest), control = drawn at random")
             lines.extend(self.check.lines())
+            lines.extend(family_lines(self.table))
         lines.append(recipe_line(self.settings, self.halving))
         lines.extend(halving_lines(self.halving, self.settings.epochs))
         lines.extend(supernet_lines(self.supernets))
@@ -315,7 +316,7 @@ def _html(report: Report, data: dict) -> str:
 
     table, teacher, settings, run_dir = report.table, report.teacher, report.settings, report.run_dir
     html_table = _display(table).to_html(index=False, float_format=lambda v: f"{v:.4f}")  # pandas escapes cells
-    notes = (report.check.lines() + [recipe_line(settings, report.halving)] + halving_lines(report.halving, settings.epochs)
+    notes = (report.check.lines() + family_lines(table) + [recipe_line(settings, report.halving)] + halving_lines(report.halving, settings.epochs)
              + report.latency_notes)
     check = "".join(f"<li>{html.escape(line.strip())}</li>" for line in notes)
     body = "\n".join(figures_html(report))  # plotly writes names as JSON with < and > escaped

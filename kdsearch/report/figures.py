@@ -42,6 +42,39 @@ def on_ratio_scale(table: pd.DataFrame, settings: RunSettings) -> bool:
             and bool(table["latency_ratio"].notna().all()))
 
 
+FAMILY_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e")
+
+
+def family_column(table: pd.DataFrame) -> pd.Series:
+    """Each row's family, read from its config (JSON text in candidates.csv, or a dict)."""
+    import json
+
+    if "config" not in table:
+        return pd.Series(["?"] * len(table), index=table.index)
+    return table["config"].map(lambda c: (json.loads(c) if isinstance(c, str) else c).get("family", "?"))
+
+
+def family_lines(table: pd.DataFrame, band_edges: list[float] | None = None) -> list[str]:
+    """Which family wins in each band of the front (a union of spaces): the most accurate distilled student of each
+    family per band, and the winner with its margin."""
+    if table.empty or "band" not in table:
+        return []
+    families = family_column(table)
+    if families.nunique() < 2:
+        return []
+    lines = ["families (a union of spaces): the best distilled student of each family in each latency band"]
+    for band in sorted(b for b in table["band"].dropna().unique()):
+        rows = table[table["band"] == band].assign(family=families)
+        best = rows.sort_values("distilled_accuracy", ascending=False).drop_duplicates("family")
+        parts = ", ".join(f"{r.family} {r.distilled_accuracy:.4f} ({r.candidate_id})" for r in best.itertuples())
+        if len(best) < 2:
+            lines.append(f"  band {int(band)}: only {best.iloc[0]['family']} was distilled here ({parts})")
+            continue
+        margin = best.iloc[0]["distilled_accuracy"] - best.iloc[1]["distilled_accuracy"]
+        lines.append(f"  band {int(band)}: {best.iloc[0]['family']} wins by {100 * margin:+.1f} points ({parts})")
+    return lines
+
+
 def _front_figure(report):
     import plotly.graph_objects as go
 
@@ -57,18 +90,23 @@ def _front_figure(report):
     xs, ys = [], []
     if not table.empty:
         kinds = table["role"].fillna("top").map(lambda r: r.split()[0])
-        for kind, (color, symbol) in ROLE_STYLE.items():
-            part = table[kinds == kind]
-            if part.empty:
-                continue
-            err = (part["latency_p90_ms"] - part["latency_p50_ms"]).clip(lower=0)
-            label = {"top": "proxy's top picks", "band": "best of a latency band", "control": "random controls"}[kind]
-            fig.add_scatter(
-                x=part["latency_p50_ms"], y=part["distilled_accuracy"], mode="markers", name=label,
-                error_x={"type": "data", "array": err, "symmetric": False},
-                text=part["candidate_id"] + " (" + part["role"].fillna("top") + ")<br>" + part["params"].map(human_count) + " params",
-                marker={"size": 11, "color": color, "symbol": symbol},
-            )
+        families = family_column(table)
+        mixed = families.nunique() > 1  # a union of spaces: colour by family, the role by the marker's shape
+        for family in dict.fromkeys(families):
+            for kind, (color, symbol) in ROLE_STYLE.items():
+                part = table[(kinds == kind) & (families == family)]
+                if part.empty:
+                    continue
+                err = (part["latency_p90_ms"] - part["latency_p50_ms"]).clip(lower=0)
+                label = {"top": "proxy's top picks", "band": "best of a latency band", "control": "random controls"}[kind]
+                fig.add_scatter(
+                    x=part["latency_p50_ms"], y=part["distilled_accuracy"], mode="markers",
+                    name=f"{family}: {label}" if mixed else label, legendgroup=family if mixed else None,
+                    error_x={"type": "data", "array": err, "symmetric": False},
+                    text=part["candidate_id"] + " (" + part["role"].fillna("top") + ")<br>" + part["params"].map(human_count) + " params",
+                    marker={"size": 11, "color": FAMILY_COLORS[list(dict.fromkeys(families)).index(family) % len(FAMILY_COLORS)]
+                            if mixed else color, "symbol": symbol},
+                )
         front = table[table["pareto"]].sort_values("latency_p50_ms")
         fig.add_scatter(x=front["latency_p50_ms"], y=front["distilled_accuracy"], mode="lines", name="Pareto front",
                         line={"dash": "dot", "color": "black"})

@@ -23,7 +23,8 @@ from kdsearch.proxies import needs_supernet, parse_proxies
 from kdsearch.run.options import BY_NAME, RECORDED, TARGET_FACTOR, find_keywords, setting_fields
 from kdsearch.search import check_sampler
 from kdsearch.search.storage import check_storage, without_password
-from kdsearch.spaces import SearchSpace, load_space
+from kdsearch.spaces import SearchSpace
+from kdsearch.spaces.union import UnionSpace, is_union, load_spaces
 from kdsearch.training import STUDENT_RECIPE, Recipe
 
 IDENTITY_KEYS = (
@@ -80,7 +81,7 @@ class RunSettings(_OptionSettings):
             select = "proxy" if auto_selection else "halving"
         selection = check_selection(select, pool=o.pool, eta=o.eta, first_rung=o.first_rung, rung_design=o.rung_design,
                                     rung_signal=o.rung_signal, top_k=o.top_k, epochs=o.epochs, finish=o.finish)
-        space_obj = load_space(o.space) if o.space else None
+        space_obj = load_spaces(o.space) if o.space else None
         supernet = _supernet_settings(o, proxies, space_obj)
         loss_config = create_loss(o.loss, **(o.loss_options or {})).config()
         torch_device = resolve_device(o.device)
@@ -142,8 +143,7 @@ class RunSettings(_OptionSettings):
 
     def to_config(self) -> dict[str, Any]:
         space = self.space
-        space_record = {"name": space.name, "family": space.family, "choices": space.choices, "fixed": space.fixed,
-                        "description": space.description, "resolution": list(space.resolution)} if space else None
+        space_record = _space_record(space) if space else None
         return {
             "kdsearch_version": __version__, "teacher": self.teacher, **{name: getattr(self, name) for name in RECORDED},
             "teacher_weights_sha": self.teacher_weights_sha, "data": self.data.to_dict(), "space": space.name if space else None,
@@ -158,7 +158,7 @@ class RunSettings(_OptionSettings):
     def from_config(cls, config: dict[str, Any], out: str | Path) -> RunSettings:
         """The settings a run folder was created with (no re-validation: the device may not exist on this machine)."""
         record = config.get("space_record")
-        space = SearchSpace(path=config.get("space_path"), **{**record, "resolution": tuple(record["resolution"])}) if record else None
+        space = _space_from_record(record, config.get("space_path")) if record else None
         # an option recorded after runs existed reads as its default; bands and controls came later still: off
         recorded = {name: config.get(name, BY_NAME[name].default) for name in RECORDED}
         return cls(**{
@@ -181,6 +181,20 @@ def _check_counts(o: SimpleNamespace) -> None:
             raise KdsearchError(f"--{name} must be 0 or more (got {value}).")
 
 
+def _space_record(space) -> dict:
+    if is_union(space):
+        return {"name": space.name, "parts": [_space_record(p) | {"path": p.path} for p in space.parts]}
+    return {"name": space.name, "family": space.family, "choices": space.choices, "fixed": space.fixed,
+            "description": space.description, "resolution": list(space.resolution)}
+
+
+def _space_from_record(record: dict, path: str | None):
+    if "parts" in record:
+        return UnionSpace(tuple(_space_from_record({k: v for k, v in part.items() if k != "path"}, part.get("path"))
+                                for part in record["parts"]))
+    return SearchSpace(path=path, **{**record, "resolution": tuple(record["resolution"])})
+
+
 def _supernet_settings(o: SimpleNamespace, proxies: tuple[str, ...], space: SearchSpace | None) -> dict | None:
     """With a supernet proxy: {"subspaces", "epochs", "warm_start"[, "anchors" other than latency]}, checked."""
     from kdsearch.supernet.bands import ANCHORS  # the supernet stage loads only for runs that use it
@@ -195,6 +209,9 @@ def _supernet_settings(o: SimpleNamespace, proxies: tuple[str, ...], space: Sear
     supernet = {"subspaces": o.subspaces, "epochs": o.supernet_epochs, "warm_start": o.warm_start}
     if o.supernet_anchors != "latency":  # absent = the default, so older runs still resume
         supernet["anchors"] = o.supernet_anchors
+    if is_union(space):
+        raise KdsearchError(f"A supernet proxy shares weights within one space; --space {space.name} is a union: search "
+                            "each space with --proxy supernet on its own, or rank the union with another --proxy.")
     if space is not None:
         from kdsearch.spaces.families import sharing_rule
 

@@ -29,6 +29,7 @@ from kdsearch.search.evaluate import (
 from kdsearch.search.optuna_adapter import count_trials, queue_retry, reread_trial, retried_trial_number, retry_history
 from kdsearch.search.storage import HEARTBEAT_S, fail_stale_trials, is_storage_failure, make_storage, redact, unreachable
 from kdsearch.spaces import SearchSpace, candidate_id
+from kdsearch.spaces.union import is_union
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,11 @@ def check_sampler(name: str) -> str:
 def resolve_sampler(name: str, space: SearchSpace, n_trials: int) -> str:
     """'auto': every candidate when the space fits in the trial budget, else the constrained sampler
     (benchmarks/search_regret.py: it reaches the constrained optimum where TPE, NSGA-II and random do not)."""
+    if is_union(space):  # the constrained sampler counts one family's keys exactly; a union has several
+        if name == "constrained":
+            raise SearchError(f"--sampler constrained searches one space; --space {space.name} is a union: use --sampler "
+                              "auto (TPE over the union), tpe, random or brute.")
+        return ("brute" if space.size <= n_trials else "tpe") if name == "auto" else name
     if name != "auto":
         return name
     return "brute" if space.size <= n_trials else "constrained"

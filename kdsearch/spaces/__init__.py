@@ -24,8 +24,11 @@ from kdsearch.spaces.space import (
     list_spaces,
     load_space,
 )
+from kdsearch.spaces.union import UnionSpace, load_spaces  # noqa: E402  (after space: it builds on it)
 
 __all__ = [
+    "UnionSpace",
+    "load_spaces",
     "FamilySpec",
     "SharingRule",
     "SPACES_DIR",
