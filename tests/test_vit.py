@@ -1,5 +1,6 @@
 """The vit family (timm's VisionTransformer), its weight sharing, and MiniLM's self-attention relation loss."""
 
+import json
 import math
 
 import numpy as np
@@ -162,6 +163,8 @@ def test_find_distils_vit_students_with_minilm_and_exports_one_that_onnx_runtime
     table = pd.read_csv(tmp_path / "run" / "candidates.csv")
     done = table[table["distilled_accuracy"].notna()]
     assert len(done) == 1 and (table["params"] <= 400_000).sum() >= 1
+    result = json.loads((tmp_path / "run" / "students" / done.iloc[0]["candidate_id"] / "result.json").read_text())
+    assert result["recipe"]["optimizer"] == "adamw" and result["recipe"]["weight_decay"] == 0.05  # the family's own
     capsys.readouterr()
     pytest.importorskip("onnxruntime")
     assert main(["export", str(tmp_path / "run"), "--best", "--format", "onnx", "--out", str(tmp_path / "onnx")]) == 0

@@ -67,12 +67,13 @@ class HalvingState:
         return [Rung(**r) for r in self.plan]
 
 
-def halving_recipe(settings: RunSettings, state: HalvingState, *, epochs: int | None = None) -> Recipe:
+def halving_recipe(settings: RunSettings, state: HalvingState, *, epochs: int | None = None,
+                   family: str | None = None) -> Recipe:
     """The recipe of every pool member: the run's, with the rungs' restarts (halving.json's plan) for the 'restart'
     design, to the last rung's end (``--finish target``: the target recipe). ``epochs``: to that many instead — a member
     the rungs cut that stands for a band or as a control is distilled on to ``--epochs``, like the other bands."""
     rungs = state.rung_plan
-    return Recipe(**{**settings.recipe().to_dict(), "epochs": epochs or rungs[-1].until_epoch,
+    return Recipe(**{**settings.recipe(family).to_dict(), "epochs": epochs or rungs[-1].until_epoch,
                      "restarts": restarts_for(rungs, state.design)})
 
 

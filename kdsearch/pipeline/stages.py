@@ -105,7 +105,7 @@ def run_supernets(settings: RunSettings, task: Task, teacher: torch.nn.Module, *
     read from the cache when a run with the same settings trained them (as for a warm start after the run)."""
     return prepare_supernets(
         settings.space, task, teacher, bands=settings.supernet["subspaces"], limit_ms=settings.budget.latency_limit_ms,
-        recipe=settings.supernet_recipe(), rule=SandwichRule.with_anchors(settings.supernet.get("anchors", "latency")),
+        recipe=settings.supernet_recipe(settings.space.family), rule=SandwichRule.with_anchors(settings.supernet.get("anchors", "latency")),
         device=torch.device(settings.device), latency=settings.latency("search"), seed=settings.seed, progress=progress,
     )
 
@@ -118,7 +118,7 @@ def train_supernets(run: RunContext) -> SupernetRanker | None:
         return None
     started = time.perf_counter()
     ranker = run_supernets(settings, task, teacher.model, progress=not settings.quiet)
-    folder.write_supernets({**ranker.record(), "recipe": settings.supernet_recipe().to_dict()}, ranker.histories,
+    folder.write_supernets({**ranker.record(), "recipe": settings.supernet_recipe(settings.space.family).to_dict()}, ranker.histories,
                            ranker.weights_files())
     logger.info(f"supernet: {len(ranker.supernets)} of {ranker.bands.count} band(s) ready [{time.perf_counter() - started:.0f} s]")
     return ranker

@@ -150,7 +150,7 @@ def train_student(
     spec = _data_spec(base, data=data, data_root=data_root, input_size=input_size, train_samples=train_samples,
                       val_samples=val_samples)
     loss_name, loss_options = _loss(base, loss, loss_options)
-    recipe = _recipe(base, recipe)
+    recipe = _recipe(base, recipe, config.get("family") if isinstance(config, dict) else None)
     folder = StudentFolder(out)
     if not resume and folder.has_work():
         raise RunFolderError(f"{folder.path} already holds a distillation; pass --resume to continue it, or choose another --out.")
@@ -181,6 +181,12 @@ def _loss(base: RunSettings | None, loss: str | None, options: dict | None) -> t
     return name, options
 
 
+def _family_optimiser(family: str | None) -> dict:
+    from kdsearch.spaces.families import family_recipe, list_families
+
+    return family_recipe(family) if family in list_families() else {}
+
+
 def _data_spec(base: RunSettings | None, **given) -> DataSpec:
     """The run's whole data spec unless the user names other data; single fields given here override it."""
     explicit = {k: v for k, v in given.items() if v is not None}
@@ -189,10 +195,11 @@ def _data_spec(base: RunSettings | None, **given) -> DataSpec:
     return DataSpec(**{**base.data.to_dict(), **explicit})
 
 
-def _recipe(base: RunSettings | None, recipe: Recipe | dict | None) -> Recipe:
+def _recipe(base: RunSettings | None, recipe: Recipe | dict | None, family: str | None = None) -> Recipe:
+    """A Recipe as given; else the run's (or the default) with the student family's optimiser, then ``recipe``'s fields."""
     if isinstance(recipe, Recipe):
         return recipe
-    start = base.recipe().to_dict() if base else Recipe().to_dict()
+    start = base.recipe(family).to_dict() if base else Recipe(**_family_optimiser(family)).to_dict()
     overrides = recipe or {}
     unknown = set(overrides) - {f.name for f in fields(Recipe)}
     if unknown:

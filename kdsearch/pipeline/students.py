@@ -50,10 +50,12 @@ def _recipe(run: RunContext, final: dict, rung: int | None) -> Recipe:
     """The run's recipe; for a rung unit, or a cut pool member distilled on, the rungs' schedule (halving.json
     precedes any rung unit): a survivor to the last rung's end, a cut member on to --epochs, like the bands."""
     settings = run.settings
+    family = final["config"]["family"]
     if rung is None and final.get("rung") is None:
-        return settings.recipe()
+        return settings.recipe(family)
     survivor = rung is not None or Role.of(final) == TOP
-    return halving_recipe(settings, HalvingState.read(run.folder), epochs=None if survivor else settings.epochs)
+    return halving_recipe(settings, HalvingState.read(run.folder), epochs=None if survivor else settings.epochs,
+                          family=family)
 
 
 def student_job(run: RunContext):

@@ -122,13 +122,14 @@ class RunSettings(_OptionSettings):
     def loss_options(self) -> dict:
         return {k: v for k, v in self.loss.items() if k != "name"}
 
-    def recipe(self) -> Recipe:
-        """The distillation recipe every student of the run is trained with."""
-        return Recipe(epochs=self.epochs, batch_size=self.batch_size, seed=self.seed, **STUDENT_RECIPE)
+    def recipe(self, family: str | None = None) -> Recipe:
+        """The distillation recipe every student of the run is trained with; for a ``family`` with optimiser settings
+        of its own (a ViT's AdamW: ``kdsearch.spaces.families.family_recipe``), with those."""
+        return Recipe(epochs=self.epochs, batch_size=self.batch_size, seed=self.seed, **_optimiser(family))
 
-    def supernet_recipe(self) -> Recipe:
-        """The supernets' recipe: the students' (batch size, SGD, seed) for ``supernet["epochs"]`` epochs."""
-        return Recipe(epochs=self.supernet["epochs"], batch_size=self.batch_size, seed=self.seed, **STUDENT_RECIPE)
+    def supernet_recipe(self, family: str | None = None) -> Recipe:
+        """The supernets' recipe: the students' (batch size, optimiser, seed) for ``supernet["epochs"]`` epochs."""
+        return Recipe(epochs=self.supernet["epochs"], batch_size=self.batch_size, seed=self.seed, **_optimiser(family))
 
     def latency(self, stage: str) -> dict[str, Any]:
         """measure_latency settings for 'search' (screening) or 'final' (finalists, teacher)."""
@@ -179,6 +180,12 @@ def _check_counts(o: SimpleNamespace) -> None:
     for name, value in (("front", o.front), ("controls", o.controls), ("workers", o.workers)):
         if value < 0:
             raise KdsearchError(f"--{name} must be 0 or more (got {value}).")
+
+
+def _optimiser(family: str | None) -> dict:
+    from kdsearch.spaces.families import family_recipe
+
+    return {**STUDENT_RECIPE, **(family_recipe(family) if family else {})}
 
 
 def _space_record(space) -> dict:

@@ -11,6 +11,7 @@ from kdsearch.spaces.family import (
     FamilySpec,
     SharingRule,
     family_keys,
+    family_recipe,
     family_spec,
     get_family,
     largest_config,
@@ -24,7 +25,7 @@ from kdsearch.spaces.nasbench201 import NB201_EDGES, NB201_OPS, nasbench201, nb2
 from kdsearch.spaces.resnet import CifarResNet, resnet_cifar, resnet_timm
 
 __all__ = [
-    "FAMILIES", "NB201_EDGES", "NB201_OPS", "NESTED", "CifarResNet", "FamilySpec", "SharingRule", "family_keys",
+    "FAMILIES", "NB201_EDGES", "NB201_OPS", "NESTED", "CifarResNet", "FamilySpec", "SharingRule", "family_keys", "family_recipe",
     "family_spec", "get_family", "largest_config", "latency_blocks", "list_families", "nasbench201", "nb201_arch_str",
     "nb201_config", "open_keys", "register_family", "resnet_cifar", "resnet_timm", "sharing_rule",
 ]

@@ -46,6 +46,9 @@ class FamilySpec:
     block_keys: Callable[[dict, tuple], list] | None = None
     sharing: SharingRule | None = None
     check: Callable[[str, dict, dict], None] | None = None  # (where, choices, fixed): refuses a bad space at load
+    # the family's own optimiser settings over the students' recipe (as timm's pretrained_cfg carries a model's):
+    # transformers train with AdamW, not the CNNs' SGD
+    recipe: dict | None = None
 
 
 FAMILIES: Registry[FamilySpec] = Registry("candidate family", SpaceError)
@@ -53,16 +56,21 @@ FAMILIES: Registry[FamilySpec] = Registry("candidate family", SpaceError)
 
 def register_family(build: Callable[..., nn.Module] | None = None, *, name: str | None = None,
                     block_keys: Callable[[dict, tuple], list] | None = None, sharing: SharingRule | None = None,
-                    check: Callable[[str, dict, dict], None] | None = None):
+                    check: Callable[[str, dict, dict], None] | None = None, recipe: dict | None = None):
     """Register a family: ``@register_family`` on a builder, or ``register_family(builder, block_keys=…, sharing=…,
-    check=…)`` (the name is the builder's unless given). Returns the builder."""
+    check=…, recipe=…)`` (the name is the builder's unless given). Returns the builder."""
 
     def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         family = name or fn.__name__
-        FAMILIES.add(family, FamilySpec(family, fn, block_keys, sharing, check))
+        FAMILIES.add(family, FamilySpec(family, fn, block_keys, sharing, check, recipe))
         return fn
 
     return add(build) if build is not None else add
+
+
+def family_recipe(family: str) -> dict:
+    """The optimiser settings a family trains with over the students' recipe ({} for most: find's SGD)."""
+    return dict(FAMILIES.get(family).recipe or {})
 
 
 def list_families() -> list[str]:
