@@ -241,8 +241,8 @@ def test_a_vit_supernet_learns_the_vit_teacher_s_relations_and_a_cnn_supernet_on
                           latency={"max_time_s": 0.05, "min_repeats": 3, "warmup_s": 0.0}, root=tmp_path / "sn")
     assert seen and all(r is not None and r.attention_heads == 4 for r in seen)
     assert "starts from the teacher's own weights" in caplog.text
-    supernet = Supernet(space, num_classes=10, in_chans=1)
-    assert SandwichRule().resolved(supernet, teacher).to_dict()["objective"] == "relations+kd"
+    student = _vit(embed_dim=32, num_heads=1, head_dim=16)
+    assert SandwichRule().resolved(student, teacher).to_dict()["objective"] == "relations+kd"
     resnet = create_model({"family": "resnet_cifar", "depth1": 1, "depth2": 1, "depth3": 1}, num_classes=10, in_chans=1)
-    assert SandwichRule().resolved(supernet, resnet).objective == "kd"
-    assert "objective" not in SandwichRule().resolved(supernet, resnet).to_dict()  # CNN supernets keep their cache keys
+    assert SandwichRule().resolved(student, resnet).objective == "kd" and SandwichRule().resolved(resnet, teacher).objective == "kd"
+    assert "objective" not in SandwichRule().resolved(student, resnet).to_dict()  # CNN supernets keep their cache keys

@@ -27,7 +27,7 @@ from kdsearch.cost import LATENCY_SEARCH
 from kdsearch.data import Task
 from kdsearch.data.sources import balanced_indices
 from kdsearch.similarity import kl_div_t
-from kdsearch.spaces import SearchSpace
+from kdsearch.spaces import SearchSpace, create_model
 from kdsearch.spaces.families import sharing_rule
 from kdsearch.supernet.bands import BandPool, LatencyBands, measure_bands
 from kdsearch.supernet.train import WEIGHTS_FILE, SandwichRule, calibration_batches, train_band
@@ -121,7 +121,9 @@ def prepare_supernets(
     sharing_rule(space.family)  # a clear error before anything is timed or trained
     device = torch.device(device)
     recipe = recipe or Recipe(**DEFAULT_RECIPE, seed=seed)
-    rule = (rule or SandwichRule()).resolved(Supernet(space, task.num_classes, task.in_chans), teacher)
+    with torch.device("meta"):  # only its structure is read: no memory, no init
+        probe = create_model(space.sample(1, seed=seed)[0], num_classes=task.num_classes, in_chans=task.in_chans)
+    rule = (rule or SandwichRule()).resolved(probe, teacher)
     latency = latency or LATENCY_SEARCH
     bands_folder = Path(root or cache_dir() / "supernets") / _bands_key(space, task, bands, device, latency, seed)
     measured = _cached_bands(space, task, bands, device, latency, seed, bands_folder / "bands.json")

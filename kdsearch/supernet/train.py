@@ -71,11 +71,12 @@ class SandwichRule:
             record["objective"] = self.objective
         return record
 
-    def resolved(self, supernet: Supernet, teacher) -> SandwichRule:
-        """``auto`` made concrete: relations where the teacher and the supernet both have readable attention."""
+    def resolved(self, student: torch.nn.Module, teacher) -> SandwichRule:
+        """``auto`` made concrete: relations where the teacher and the space's students (``student``: one of them,
+        e.g. built on the meta device) both have readable attention."""
         if self.objective != "auto":
             return self
-        both = teacher is not None and attention_blocks(teacher) is not None and attention_blocks(supernet.shared) is not None
+        both = teacher is not None and attention_blocks(teacher) is not None and attention_blocks(student) is not None
         return replace(self, objective="relations+kd" if both else "kd")
 
 

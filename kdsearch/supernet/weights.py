@@ -21,6 +21,7 @@ import torch.nn as nn
 from kdsearch.exceptions import SpaceError
 from kdsearch.spaces import SearchSpace, create_model
 from kdsearch.spaces.families import largest_config, sharing_rule
+from kdsearch.taps import forward_taps
 
 
 def cut(source: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -117,8 +118,6 @@ class _Tapped(nn.Module):
         self.model, self.attention_layer = model, attention_layer
 
     def forward(self, x: torch.Tensor):
-        from kdsearch.taps import forward_taps
-
         return forward_taps(self.model, x, self.attention_layer)
 
 
