@@ -246,3 +246,10 @@ def test_a_vit_supernet_learns_the_vit_teacher_s_relations_and_a_cnn_supernet_on
     resnet = create_model({"family": "resnet_cifar", "depth1": 1, "depth2": 1, "depth3": 1}, num_classes=10, in_chans=1)
     assert SandwichRule().resolved(student, resnet).objective == "kd" and SandwichRule().resolved(resnet, teacher).objective == "kd"
     assert "objective" not in SandwichRule().resolved(student, resnet).to_dict()  # CNN supernets keep their cache keys
+
+
+def test_a_proxy_that_cannot_rank_transformers_is_said_in_one_sentence():
+    from kdsearch.pipeline.stages import proxy_notes
+
+    assert proxy_notes(["meco"], ["vit"]) and len(proxy_notes(["params+meco"], ["resnet_cifar", "vit"])) == 1
+    assert proxy_notes(["meco"], ["resnet_cifar"]) == [] and proxy_notes(["params"], ["vit"]) == []

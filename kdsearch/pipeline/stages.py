@@ -142,8 +142,20 @@ def fit_run_latency_model(settings: RunSettings, task: Task, folder: RunFolder |
     return model
 
 
+def proxy_notes(proxies: list[str], families: list[str]) -> list[str]:
+    """One sentence for each proxy asked for that cannot rank the space's students."""
+    names = set(proxies) | set(ensemble_components(proxies))
+    notes = []
+    if "meco" in names and "vit" in families:
+        notes.append("proxy meco cannot rank vit students: its smallest eigenvalue is ~0 whenever a layer has more "
+                     "channels than tokens; rank transformers by params or the supernet.")
+    return notes
+
+
 def proxy_context(settings: RunSettings, task: Task, teacher: Teacher, space: SearchSpace,
-                   ranker: SupernetRanker | None = None) -> ProxyContext:
+                  ranker: SupernetRanker | None = None) -> ProxyContext:
+    for note in proxy_notes(list(settings.proxies), getattr(space, "families", [space.family])):
+        logger.warning(note)
     device = torch.device(settings.device)
     images, labels = task.sample_batch(64, seed=settings.seed)
     ctx = ProxyContext(
