@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from kdsearch.exceptions import SpaceError
-from kdsearch.spaces.family import SharingRule, build_config, largest_config, register_family
+from kdsearch.spaces.family import NESTED, SharingRule, register_family
 from kdsearch.taps import attention_blocks
 
 DEPTH_RULES = ("even", "first")
@@ -101,16 +101,18 @@ def kept_layers(depth: int, supernet_depth: int, rule: str) -> list[int]:
     return [math.floor(i * supernet_depth / depth) for i in range(depth)]
 
 
-def _vit_supernet(space, num_classes: int, in_chans: int) -> nn.Module:
-    return build_config(largest_config(space), num_classes, in_chans)
-
-
-def _vit_source(name: str, config: dict, space) -> str:
+def _layer_name(name: str, layers: list[int]) -> str:
+    """A subnet tensor's name in the network it is cut from: layer i of the subnet is layer ``layers[i]`` there."""
     if not name.startswith("blocks."):
         return name
     _, index, rest = name.split(".", 2)
-    layers = kept_layers(config["depth"], largest_config(space)["depth"], config.get("depth_rule", "even"))
     return f"blocks.{layers[int(index)]}.{rest}"
+
+
+def _vit_source(name: str, config: dict, space) -> str:
+    # called per tensor on every supernet step: the supernet's depth read directly, not through largest_config
+    depth = max(space.choices["depth"]) if "depth" in space.choices else space.fixed["depth"]
+    return _layer_name(name, kept_layers(config["depth"], depth, config.get("depth_rule", "even")))
 
 
 def _vit_cut(name: str, source: torch.Tensor, shape: torch.Size) -> torch.Tensor | None:
@@ -146,11 +148,7 @@ def start_from_teacher(shared: nn.Module, teacher: nn.Module, config: dict) -> b
     layers = kept_layers(len(shared.blocks), len(blocks), config.get("depth_rule", "even"))
     cuts = {}
     for name, tensor in target.items():
-        from_name = name
-        if name.startswith("blocks."):
-            _, index, rest = name.split(".", 2)
-            from_name = f"blocks.{layers[int(index)]}.{rest}"
-        have = source.get(from_name)
+        have = source.get(_layer_name(name, layers))
         if have is None or have.dim() != tensor.dim():
             return False
         if name.endswith("attn.qkv.weight") or name.endswith("attn.qkv.bias"):
@@ -181,7 +179,7 @@ def _vit_keys(config: dict, input_shape: tuple) -> list:
             ("norm_pre",), *[layer] * config["depth"], ("norm", e, tokens), ("fc_norm",), ("head_drop",), ("head", e)]
 
 
-VIT_SHARING = SharingRule(_vit_supernet, _vit_source, cut=_vit_cut, from_teacher=start_from_teacher)
+VIT_SHARING = SharingRule(NESTED.build, _vit_source, cut=_vit_cut, from_teacher=start_from_teacher)
 # DeiT's optimiser (AdamW, weight decay 0.05) at a learning rate for batch 64: with find's SGD at 0.05 a vit_cifar student
 # distilled from ResNet-56 for 3 epochs on 5,000 CIFAR-10 JPEGs read 29.3 % against 33.4 % (benchmarks/transformer_students.py)
 VIT_RECIPE = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05}
