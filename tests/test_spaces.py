@@ -19,7 +19,8 @@ def test_bundled_spaces_load_and_build(path):
 
 
 def test_autodistil_s_three_subspaces_are_its_ranges_with_256_students_each():
-    spaces = {name: load_space(f"autodistil_{name}") for name in ("tiny", "small", "base")}
+    spaces = {name: load_space(f"autodistil.{name}") for name in ("tiny", "small", "base")}
+    assert load_space("autodistil").size == 3 * 256
     assert all(s.size == 256 and s.fixed == {"patch_size": 16, "head_dim": 64} for s in spaces.values())
     assert spaces["tiny"].choices["depth"] == [4, 5, 6, 7] and spaces["tiny"].choices["embed_dim"] == [128, 160, 192, 224]
     assert spaces["small"].choices["num_heads"] == [7, 8, 9, 10] and spaces["base"].choices["num_heads"] == [9, 10, 11, 12]
@@ -67,6 +68,10 @@ def test_default_space_follows_resolution():
         ("family: resnet_cifar\nchoices: {depth1: [1, 3]}\n", "needs key"),
         ("family: resnet_cifar\nchoise: {}\n", "unknown key 'choise'"),
         ("family: timm\nchoices: {model: [resnet18, resnett18]}\n", "timm does not know"),
+        ("family: vit\nchoices: {depth: [1]}\nsubspaces: {a: {depth: [1]}, b: {depth: [2]}}\n", "either 'choices'"),
+        ("family: vit\nsubspaces: {a: {depth: [1]}}\n", "two or more names"),
+        ("family: vit\nfixed: {embed_dim: 64, num_heads: 2}\nsubspaces: {a: {depth: [1]}, b: {dept: [2]}}\n",
+         "subspace b: key 'dept' is not a parameter"),
     ],
 )
 def test_invalid_space_files_name_file_key_and_fix(tmp_path, text, match):
@@ -80,6 +85,8 @@ def test_invalid_space_files_name_file_key_and_fix(tmp_path, text, match):
 def test_unknown_space_name_suggests():
     with pytest.raises(SpaceError, match="Did you mean 'resnet_cifar'"):
         load_space("resnet_cifra")
+    with pytest.raises(SpaceError, match=r"declares no subspace 'huge' \(its subspaces: autodistil.tiny, autodistil.small"):
+        load_space("autodistil.huge")
 
 
 # --------------------------------------------------------------------------- NAS-Bench-201

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from kdsearch.exceptions import SpaceError
+from kdsearch.similarity import kl_div_t
 from kdsearch.spaces import create_model, load_space
 from kdsearch.supernet import LatencyBands, SandwichRule, Supernet, carve_holdout, prepare_supernets, recalibrate
 from kdsearch.supernet.bands import BandPool
@@ -180,7 +181,7 @@ def test_only_bands_that_hold_candidates_within_the_limit_are_trained(digits_tas
     ranker = prepare_supernets(space, digits_task, teacher, bands=3, limit_ms=1e-6,
                                recipe=Recipe(epochs=1, batch_size=64), latency=FAST_LATENCY, root=tmp_path)
     assert sorted(ranker.supernets) == [0]
-    assert ranker.band_for(1e9) == 0  # a candidate of an untrained band is scored by the nearest trained one
+    assert ranker.band_for({}, 1e9) == 0  # a candidate of an untrained band is scored by the nearest trained one
 
 
 def _find(out, space, *extra):
@@ -296,12 +297,13 @@ choices:
 @pytest.mark.slow
 @pytest.mark.parametrize("family, data", [("nasbench201", "cifar"), ("mobilenetv3", "fashion"), ("vit", "cifar")])
 def test_find_with_the_supernet_on_real_image_data_for_each_family(family, data, tmp_path, capsys, request):
+    """The vit run searches a space that declares two subspaces: a supernet each (AutoDistil's partition)."""
     import pandas as pd
 
     from kdsearch.cli import main
 
     space = tmp_path / f"tiny_{family}.yaml"
-    space.write_text(TINY_SPACES[family])
+    space.write_text(TWO_SUBSPACES if family == "vit" else TINY_SPACES[family])
     source = ([str(request.getfixturevalue("cifar_folder")), "--val-samples", "100"] if data == "cifar"
               else ["fashion-mnist", "--data-root", str(request.getfixturevalue("fashion_available")), "--train-samples", "400",
                     "--input-size", "72"])
@@ -309,7 +311,9 @@ def test_find_with_the_supernet_on_real_image_data_for_each_family(family, data,
     assert main(args) == 0, capsys.readouterr().err
     df = pd.read_csv(tmp_path / "run" / "candidates.csv")
     assert df["proxy_supernet"].between(0, 1).all() and df["distilled_accuracy"].notna().any()
-    assert (tmp_path / "run" / "supernet" / "bands.json").exists()
+    bands = json.loads((tmp_path / "run" / "supernet" / "bands.json").read_text())
+    if family == "vit":
+        assert bands["subspaces"] == [f"tiny_vit.{name}" for name in ("narrow", "wide")] and len(bands["trained"]) == 2
 
 
 @pytest.mark.gpu
@@ -365,3 +369,50 @@ def test_a_vit_supernet_step_runs_the_largest_the_smallest_and_two_random_subnet
     supernet = ranker.supernets[0].eval()
     with torch.no_grad():
         assert (supernet(config, x) - supernet.extract(config).eval()(x)).abs().max().item() <= 1e-5
+
+
+TWO_SUBSPACES = """family: vit
+fixed:
+  head_dim: 16
+  mlp_ratio: 2.0
+subspaces:
+  narrow:
+    depth: [1, 2]
+    embed_dim: [16, 24]
+    num_heads: [1]
+  wide:
+    depth: [2, 3]
+    embed_dim: [48, 64]
+    num_heads: [2, 3]
+"""
+
+
+def test_a_space_that_declares_subspaces_gets_one_supernet_each_and_a_candidate_is_scored_by_its_own(digits_task, teacher,
+                                                                                                     tmp_path):
+    """AutoDistil's hand partition: K supernets, one per declared subspace, instead of latency bands."""
+    space_file = tmp_path / "two.yaml"
+    space_file.write_text(TWO_SUBSPACES)
+    space = load_space(space_file).for_input(digits_task.input_shape[1])
+    assert space.name == "two" and [p.name for p in space.parts] == ["two.narrow", "two.wide"] and space.size == 4 + 8
+    assert load_space(f"{space_file}.wide").choices["num_heads"] == [2, 3]  # one subspace alone: name.part
+    kwargs = dict(recipe=Recipe(epochs=1, batch_size=256), latency=FAST_LATENCY, root=tmp_path / "sn")
+    ranker = prepare_supernets(space, digits_task, teacher, limit_ms=None, **kwargs)
+    assert sorted(ranker.supernets) == [0, 1] and ranker.record()["subspaces"] == ["two.narrow", "two.wide"]
+    assert ranker.supernets[0].space.name == "two.narrow" and ranker.supernets[1].space.name == "two.wide"
+    wide = space.parts[1].config({"depth": 3, "embed_dim": 64, "num_heads": 3})
+    assert ranker.evaluate(wide, 0.0)["band"] == 1  # by the subspace that holds it, whatever its latency
+    assert ranker.evaluate(space.parts[0].config({"depth": 1, "embed_dim": 16, "num_heads": 1}), 1e9)["band"] == 0
+    assert set(ranker.weights_files()) == {0, 1} and all(p.exists() for p in ranker.weights_files().values())
+    # a budget no member of the wide subspace meets trains only the narrow one (the fastest subspace is always kept)
+    # (its smallest member timed) — a candidate of the untrained one (over the budget, so never a finalist) is scored
+    # as a model that knows nothing: uniform logits
+    narrow_fastest, wide_fastest = ranker.bands.fastest_ms[0], ranker.bands.fastest_ms[1]
+    if narrow_fastest < wide_fastest:  # timing noise could order them otherwise on a loaded machine
+        limited = prepare_supernets(space, digits_task, teacher, limit_ms=(narrow_fastest + wide_fastest) / 2, **kwargs)
+        assert sorted(limited.supernets) == [0]
+        scored, labels = limited.evaluate(wide, 0.0), limited.task.val_labels
+        assert scored["band"] is None and scored["accuracy"] == pytest.approx(float((labels == 0).float().mean()))
+        uniform = torch.zeros_like(limited.teacher_logits)
+        assert scored["kd_loss"] == pytest.approx(float(kl_div_t(uniform, limited.teacher_logits, limited.temperature)))
+        with pytest.raises(SpaceError, match="no trained supernet"):
+            limited.subnet(wide, 0.0)

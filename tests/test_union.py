@@ -47,6 +47,18 @@ def test_a_union_run_records_its_spaces_and_reads_them_back(tmp_path):
     assert again.to_config()["space_sha"] == settings.to_config()["space_sha"]
 
 
+def test_a_space_that_declares_subspaces_is_their_union_and_takes_the_supernet_proxy(tmp_path):
+    """autodistil.yaml declares AutoDistil's K = 3 subspaces: one space of one family, a supernet per subspace."""
+    settings = RunSettings.create(TEACHER, "0.8Mparams", space="autodistil", proxy="supernet", out=tmp_path / "run")
+    space = settings.space
+    assert isinstance(space, UnionSpace) and space.name == "autodistil" and space.families == ["vit"]
+    assert [p.name for p in space.parts] == ["autodistil.tiny", "autodistil.small", "autodistil.base"]
+    again = RunSettings.from_config(settings.to_config(), tmp_path / "run")
+    assert again.space.name == "autodistil" and again.to_config()["space_sha"] == settings.to_config()["space_sha"]
+    with_cnn = load_spaces("autodistil,resnet_cifar_s1")  # a subspaced file among others contributes its parts
+    assert [p.name for p in with_cnn.parts] == ["autodistil.tiny", "autodistil.small", "autodistil.base", "resnet_cifar_s1"]
+
+
 def _find(out, *extra):
     return main([str(a) for a in ["find", "--teacher", TEACHER, "--teacher-epochs", 2, "--space", "resnet_cifar_s1,vit_cifar",
                                   "--budget", "0.8Mparams", "--trials", 20, "--top-k", 1, "--front", 2, "--controls", 0,
@@ -56,7 +68,7 @@ def _find(out, *extra):
 @pytest.mark.parametrize("extra, message", [
     (["--sampler", "constrained"], "--sampler constrained searches one space"),
     (["--latency-model", "on", "--budget", "2ms"], "--latency-model on models one space's latency"),
-    (["--proxy", "supernet"], "A supernet proxy shares weights within one space"),
+    (["--proxy", "supernet"], "A supernet proxy shares weights within one family"),
 ])
 def test_what_needs_one_space_is_refused_for_a_union_in_one_line(tmp_path, capsys, extra, message):
     assert _find(tmp_path / "run", *extra) == 2

@@ -190,7 +190,8 @@ def _optimiser(family: str | None) -> dict:
 
 def _space_record(space) -> dict:
     if is_union(space):
-        return {"name": space.name, "parts": [_space_record(p) | {"path": p.path} for p in space.parts]}
+        return {"name": space.name, "parts": [_space_record(p) | {"path": p.path} for p in space.parts],
+                **({"label": space.label} if space.label else {})}
     return {"name": space.name, "family": space.family, "choices": space.choices, "fixed": space.fixed,
             "description": space.description, "resolution": list(space.resolution)}
 
@@ -198,7 +199,7 @@ def _space_record(space) -> dict:
 def _space_from_record(record: dict, path: str | None):
     if "parts" in record:
         return UnionSpace(tuple(_space_from_record({k: v for k, v in part.items() if k != "path"}, part.get("path"))
-                                for part in record["parts"]))
+                                for part in record["parts"]), label=record.get("label"))
     return SearchSpace(path=path, **{**record, "resolution": tuple(record["resolution"])})
 
 
@@ -216,9 +217,10 @@ def _supernet_settings(o: SimpleNamespace, proxies: tuple[str, ...], space: Sear
     supernet = {"subspaces": o.subspaces, "epochs": o.supernet_epochs, "warm_start": o.warm_start}
     if o.supernet_anchors != "latency":  # absent = the default, so older runs still resume
         supernet["anchors"] = o.supernet_anchors
-    if is_union(space):
-        raise KdsearchError(f"A supernet proxy shares weights within one space; --space {space.name} is a union: search "
-                            "each space with --proxy supernet on its own, or rank the union with another --proxy.")
+    if is_union(space) and len(space.families) > 1:
+        raise KdsearchError(f"A supernet proxy shares weights within one family; --space {space.name} mixes "
+                            f"{', '.join(space.families)}: search each family with --proxy supernet on its own, or rank the "
+                            "union with another --proxy.")
     if space is not None:
         from kdsearch.spaces.families import sharing_rule
 

@@ -18,7 +18,7 @@ from kdsearch.spaces.families import family_keys, family_spec, get_family, list_
 # The bundled spaces ship inside the package (package data of the wheel); the repository's top-level
 # search_spaces/ is a link to this folder.
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
-_TOP_KEYS = {"family", "description", "resolution", "choices", "fixed"}
+_TOP_KEYS = {"family", "description", "resolution", "choices", "fixed", "subspaces"}
 
 
 def candidate_id(config: dict[str, Any]) -> str:
@@ -187,14 +187,47 @@ def _check_keys(where: str, family: str, keys, required, choices: dict, fixed: d
         raise SpaceError(f"{where}: family {family!r} needs key(s) {', '.join(sorted(missing))} in 'choices' or 'fixed'.")
 
 
-def load_space(spec: str | Path) -> SearchSpace:
+def load_space(spec: str | Path):
     """Read and validate a search-space YAML (a path, or the name of a bundled space), or an NNI model space
-    ('nni:NasBench201', 'nni:package.module:SpaceOrFactory'; the nni extra)."""
+    ('nni:NasBench201', 'nni:package.module:SpaceOrFactory'; the nni extra). A YAML that declares ``subspaces``
+    (AutoDistil's hand partition) loads as the union of its parts; ``name.part`` loads one part."""
     if str(spec).startswith("nni:"):
         from kdsearch.spaces.nni_spaces import nni_space_fields
 
         return SearchSpace(**nni_space_fields(str(spec)))
-    path = _resolve_path(spec)
+    path, part = _resolve_part(spec)
+    parts = _read_space_file(path)
+    if part is not None:
+        return next(p for p in parts if p.name == f"{path.stem}.{part}")
+    if len(parts) == 1:
+        return parts[0]
+    from kdsearch.spaces.union import UnionSpace  # here, not at the top: union builds on this module
+
+    return UnionSpace(tuple(parts), label=path.stem)
+
+
+def _resolve_part(spec: str | Path) -> tuple[Path, str | None]:
+    """The YAML file and, for ``name.part``, the subspace it names (None: the whole file)."""
+    try:
+        return _resolve_path(spec), None
+    except SpaceError as not_found:
+        base, _, part = str(spec).rpartition(".")
+        try:
+            path = _resolve_path(base) if base and part else None
+        except SpaceError:
+            path = None
+        if path is None:
+            raise not_found from None
+        declared = (_read_yaml(path) or {}).get("subspaces") if path.suffix in (".yaml", ".yml") else None
+        if not isinstance(declared, dict) or part not in declared:
+            names = ", ".join(f"{path.stem}.{n}" for n in declared) if isinstance(declared, dict) else "none"
+            raise SpaceError(f"Search space {path.stem} declares no subspace {part!r} (its subspaces: {names}); "
+                             "name one of them or the whole space.") from None
+        return path, part
+
+
+def _read_space_file(path: Path) -> list[SearchSpace]:
+    """A YAML's space, or each of its declared subspaces (named ``<file>.<subspace>``, sharing the file's keys)."""
     where = str(path)
     raw = _read_yaml(path)
     if not isinstance(raw, dict):
@@ -203,6 +236,20 @@ def load_space(spec: str | Path) -> SearchSpace:
     if unknown:
         key = sorted(unknown, key=str)[0]
         raise SpaceError(f"{where}: unknown key {key!r};{suggest(key, _TOP_KEYS)} allowed: {', '.join(sorted(_TOP_KEYS))}.")
+    subspaces = raw.get("subspaces")
+    if subspaces is None:
+        return [_space(path.stem, where, raw, raw.get("choices"), path)]
+    if "choices" in raw:
+        raise SpaceError(f"{where}: give either 'choices' (one space) or 'subspaces' (its parts, each with its own "
+                         "choices), not both.")
+    if not isinstance(subspaces, dict) or len(subspaces) < 2 or not all(isinstance(v, dict) for v in subspaces.values()):
+        raise SpaceError(f"{where}: key 'subspaces' must map two or more names to their choices, e.g. "
+                         "tiny: {depth: [4, 5]}, base: {depth: [9, 10]}.")
+    return [_space(f"{path.stem}.{name}", f"{where}: subspace {name}", raw, choices, path)
+            for name, choices in subspaces.items()]
+
+
+def _space(name: str, where: str, raw: dict, choices, path: Path) -> SearchSpace:
     family = raw.get("family")
     if family not in list_families():
         raise SpaceError(
@@ -210,7 +257,7 @@ def load_space(spec: str | Path) -> SearchSpace:
             f"{', '.join(list_families())}."
         )
     keys, required = family_keys(family)
-    choices = raw.get("choices") or {}
+    choices = choices or {}
     fixed = raw.get("fixed") or {}
     if not isinstance(choices, dict) or not choices:
         raise SpaceError(f"{where}: key 'choices' must map at least one of {', '.join(sorted(keys))} to a list of values.")
@@ -226,18 +273,11 @@ def load_space(spec: str | Path) -> SearchSpace:
         import timm
 
         known = set(timm.list_models())
-        for name in choices.get("model", []) + ([fixed["model"]] if "model" in fixed else []):
-            if name not in known:
-                raise SpaceError(f"{where}: choices.model lists {name!r}, which timm does not know;{suggest(name, known)}")
-    return SearchSpace(
-        name=path.stem,
-        family=family,
-        choices=choices,
-        fixed=fixed,
-        description=str(raw.get("description", "")).strip(),
-        resolution=tuple(resolution),
-        path=str(path),
-    )
+        for model in choices.get("model", []) + ([fixed["model"]] if "model" in fixed else []):
+            if model not in known:
+                raise SpaceError(f"{where}: choices.model lists {model!r}, which timm does not know;{suggest(model, known)}")
+    return SearchSpace(name=name, family=family, choices=choices, fixed=fixed,
+                       description=str(raw.get("description", "")).strip(), resolution=tuple(resolution), path=str(path))
 
 
 def default_space_path(input_size: int) -> Path:

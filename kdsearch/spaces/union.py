@@ -1,8 +1,9 @@
 """Several spaces searched as one (``--space resnet_cifar,vit_cifar``): the space is the first choice of a conditional
 search space, each part's keys the choices under it. A candidate is a plain config of one part's family, so latency,
 proxies, distillation, the report and export take it as they take any other; what needs one family's keys for every
-candidate (the constrained sampler's exact counts, the latency model, supernets) is refused or switched off for a
-union, in one sentence.
+candidate (the constrained sampler's exact counts, the latency model) is refused or switched off for a union, in one
+sentence. Parts of one family are a partition of that family's space: a YAML that declares ``subspaces`` loads as
+their union (``label`` = the file's name), and a supernet proxy trains one supernet per part.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ SPACE_KEY = "space"  # the trial parameter that picks the part
 @dataclass(frozen=True)
 class UnionSpace:
     parts: tuple[SearchSpace, ...]
+    label: str | None = None  # a YAML that declares its subspaces: the file's name (else the parts' names joined)
 
     def __post_init__(self):
         names = [p.name for p in self.parts]
@@ -30,7 +32,7 @@ class UnionSpace:
 
     @property
     def name(self) -> str:
-        return ",".join(p.name for p in self.parts)
+        return self.label or ",".join(p.name for p in self.parts)
 
     @property
     def family(self) -> str:
@@ -103,7 +105,8 @@ class UnionSpace:
         return create_model(config, num_classes=num_classes, in_chans=in_chans)
 
     def record(self) -> dict:
-        return {"name": self.name, "family": self.family, "size": self.size, "parts": [p.record() for p in self.parts]}
+        return {"name": self.name, "family": self.family, "size": self.size, "parts": [p.record() for p in self.parts],
+                **({"label": self.label} if self.label else {})}
 
 
 def load_spaces(spec: str) -> SearchSpace | UnionSpace:
@@ -112,7 +115,9 @@ def load_spaces(spec: str) -> SearchSpace | UnionSpace:
     if any(not n for n in names):
         raise SpaceError(f"--space {spec!r} has an empty name between commas; write e.g. resnet_cifar,vit_cifar.")
     spaces = [load_space(n) for n in names]
-    return spaces[0] if len(spaces) == 1 else UnionSpace(tuple(spaces))
+    if len(spaces) == 1:
+        return spaces[0]
+    return UnionSpace(tuple(p for s in spaces for p in (s.parts if is_union(s) else (s,))))  # a subspaced file: its parts
 
 
 def is_union(space) -> bool:

@@ -3,7 +3,9 @@
     ranker = prepare_supernets(space, task, teacher_model, bands=3, limit_ms=2.0, recipe=Recipe(epochs=5))
     ranker.evaluate(config, latency_ms)   # {"accuracy": ..., "kd_loss": ..., "band": ...}
 
-The space is cut into K bands by latency measured on the device (``bands``); each band that holds candidates
+The space is cut into K bands by latency measured on the device (``bands``) — or, where the space declares its
+subspaces (AutoDistil's hand partition: a YAML's ``subspaces``, or spaces of one family listed together), into
+those; each band that holds candidates
 within the limit gets a supernet (``weights``), distilled from the teacher with the sandwich rule (``train``) on
 the training images minus a seeded hold-out slice; a candidate is scored by its subnet with inherited weights,
 BatchNorm recalibrated, on that slice — never on the user's validation set. Everything is cached by content
@@ -26,10 +28,12 @@ from kdsearch._util import atomic_write_json, cache_dir, stable_hash
 from kdsearch.cost import LATENCY_SEARCH
 from kdsearch.data import Task
 from kdsearch.data.sources import balanced_indices
+from kdsearch.exceptions import SpaceError
 from kdsearch.similarity import kl_div_t
 from kdsearch.spaces import SearchSpace, create_model
 from kdsearch.spaces.families import sharing_rule
-from kdsearch.supernet.bands import BandPool, LatencyBands, measure_bands
+from kdsearch.spaces.union import UnionSpace, is_union
+from kdsearch.supernet.bands import BandPool, LatencyBands, Subspaces, measure_bands
 from kdsearch.supernet.train import WEIGHTS_FILE, SandwichRule, calibration_batches, train_band
 from kdsearch.supernet.weights import Supernet, recalibrate
 from kdsearch.taps import as_logits
@@ -62,7 +66,7 @@ def carve_holdout(task: Task, fraction: float = 0.1, max_size: int = 500, seed: 
 class SupernetRanker:
     """Scores candidates with inherited weights: accuracy and KD loss to the teacher on the hold-out slice."""
 
-    bands: LatencyBands
+    bands: LatencyBands | Subspaces
     supernets: dict[int, Supernet]  # trained bands only
     task: Task  # training images minus the hold-out slice (its validation split)
     teacher_logits: torch.Tensor  # the teacher's logits on the hold-out slice
@@ -70,24 +74,33 @@ class SupernetRanker:
     temperature: float = 4.0
     histories: dict[int, list[dict]] = field(default_factory=dict)
     folder: Path | None = None
+    weights: dict[int, Path] = field(default_factory=dict)  # each trained band's cached weights
     # scoring: hold-out batch size and memory format ("auto" = the trainer's rule); benchmarks/supernet_scoring.py
     eval_batch_size: int = 128
     channels_last: str = "auto"
     _calibration: list[torch.Tensor] | None = None
 
-    def band_for(self, latency_ms: float) -> int:
-        """The candidate's band; a candidate beyond every trained band is scored by the nearest one."""
-        band = self.bands.band_of(latency_ms)
+    def band_for(self, config: dict, latency_ms: float) -> int | None:
+        """The candidate's band (its subspace, or its latency's band); a latency band left untrained (beyond the
+        budget) is scored by the nearest trained one, whose supernet spans the space; an untrained subspace (its
+        smallest member over the budget) has none that holds the candidate: None."""
+        band = self.bands.locate(config, latency_ms)
+        if isinstance(self.bands, Subspaces):
+            return band if band in self.supernets else None
         return min(self.supernets, key=lambda b: (abs(b - band), b))
 
     @torch.no_grad()
     def evaluate(self, config: dict, latency_ms: float) -> dict[str, Any]:
-        band = self.band_for(latency_ms)
+        band = self.band_for(config, latency_ms)
+        labels = self.task.val_labels.to(self.device)
+        if band is None:  # a subspace wholly over the budget: scored as a model that knows nothing (uniform logits)
+            logits = torch.zeros_like(self.teacher_logits)
+            return {"accuracy": float((labels == 0).float().mean()),
+                    "kd_loss": float(kl_div_t(logits, self.teacher_logits, self.temperature)), "band": None}
         model = self.subnet(config, latency_ms)
         fmt = self._format()
         logits = torch.cat([as_logits(model(x.contiguous(memory_format=fmt)))
                             for x, _ in self.task.batches("val", self.eval_batch_size, device=self.device)])
-        labels = self.task.val_labels.to(self.device)
         return {"accuracy": float((logits.argmax(1) == labels).float().mean()),
                 "kd_loss": float(kl_div_t(logits.float(), self.teacher_logits, self.temperature)), "band": band}
 
@@ -96,7 +109,11 @@ class SupernetRanker:
         fmt = self._format()
         if self._calibration is None:
             self._calibration = [x.contiguous(memory_format=fmt) for x in calibration_batches(self.task, self.device)]
-        model = self.supernets[self.band_for(latency_ms)].extract(config).to(memory_format=fmt)
+        band = self.band_for(config, latency_ms)
+        if band is None:
+            raise SpaceError(f"Candidate {config} lies in a subspace no member of which is within the budget, so it has "
+                             "no trained supernet to inherit weights from; warm-start only candidates within the budget.")
+        model = self.supernets[band].extract(config).to(memory_format=fmt)
         return recalibrate(model, self._calibration)
 
     def _format(self) -> torch.memory_format:
@@ -104,7 +121,7 @@ class SupernetRanker:
 
     def weights_files(self) -> dict[int, Path]:
         """Each trained band's cached weights (the run folder links them)."""
-        return {band: self.folder / f"band{band}" / WEIGHTS_FILE for band in self.supernets}
+        return self.weights or {band: self.folder / f"band{band}" / WEIGHTS_FILE for band in self.supernets}
 
     def record(self) -> dict:
         """What a run folder keeps of the supernets: the bands, which were trained, the cache, the hold-out size."""
@@ -119,6 +136,9 @@ def prepare_supernets(
 ) -> SupernetRanker:
     """Measure the bands, train (or load) a supernet for each band that holds candidates within ``limit_ms``."""
     sharing_rule(space.family)  # a clear error before anything is timed or trained
+    if is_union(space):
+        return _subspace_supernets(space, task, teacher, limit_ms=limit_ms, recipe=recipe, rule=rule, device=device,
+                                   latency=latency, root=root, seed=seed, progress=progress)
     device = torch.device(device)
     recipe = recipe or Recipe(**DEFAULT_RECIPE, seed=seed)
     with torch.device("meta"):  # only its structure is read: no memory, no init
@@ -142,6 +162,39 @@ def prepare_supernets(
                                                           folder / f"band{band}", device, progress, teacher)
     return SupernetRanker(measured, supernets, holdout_task, _teacher_logits(teacher, holdout_task, device), device,
                           rule.temperature, histories, folder)
+
+
+def _subspace_supernets(space: UnionSpace, task: Task, teacher: nn.Module, *, limit_ms: float | None, device,
+                        latency: dict[str, Any] | None, root, seed: int, **options: Any) -> SupernetRanker:
+    """AutoDistil's hand partition: one supernet per declared subspace (each a one-band space, cached as such).
+    A subspace whose smallest member (every key at its least) is over ``limit_ms`` holds nothing within the budget
+    and is not trained, unless it is the fastest subspace."""
+    if len(space.families) > 1:
+        raise SpaceError(f"A supernet shares weights within one family; {space.name} mixes {', '.join(space.families)}.")
+    device, latency = torch.device(device), latency or LATENCY_SEARCH
+    fastest = {i: _fastest_ms(part, task, device, latency, seed) for i, part in enumerate(space.parts)}
+    trained = [i for i in fastest if limit_ms is None or fastest[i] <= limit_ms] or [min(fastest, key=fastest.get)]
+    logger.info(f"supernet: {len(trained)} of {len(fastest)} subspace(s) of {space.name} hold candidates within the budget")
+    rankers = {i: prepare_supernets(space.parts[i], task, teacher, bands=1, limit_ms=None, device=device, latency=latency,
+                                    root=root, seed=seed, **options) for i in trained}
+    first = next(iter(rankers.values()))
+    partition = Subspaces(space, {i: r.bands for i, r in rankers.items()}, fastest)
+    return SupernetRanker(partition, {i: r.supernets[0] for i, r in rankers.items()}, first.task, first.teacher_logits,
+                          device, first.temperature, {i: r.histories[0] for i, r in rankers.items()}, first.folder.parent,
+                          {i: r.weights_files()[0] for i, r in rankers.items()})
+
+
+def _fastest_ms(part: SearchSpace, task: Task, device: torch.device, latency: dict, seed: int) -> float:
+    """The subspace's smallest member timed (each numeric key at its least; else the fastest of a timed sample)."""
+    from kdsearch.cost import measure_latency
+
+    if not all(part.is_numeric(k) for k in part.choices):
+        folder = Path(cache_dir() / "supernets") / _bands_key(part, task, 1, device, latency, seed)
+        return min(r["latency_ms"] for r in _cached_bands(part, task, 1, device, latency, seed, folder / "bands.json").sample)
+    torch.manual_seed(seed)
+    model = create_model(part.config({k: min(v) for k, v in part.choices.items()}), num_classes=task.num_classes,
+                         in_chans=task.in_chans).to(device)
+    return measure_latency(model, task.input_shape, device=device, **latency).p50_ms
 
 
 def _bands_key(space: SearchSpace, task: Task, bands: int, device: torch.device, latency: dict, seed: int) -> str:

@@ -38,6 +38,10 @@ class LatencyBands:
     def band_of(self, latency_ms: float) -> int:
         return bisect.bisect_right(self.edges, latency_ms)
 
+    def locate(self, config: dict, latency_ms: float) -> int:
+        """The band a candidate falls in (by its latency; the config is the subspaces' key)."""
+        return self.band_of(latency_ms)
+
     def span(self, band: int) -> tuple[float, float]:
         """(lower, upper) latency of a band; the outer bands are open (0 and infinity)."""
         lower = self.edges[band - 1] if band > 0 else 0.0
@@ -70,6 +74,27 @@ def measure_bands(space: SearchSpace, task: Task, count: int, *, device: torch.d
     logger.info(f"supernet: {count} latency band(s) from {len(rows)} timed candidates "
                 f"({values.min():.2f}-{values.max():.2f} ms; edges {', '.join(f'{e:.2f}' for e in edges) or 'none'} ms)")
     return LatencyBands(edges, rows)
+
+
+@dataclass
+class Subspaces:
+    """The space's own partition (AutoDistil's hand-made K subspaces): a candidate's band is the subspace holding it;
+    ``timed`` is each trained subspace's one-band timing sample."""
+
+    space: Any  # a UnionSpace whose parts share one family
+    timed: dict[int, LatencyBands]
+    fastest_ms: dict[int, float] = field(default_factory=dict)  # each subspace's smallest member, timed
+
+    @property
+    def count(self) -> int:
+        return len(self.space.parts)
+
+    def locate(self, config: dict, latency_ms: float) -> int:
+        return self.space.parts.index(self.space.part_of(config))
+
+    def to_dict(self) -> dict:
+        return {"edges_ms": [], "subspaces": [p.name for p in self.space.parts], "fastest_ms": list(self.fastest_ms.values()),
+                "sample": [dict(r, subspace=self.space.parts[i].name) for i, t in self.timed.items() for r in t.sample]}
 
 
 ANCHORS = ("latency", "span", "uniform")  # what a sandwich step always runs: BandPool.anchors
@@ -124,4 +149,4 @@ class BandPool:
         return [self.configs[int(by_latency[-1])], self.configs[int(by_latency[0])]]
 
 
-__all__ = ["ANCHORS", "BandPool", "LatencyBands", "check_anchors", "measure_bands"]
+__all__ = ["ANCHORS", "BandPool", "LatencyBands", "Subspaces", "check_anchors", "measure_bands"]
