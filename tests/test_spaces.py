@@ -210,3 +210,34 @@ def test_the_timm_builder_pieces_mobilenetv3_borrows_still_behave_as_checked():
     assert blocks[1][0]["block_type"] == "ir" and blocks[1][0]["dw_kernel_size"] == 5 and blocks[1][0]["stride"] == 2
     assert blocks[1][1]["out_chs"] == 40 and blocks[1][1]["exp_ratio"] == 6.0
     assert round_channels(40, multiplier=0.5) == 24 and round_channels(16) == 16
+
+
+@pytest.mark.parametrize("name, size", [("resnet_cifar", 32), ("vit_cifar", 32), ("autodistil.tiny", 224)])
+def test_a_family_s_parameter_formula_equals_the_built_model_s_count(name, size):
+    from kdsearch.spaces.families import family_spec
+
+    space = load_space(name).for_input(size)
+    configs = space.sample(6, seed=3)
+    if space.family == "resnet_cifar":  # identity shortcuts: padded where the width grows, projected where it narrows
+        configs.append(space.config({"depth1": 1, "depth2": 2, "depth3": 1, "width1": 32, "width2": 16, "width3": 64,
+                                     "shortcut": "identity"}))
+    formula = family_spec(space.family).params
+    for config in configs:
+        built = sum(p.numel() for p in create_model(config, num_classes=7, in_chans=1).parameters())
+        assert formula(config, 7, 1) == built, config
+
+
+def test_the_search_counts_parameters_by_formula_without_building_and_remembers_each_count(digits_task, monkeypatch):
+    from kdsearch.search import evaluate
+
+    count = evaluate.count_exactly("params", digits_task)
+    config = load_space("resnet_cifar").sample(1, seed=0)[0]
+    expected = sum(p.numel() for p in create_model(config, num_classes=10, in_chans=1).parameters())
+    monkeypatch.setattr(evaluate, "create_model", lambda *a, **k: pytest.fail("built a model to count its parameters"))
+    assert count(config) == expected
+    flops = evaluate.count_exactly("flops", digits_task)
+    monkeypatch.undo()
+    nb201 = load_space("nasbench201").sample(1, seed=0)[0]
+    first = flops(nb201)
+    monkeypatch.setattr(evaluate, "create_model", lambda *a, **k: pytest.fail("counted the same candidate twice"))
+    assert flops(nb201) == first > 0

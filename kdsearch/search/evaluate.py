@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,42 +67,40 @@ class ExactScore:
         return self.fn(config)
 
 
-_INITS = ("kaiming_normal_", "kaiming_uniform_", "normal_", "uniform_", "constant_", "zeros_", "ones_", "trunc_normal_",
-          "xavier_uniform_", "xavier_normal_", "orthogonal_")
+def count_exactly(name: str, task: Task) -> Callable[[dict], float]:
+    """``config -> params or FLOPs``, remembered per candidate (the constrained sampler asks again every round).
+    Parameters come from the family's formula where it has one (nothing is built: resnet_cifar, vit); otherwise, and
+    for FLOPs, the model is built and counted. Building costs ~12 ms per resnet_cifar candidate, the formula ~0.02 ms
+    (benchmarks/scoring_speed.py)."""
+    from kdsearch.spaces import candidate_id
+    from kdsearch.spaces.families import family_spec
 
+    known: dict[str, float] = {}
 
-@contextlib.contextmanager
-def _shapes_only():
-    """Build without initialising weights: sizes and FLOPs do not depend on the values, and random initialisation is
-    most of building a CIFAR ResNet. torch.nn.init is swapped for the block only (the search calls this from one
-    thread). Kept, though issue 32 asks for no process-wide patch: the alternatives measured slower per resnet_cifar
-    candidate (parameters only, 1 thread): this 5.3 ms, a plain build 12.4 ms, a build under torch.device("meta")
-    33.9 ms — and the constrained sampler counts up to 4,096 candidates per round exactly."""
-    saved = {name: getattr(torch.nn.init, name) for name in _INITS if hasattr(torch.nn.init, name)}
-    for name in saved:
-        setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
-    try:
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(torch.nn.init, name, fn)
+    def value(config: dict) -> float:
+        key = candidate_id(config)
+        if key not in known:
+            formula = family_spec(config["family"]).params if name == "params" else None
+            if formula is not None:
+                known[key] = float(formula(config, task.num_classes, task.in_chans))
+            else:
+                model = create_model(config, num_classes=task.num_classes, in_chans=task.in_chans)
+                known[key] = float(count_params(model) if name == "params" else count_flops(model, task.input_shape))
+        return known[key]
+
+    return value
 
 
 def exact_proxy(name: str, task: Task, ctx: ProxyContext | None = None, device: torch.device | str = "cpu",
                 seed: int = 0) -> ExactScore | None:
     """The ranking proxy's exact value for any config, when the search can afford it (``EXACT_PER_ROUND``), else None.
 
-    Parameters and FLOPs are built without initialising weights; a data-free proxy (SynFlow) is built exactly as
+    Parameters and FLOPs: :func:`count_exactly`; a data-free proxy (SynFlow) is built exactly as
     :class:`CandidateEvaluator` builds it (same seed, same device, same context), so both record the same number."""
     if name not in EXACT_PER_ROUND:
         return None
     if name in CHEAP_PROXIES:
-
-        def value(config: dict) -> float:
-            with _shapes_only():
-                model = create_model(config, num_classes=task.num_classes, in_chans=task.in_chans)
-            return float(count_params(model) if name == "params" else count_flops(model, task.input_shape))
-
+        value = count_exactly(name, task)
     else:
         if ctx is None:
             raise ValueError(f"exact_proxy({name!r}) needs the search's ProxyContext: it runs the model.")

@@ -49,6 +49,9 @@ class FamilySpec:
     # the family's own optimiser settings over the students' recipe (as timm's pretrained_cfg carries a model's):
     # transformers train with AdamW, not the CNNs' SGD
     recipe: dict | None = None
+    # the parameter count from the config alone, (config, num_classes, in_chans) -> int: the search counts thousands
+    # of candidates exactly; None: the model is built and counted (tests check each formula against the built model)
+    params: Callable[[dict, int, int], int] | None = None
 
 
 FAMILIES: Registry[FamilySpec] = Registry("candidate family", SpaceError)
@@ -56,13 +59,14 @@ FAMILIES: Registry[FamilySpec] = Registry("candidate family", SpaceError)
 
 def register_family(build: Callable[..., nn.Module] | None = None, *, name: str | None = None,
                     block_keys: Callable[[dict, tuple], list] | None = None, sharing: SharingRule | None = None,
-                    check: Callable[[str, dict, dict], None] | None = None, recipe: dict | None = None):
+                    check: Callable[[str, dict, dict], None] | None = None, recipe: dict | None = None,
+                    params: Callable[[dict, int, int], int] | None = None):
     """Register a family: ``@register_family`` on a builder, or ``register_family(builder, block_keys=…, sharing=…,
-    check=…, recipe=…)`` (the name is the builder's unless given). Returns the builder."""
+    check=…, recipe=…, params=…)`` (the name is the builder's unless given). Returns the builder."""
 
     def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         family = name or fn.__name__
-        FAMILIES.add(family, FamilySpec(family, fn, block_keys, sharing, check, recipe))
+        FAMILIES.add(family, FamilySpec(family, fn, block_keys, sharing, check, recipe, params))
         return fn
 
     return add(build) if build is not None else add

@@ -135,6 +135,20 @@ def _resnet_cifar_keys(config: dict, input_shape: tuple) -> list:
     return keys + [("fc", in_planes)]
 
 
+def _resnet_cifar_params(config: dict, num_classes: int, in_chans: int) -> int:
+    """CifarResNet's parameter count, layer by layer as the builder makes them (3x3 convolutions without bias)."""
+    widths = (config.get("width1", 16), config.get("width2", 32), config.get("width3", 64))
+    total, in_planes = in_chans * 9 * widths[0] + 2 * widths[0], widths[0]
+    for i, width in enumerate(widths):
+        for j in range(config[f"depth{i + 1}"]):
+            stride = 2 if (i > 0 and j == 0) else 1
+            total += in_planes * 9 * width + 9 * width * width + 4 * width
+            if stride != 1 or in_planes != width:
+                padded = config.get("shortcut") == "identity" and width >= in_planes
+                total += 0 if padded else in_planes * width + 2 * width
+            in_planes = width
+    return total + in_planes * num_classes + num_classes
 
-register_family(resnet_cifar, block_keys=_resnet_cifar_keys, sharing=NESTED)
+
+register_family(resnet_cifar, block_keys=_resnet_cifar_keys, sharing=NESTED, params=_resnet_cifar_params)
 register_family(resnet_timm)

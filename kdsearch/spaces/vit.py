@@ -183,4 +183,16 @@ VIT_SHARING = SharingRule(NESTED.build, _vit_source, cut=_vit_cut, from_teacher=
 # DeiT's optimiser (AdamW, weight decay 0.05) at a learning rate for batch 64: with find's SGD at 0.05 a vit_cifar student
 # distilled from ResNet-56 for 3 epochs on 5,000 CIFAR-10 JPEGs read 29.3 % against 33.4 % (benchmarks/transformer_students.py)
 VIT_RECIPE = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05}
-register_family(vit, block_keys=_vit_keys, sharing=VIT_SHARING, check=check_vit_space, recipe=VIT_RECIPE)
+def _vit_params(config: dict, num_classes: int, in_chans: int) -> int:
+    """timm's VisionTransformer as ``vit`` builds it: patch projection, class token, position embedding over the
+    patches and the class token, pre-norm blocks (attention width = heads x head dim), final norm, linear head."""
+    dim, heads, patch = config["embed_dim"], config["num_heads"], config.get("patch_size", 4)
+    head_dim = config.get("head_dim", 64) or dim // heads
+    tokens = (config.get("img_size", 32) // patch) ** 2 + 1
+    width, hidden = heads * head_dim, int(dim * config.get("mlp_ratio", 4.0))
+    block = 4 * dim + (dim * 3 * width + 3 * width) + (width * dim + dim) + (dim * hidden + hidden) + (hidden * dim + dim)
+    embed = in_chans * patch * patch * dim + dim + dim + tokens * dim
+    return embed + config["depth"] * block + 2 * dim + dim * num_classes + num_classes
+
+
+register_family(vit, block_keys=_vit_keys, sharing=VIT_SHARING, check=check_vit_space, recipe=VIT_RECIPE, params=_vit_params)
