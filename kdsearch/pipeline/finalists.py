@@ -16,7 +16,6 @@ from kdsearch.run import RunSettings
 from kdsearch.search import latency_columns, measure_candidate
 from kdsearch.spaces import create_model
 from kdsearch.spaces.union import is_union
-from kdsearch.teacher import load_network
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +54,7 @@ class Chooser:
 
     def __init__(self, run: RunContext, finalists: dict):
         self.settings, self.task, self.folder, self.finalists = run.settings, run.task, run.folder, finalists
-        budget = run.settings.budget
-        self.reference = load_network(budget.reference, run.task) if budget.factor is not None else None
+        self.reference = run.reference
 
     def measure(self, model: torch.nn.Module) -> dict:
         """A finalist's latency columns (with a relative budget, the reference's latency timed in alternation)."""

@@ -113,7 +113,7 @@ def run_find(settings: RunSettings) -> FindResult:
     seed_everything(settings.seed)
     teacher = load_run_teacher(settings, task)
     check_loss_teacher(settings, teacher)
-    settings = resolve_budget(settings, task)
+    settings, reference = resolve_budget(settings, task)
     teacher_ms = teacher.latency.p50_ms if teacher.latency else None
     if settings.budget.met_at(teacher_ms):
         logger.info(f"budget: the teacher itself meets {settings.budget.text} ({teacher_ms:.3g} ms p50); students slower "
@@ -131,7 +131,7 @@ def run_find(settings: RunSettings) -> FindResult:
         logger.info(f"workers: {len(procs)} local worker process(es) started (kdsearch worker {folder.path})")
     try:
         with storage_guard(url):
-            table = _stages(RunContext(settings, task, teacher, folder, queue))
+            table = _stages(RunContext(settings, task, teacher, folder, queue, built_reference=reference))
     except KeyboardInterrupt:
         raise KeyboardInterrupt(f"interrupted; the run folder keeps everything done so far: resume with "
                                 f"kdsearch find ... --out {folder.path} (the same options)") from None

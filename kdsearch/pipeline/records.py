@@ -3,13 +3,15 @@ and a finalist's role (``Role``; stored as text in finalists.json and candidates
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import torch.nn as nn
 
 from kdsearch.data import Task
 from kdsearch.pipeline.worker import RunQueue
 from kdsearch.run import RunFolder, RunSettings
 from kdsearch.supernet import SupernetRanker
-from kdsearch.teacher import Teacher
+from kdsearch.teacher import Teacher, load_network
 
 ROLE_KINDS = ("top", "band", "control", "pool")
 
@@ -50,3 +52,12 @@ class RunContext:
     folder: RunFolder
     queue: RunQueue | None = None
     ranker: SupernetRanker | None = None  # with a supernet proxy: the trained supernets
+    built_reference: nn.Module | None = field(default=None, repr=False)  # see ``reference``
+
+    @property
+    def reference(self) -> nn.Module | None:
+        """A relative budget's reference network (untrained: only its latency is used), built once per run — by
+        ``resolve_budget`` in find, on first use in a worker — and timed beside candidates and finalists."""
+        if self.built_reference is None and self.settings.budget.factor is not None:
+            self.built_reference = load_network(self.settings.budget.reference, self.task)
+        return self.built_reference

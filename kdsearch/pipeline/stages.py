@@ -86,18 +86,19 @@ def load_run_teacher(settings: RunSettings, task: Task) -> Teacher:
     return teacher
 
 
-def resolve_budget(settings: RunSettings, task: Task) -> RunSettings:
+def resolve_budget(settings: RunSettings, task: Task) -> tuple[RunSettings, torch.nn.Module | None]:
     """A relative budget ('0.8x:<network>'): the reference network timed in the run's runtime, the limit set from it
-    for the search; each finalist is then timed in alternation with the reference and compared with that figure."""
+    for the search; each finalist is then timed in alternation with the reference and compared with that figure.
+    Returns the settings and the reference network (None for an absolute budget), which the run keeps."""
     budget = settings.budget
     if budget.factor is None:
-        return settings
+        return settings, None
     reference = load_network(budget.reference, task)
     stats = measure_latency(reference, task.input_shape, device=settings.device, **settings.latency("final"))
     settings = settings.with_reference_latency(stats.p50_ms)
     logger.info(f"budget: {budget.factor:g} x {budget.reference} = {budget.factor:g} x {stats.p50_ms:.3g} ms = "
                 f"{settings.budget.limit:.3g} ms (each finalist is timed against the reference again)")
-    return settings
+    return settings, reference
 
 
 def run_supernets(settings: RunSettings, task: Task, teacher: torch.nn.Module, *, progress: bool = False) -> SupernetRanker:
@@ -178,10 +179,9 @@ def scorer(run: RunContext, predictor: LatencyModel | None, *, worker: int = 0, 
     settings, task, teacher, folder, ranker = run.settings, run.task, run.teacher, run.folder, run.ranker
     space, budget = settings.space, settings.budget
     ctx = proxy_context(settings, task, teacher, space, ranker)
-    reference = load_network(budget.reference, task) if budget.factor is not None else None  # re-timed as the search goes
     evaluate = CandidateEvaluator(task, ctx, list(settings.proxies), torch.device(settings.device), settings.latency("search"),
                                   seed=settings.seed, budget=budget, recheck=settings.latency("final"), predictor=predictor,
-                                  reference=reference)
+                                  reference=run.reference)  # re-timed as the search goes
     cheap = exact_proxy(settings.ranking_proxy, task, ctx, settings.device, settings.seed)
 
     def score():
