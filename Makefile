@@ -19,14 +19,17 @@ demo: install
 	bash examples/demo.sh $(BIN)
 
 # The fast suite (every feature's behaviour); the end-to-end runs of a minute or more (marked slow: the benchmarks'
-# smoke runs, the worker and kill tests) are `make test-slow`, which CI runs too.
+# smoke runs, the worker and kill tests) are `make test-slow`, which CI runs too. Both run TEST_WORKERS pytest-xdist
+# workers of one torch thread each (tests/conftest.py); TEST_WORKERS=0 runs in this process with 2 threads.
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist worksteal)
 test: install
-	$(BIN)/python -m pytest -q -m "not slow" --durations=25
+	$(BIN)/python -m pytest -q -m "not slow" $(XDIST) --durations=25
 	$(BIN)/ruff check kdsearch tests benchmarks
 	$(BIN)/lint-imports
 
 test-slow: install
-	$(BIN)/python -m pytest -q -m slow --durations=25
+	$(BIN)/python -m pytest -q -m slow $(XDIST) --durations=25
 
 # What a user gets from `pip install kdsearch`: build the wheel, install it into a fresh venv and run a
 # short find (digits, a parameter budget, 1 epoch) and an export from outside the checkout.

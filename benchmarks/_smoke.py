@@ -24,6 +24,13 @@ def smoke_dir(name: str) -> Path:
     return path
 
 
+def thread_count(wanted: int) -> int:
+    """``wanted`` torch threads, at most $OMP_NUM_THREADS where it is set (the test suite runs two workers of one
+    thread each; a smoke run that took two threads beside another job would oversubscribe the cores)."""
+    cap = os.environ.get("OMP_NUM_THREADS", "")
+    return max(1, min(wanted, int(cap))) if cap.isdigit() else wanted
+
+
 def skip(reason: str) -> None:
     print(f"SKIP: {reason}", flush=True)
     sys.exit(0)

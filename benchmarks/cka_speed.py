@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from _smoke import add_smoke, skip, smoke_dir
+from _smoke import add_smoke, skip, smoke_dir, thread_count
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -291,7 +291,7 @@ def main() -> None:
     ensure_anchors(install=not args.no_install)
     device = torch.device(args.device)
     if device.type == "cpu":
-        torch.set_num_threads(2)
+        torch.set_num_threads(thread_count(2))
     features = feature_pair_case(device, args.repeats, **sizes[0])
     pairs = all_pairs_case(device, args.repeats, **sizes[1])
     print("\n| case | library | seconds | ratio (theirs / ours) | error vs fp64 |\n|---|---|---|---|---|")

@@ -22,7 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _smoke import add_smoke, smoke_dir  # noqa: E402
+from _smoke import add_smoke, smoke_dir, thread_count  # noqa: E402
 from trainer_speed import STUDENT, TEACHER, cifar_folder  # noqa: E402
 
 from kdsearch.data import load_task  # noqa: E402
@@ -43,7 +43,7 @@ def main() -> None:
     if args.smoke:
         args.train_samples, args.epochs, args.teacher_epochs, args.seeds = 200, 1, 1, [0]
         args.out = str(smoke_dir("kd_sanity"))
-    torch.set_num_threads(2)
+    torch.set_num_threads(thread_count(2))
     task = load_task(str(cifar_folder()), train_samples=args.train_samples)
     started = time.perf_counter()
     torch.manual_seed(0)

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers
-from _smoke import add_smoke, smoke_dir  # noqa: E402
+from _smoke import add_smoke, smoke_dir, thread_count  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -457,7 +457,7 @@ def main() -> None:
         args.resnet, args.nb201, args.seed_students, args.epochs, args.train_samples = 3, 2, 2, 1, 200
         args.teacher_epochs, args.teacher_per_class, args.reuse, args.shard = 1, 20, False, "0/1"
     args.results.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(thread_count(args.threads))
     if args.reuse:
         ground_truth = json.loads((args.results / "proxy_rank_ground_truth.json").read_text())
     else:

@@ -20,7 +20,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _smoke import add_smoke, smoke_dir  # noqa: E402
+from _smoke import add_smoke, smoke_dir, thread_count  # noqa: E402
 
 
 def main() -> None:
@@ -45,7 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke:
         args.candidates, args.out = 10, str(smoke_dir("scoring_speed") / "scoring_speed.json")
-    torch.set_num_threads(2)
+    torch.set_num_threads(thread_count(2))
     task = load_task(str(cifar_folder()))
     space = load_space("resnet_cifar")
     proxies = parse_proxies(args.proxy)

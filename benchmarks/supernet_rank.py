@@ -48,7 +48,7 @@ WORK = ROOT / "benchmarks" / ".data" / "supernet_rank"
 E2E_CACHE = ROOT / "benchmarks" / ".data" / "search_e2e" / "cache"
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _smoke import add_smoke, smoke_dir  # noqa: E402
+from _smoke import add_smoke, smoke_dir, thread_count  # noqa: E402
 
 TEACHER_EPOCHS = 30  # search_e2e's default: the same cache key, so its teacher is reused
 SUPERNET_EPOCHS = 5  # find's default --supernet-epochs
@@ -118,7 +118,7 @@ def prepare(family: str, task, teacher, subspaces: int, limit_ms: float | None, 
     from kdsearch.spaces import load_space
     from kdsearch.supernet import SandwichRule, prepare_supernets
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(thread_count(threads))
     return prepare_supernets(load_space(family), task, teacher.model, bands=subspaces, limit_ms=limit_ms,
                              recipe=student_recipe(epochs, 0), rule=SandwichRule.with_anchors(anchors),
                              latency={"batch_size": 1, "threads": 1, **LATENCY_SEARCH}, seed=0, progress=True)

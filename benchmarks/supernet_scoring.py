@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers
-from _smoke import add_smoke, smoke_dir  # noqa: E402
+from _smoke import add_smoke, smoke_dir, thread_count  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / ".data" / "search_e2e"
@@ -66,7 +66,7 @@ def main(candidates: int = 30) -> None:
     ranker = run_supernets(settings, task, teacher.model)  # cached by find: trains nothing
     table = run.candidates()
     rows = table[table["latency_p50_ms"] <= ranker.bands.span(max(ranker.supernets))[1]].head(candidates)
-    torch.set_num_threads(2)
+    torch.set_num_threads(thread_count(2))
     variants = {"current": (128, "auto"), "anchor": (256, "off")}
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     agree = []

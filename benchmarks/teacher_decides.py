@@ -48,7 +48,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _smoke import add_smoke, smoke_dir  # noqa: E402
+from _smoke import add_smoke, smoke_dir, thread_count  # noqa: E402
 
 from kdsearch._util import atomic_write_json  # noqa: E402
 from kdsearch.distill.halving import cut_in_noise, order_members, plan_rungs, restarts_for, rung_score, student_epochs  # noqa: E402
@@ -197,7 +197,7 @@ def warm_designs(args, pool: list[dict], truth: list[float], folder: Path, budge
     task, teacher, _ = _WORKER.get("setting") or _setting(args.smoke)
     threads = torch.get_num_threads()
     ranker = prepare(args.space, task, teacher, 3, None if args.smoke else budget_ms, 1 if args.smoke else 5)
-    torch.set_num_threads(threads)
+    torch.set_num_threads(thread_count(threads))
     specs, rungs = [], [args.first_rung]
     for r in rungs:
         for p in pool:

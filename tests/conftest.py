@@ -10,11 +10,18 @@ SHARED_CIFAR = Path(os.environ.get("KDSEARCH_CIFAR_ARCHIVE") or Path(__file__).r
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
+# Under pytest-xdist (`make test` runs 2 workers) each worker gets one torch thread, and so do the processes it starts
+# (OMP_NUM_THREADS; the benchmarks cap their own thread counts by it): two 2-thread jobs on 2 cores ran 10-25x slower.
+THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+if THREADS == 1:
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):
     # Prepared teachers go to a per-session cache, never the user's.
     os.environ["KDSEARCH_CACHE_DIR"] = str(tmp_path_factory.mktemp("kdsearch-cache"))
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     yield
 
 
