@@ -238,6 +238,7 @@ def test_the_sandwich_anchors_reach_the_supernets_from_the_cli_and_the_api(tiny_
 @pytest.mark.parametrize("extra, message", [
     (["--proxy", "params", "--warm-start"], "--warm-start starts each student"),
     (["--space", "timm_zoo"], "weight-sharing family"),
+    (["--supernet-objective", "relations"], "--supernet-objective: The supernet objective relations distils self-attention"),
 ])
 def test_supernet_options_that_cannot_work_are_one_line_and_exit_2(tiny_space, tmp_path, capsys, extra, message):
     from kdsearch.cli import main
@@ -416,3 +417,33 @@ def test_a_space_that_declares_subspaces_gets_one_supernet_each_and_a_candidate_
         assert scored["kd_loss"] == pytest.approx(float(kl_div_t(uniform, limited.teacher_logits, limited.temperature)))
         with pytest.raises(SpaceError, match="no trained supernet"):
             limited.subnet(wide, 0.0)
+
+
+def test_the_task_agnostic_objective_learns_the_relations_alone_then_fine_tunes_every_subnet_on_logits(digits_task,
+                                                                                                         tmp_path, monkeypatch):
+    """AutoDistil's SuperLM: self-attention relations only (no labels, no logits), then a short shared fine-tune."""
+    from kdsearch.supernet import train as train_module
+
+    space_file = tmp_path / "tiny_vit.yaml"
+    space_file.write_text(TINY_SPACES["vit"])
+    space = load_space(space_file).for_input(digits_task.input_shape[1])
+    torch.manual_seed(0)
+    teacher = create_model(space.config({"depth": 2, "embed_dim": 48, "num_heads": 2, "mlp_ratio": 2.0}),
+                           num_classes=10, in_chans=1).eval()
+    rule = SandwichRule(objective="relations", finetune_epochs=1)
+    assert rule.phases(2) == [("relations", 0), ("relations", 1), ("kd", 0)]
+    assert rule.to_dict()["objective"] == "relations" and rule.to_dict()["finetune_epochs"] == 1
+    seen, real_step = [], train_module._sandwich_step  # (the step's objective, whether it got the teacher's Q/K/V)
+    monkeypatch.setattr(train_module, "_sandwich_step", lambda *a, **k: seen.append((a[5].objective, a[10] is not None))
+                        or real_step(*a, **k))
+    ranker = prepare_supernets(space, digits_task, teacher, bands=1, recipe=Recipe(epochs=1, batch_size=256),
+                               rule=rule, latency=FAST_LATENCY, root=tmp_path / "sn")
+    history = ranker.histories[0]
+    assert [h["objective"] for h in history] == ["relations", "kd"]
+    relation_steps = [s for s in seen if s[0] == "relations"]
+    assert relation_steps and all(with_teacher for _, with_teacher in relation_steps)  # the teacher's Q/K/V each step
+    assert [s for s in seen if s[0] == "kd"] and not any(with_teacher for o, with_teacher in seen if o == "kd")
+    scored = ranker.evaluate(space.sample(1, seed=0)[0], 0.0)
+    assert 0.0 <= scored["accuracy"] <= 1.0 and scored["kd_loss"] > 0
+    with pytest.raises(ValueError, match="transformer teacher and transformer students"):
+        SandwichRule(objective="relations").resolved(teacher, torch.nn.Linear(2, 2))

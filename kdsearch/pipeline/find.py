@@ -30,6 +30,7 @@ from kdsearch.pipeline.stages import (
     check_loss_students,
     check_loss_teacher,
     check_runtime,
+    check_supernet_teacher,
     choose_space,
     fit_run_latency_model,
     load_run_teacher,
@@ -113,6 +114,7 @@ def run_find(settings: RunSettings) -> FindResult:
     seed_everything(settings.seed)
     teacher = load_run_teacher(settings, task)
     check_loss_teacher(settings, teacher)
+    check_supernet_teacher(settings, teacher, task)
     settings, reference = resolve_budget(settings, task)
     teacher_ms = teacher.latency.p50_ms if teacher.latency else None
     if settings.budget.met_at(teacher_ms):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 import torch
 
@@ -20,6 +21,7 @@ from kdsearch.proxies.ensemble import REFERENCE_SIZE
 from kdsearch.run import STUDY_NAME, RunFolder, RunSettings
 from kdsearch.search import CandidateEvaluator, exact_proxy, reference_models, run_search, scored_candidates
 from kdsearch.spaces import SearchSpace, create_model, default_space_path, load_space
+from kdsearch.spaces.union import is_union
 from kdsearch.supernet import SandwichRule, SupernetRanker, prepare_supernets
 from kdsearch.taps import attention_blocks
 from kdsearch.teacher import Teacher, load_network, load_teacher
@@ -75,6 +77,27 @@ def check_loss_teacher(settings: RunSettings, teacher: Teacher) -> None:
                         "(or --loss deit_hard, DeiT's hard-label distillation) for a CNN teacher.")
 
 
+def supernet_rule(settings: RunSettings) -> SandwichRule:
+    """The run's sandwich rule: its anchors and objective (``--supernet-anchors``, ``--supernet-objective``)."""
+    rule = SandwichRule.with_anchors(settings.supernet.get("anchors", "latency"))
+    return replace(rule, objective=settings.supernet.get("objective", "auto"))
+
+
+def check_supernet_teacher(settings: RunSettings, teacher: Teacher, task: Task) -> None:
+    """A relational supernet objective needs a transformer teacher and students: refused once the teacher is loaded,
+    before the run folder is written."""
+    if settings.supernet is None or settings.supernet.get("objective", "auto") in ("auto", "kd"):
+        return
+    space = settings.space
+    part = space.parts[0] if is_union(space) else space
+    with torch.device("meta"):
+        probe = create_model(part.sample(1, seed=settings.seed)[0], num_classes=task.num_classes, in_chans=task.in_chans)
+    try:
+        supernet_rule(settings).resolved(probe, teacher.model)
+    except ValueError as exc:
+        raise LossError(f"--supernet-objective: {exc}") from None
+
+
 def load_run_teacher(settings: RunSettings, task: Task) -> Teacher:
     started = time.perf_counter()
     teacher = load_teacher(
@@ -106,7 +129,7 @@ def run_supernets(settings: RunSettings, task: Task, teacher: torch.nn.Module, *
     read from the cache when a run with the same settings trained them (as for a warm start after the run)."""
     return prepare_supernets(
         settings.space, task, teacher, bands=settings.supernet["subspaces"], limit_ms=settings.budget.latency_limit_ms,
-        recipe=settings.supernet_recipe(settings.space.family), rule=SandwichRule.with_anchors(settings.supernet.get("anchors", "latency")),
+        recipe=settings.supernet_recipe(settings.space.family), rule=supernet_rule(settings),
         device=torch.device(settings.device), latency=settings.latency("search"), seed=settings.seed, progress=progress,
     )
 

@@ -165,6 +165,10 @@ FIND_OPTIONS: tuple[Option, ...] = (
     Option("supernet_anchors", "latency", SUPERNET + "the subnets each training step runs besides 2 random ones: the "
            "band's slowest and fastest (latency), its per-key largest and smallest configs (span), or none: 4 random "
            "(uniform)", choices=("latency", "span", "uniform")),
+    Option("supernet_objective", "auto", SUPERNET + "what the subnets learn: the teacher's logits (kd), also its "
+           "last layer's self-attention relations (relations+kd), or the relations alone, AutoDistil's task-agnostic "
+           "SuperLM, then one epoch of logit KD shared by all subnets (relations); auto: relations+kd for a transformer "
+           "teacher and transformer students, else kd", choices=("auto", "kd", "relations+kd", "relations")),
     Option("warm_start", False, SUPERNET + "start each student from its subnet's inherited weights", action="store_true"),
     Option("epochs", 10, "distillation epochs per student", POSITIVE, setting="record"),
     Option("target_epochs", None, "the epochs you will distil the shipped student for: the selection is made for that "

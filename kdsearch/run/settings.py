@@ -217,6 +217,8 @@ def _supernet_settings(o: SimpleNamespace, proxies: tuple[str, ...], space: Sear
     supernet = {"subspaces": o.subspaces, "epochs": o.supernet_epochs, "warm_start": o.warm_start}
     if o.supernet_anchors != "latency":  # absent = the default, so older runs still resume
         supernet["anchors"] = o.supernet_anchors
+    if o.supernet_objective != "auto":  # (likewise)
+        supernet["objective"] = o.supernet_objective
     if is_union(space) and len(space.families) > 1:
         raise KdsearchError(f"A supernet proxy shares weights within one family; --space {space.name} mixes "
                             f"{', '.join(space.families)}: search each family with --proxy supernet on its own, or rank the "

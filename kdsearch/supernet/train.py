@@ -30,7 +30,8 @@ from kdsearch.teacher.outputs import TeacherOutputs
 from kdsearch.training import Recipe, amp_dtype_for, epoch_seed, lr_at, make_optimizer
 
 WEIGHTS_FILE = "weights.safetensors"  # a finished band's weights in its cache folder
-OBJECTIVES = ("auto", "kd", "relations+kd")
+OBJECTIVES = ("auto", "kd", "relations+kd", "relations")
+RELATIONAL = ("relations+kd", "relations")  # the objectives that read the teacher's and the subnets' attention
 
 
 @dataclass(frozen=True)
@@ -42,15 +43,20 @@ class SandwichRule:
     kd_weight: float = 0.9  # the rest is cross-entropy on the labels
     inplace: bool = False  # smaller subnets learn from the largest subnet's logits instead of the teacher's
     anchors: str = "latency"  # the members run every step (BandPool.anchors): latency, span or uniform
-    # what a subnet learns: "kd" (the teacher's logits) or "relations+kd" (and MiniLM's self-attention relations of
-    # the teacher's last layer, AutoDistil's objective; transformer teacher and supernet); "auto": the second where
-    # both are transformers (prepare_supernets decides)
+    # what a subnet learns: "kd" (the teacher's logits), "relations+kd" (and MiniLM's self-attention relations of the
+    # teacher's last layer; transformer teacher and supernet) or "relations" (the relations alone: AutoDistil's
+    # task-agnostic SuperLM, then ``finetune_epochs`` of logit KD for all subnets at once — the short shared fine-tune
+    # that lets inherited weights be scored on the task); "auto": "relations+kd" where both are transformers, else "kd"
     objective: str = "auto"
+    finetune_epochs: int = 1
 
     def __post_init__(self):
         check_anchors(self.anchors)
         if self.objective not in OBJECTIVES:
             raise ValueError(f"A supernet objective is one of {', '.join(OBJECTIVES)}, not {self.objective!r}.")
+        if self.objective == "relations" and self.finetune_epochs < 1:
+            raise ValueError("The task-agnostic objective needs at least one shared fine-tune epoch to score subnets on "
+                             "the task; set finetune_epochs >= 1.")
         if self.inplace and self.anchors == "uniform":
             raise ValueError("In-place distillation needs a largest subnet to learn from; use anchors 'latency' or 'span'.")
         if self.anchors == "uniform" and self.random_subnets < 1:
@@ -67,16 +73,31 @@ class SandwichRule:
                   "inplace": self.inplace}
         if self.anchors != "latency":  # the default stays out of the record so that supernets cached before it stay valid
             record["anchors"] = self.anchors
-        if self.objective == "relations+kd":  # (logit KD, the only objective before it, keeps the old records)
+        if self.objective in RELATIONAL:  # (logit KD, the only objective before them, keeps the old records)
             record["objective"] = self.objective
+        if self.objective == "relations":
+            record["finetune_epochs"] = self.finetune_epochs
         return record
+
+    def phases(self, epochs: int) -> list[tuple[str, int]]:
+        """Each training epoch's (objective, data epoch): ``epochs`` of the objective, then with the task-agnostic one
+        the shared fine-tune's KD epochs, which revisit the first epochs' views (their teacher outputs are stored)."""
+        if self.objective != "relations":
+            return [(self.objective, e) for e in range(epochs)]
+        if self.finetune_epochs > epochs:
+            raise ValueError(f"The shared fine-tune ({self.finetune_epochs} epochs) reuses the supernet's stored teacher "
+                             f"outputs and may not be longer than its {epochs} epochs.")
+        return [("relations", e) for e in range(epochs)] + [("kd", e) for e in range(self.finetune_epochs)]
 
     def resolved(self, student: torch.nn.Module, teacher) -> SandwichRule:
         """``auto`` made concrete: relations where the teacher and the space's students (``student``: one of them,
-        e.g. built on the meta device) both have readable attention."""
+        e.g. built on the meta device) both have readable attention; a relational objective without them is refused."""
+        both = teacher is not None and attention_blocks(teacher) is not None and attention_blocks(student) is not None
+        if self.objective in RELATIONAL and not both:
+            raise ValueError(f"The supernet objective {self.objective} distils self-attention relations, which needs a "
+                             "transformer teacher and transformer students; use objective kd (or auto).")
         if self.objective != "auto":
             return self
-        both = teacher is not None and attention_blocks(teacher) is not None and attention_blocks(student) is not None
         return replace(self, objective="relations+kd" if both else "kd")
 
 
@@ -96,24 +117,27 @@ def train_band(supernet: Supernet, pool: BandPool, band: int, task: Task, output
     # fp16 gradients underflow without loss scaling (bf16 has fp32's range and needs none)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     history, start = _resume(supernet, optimizer, scaler, folder / "training_state.pt", device)
-    steps = math.ceil(len(task.train_labels) / recipe.batch_size)
-    bar = tqdm(total=recipe.epochs * steps, initial=start * steps, desc=f"supernet band {band + 1}", leave=False,
+    steps, phases = math.ceil(len(task.train_labels) / recipe.batch_size), rule.phases(recipe.epochs)
+    bar = tqdm(total=len(phases) * steps, initial=start * steps, desc=f"supernet band {band + 1}", leave=False,
                disable=None if progress else True)
-    for epoch in range(start, recipe.epochs):
-        bar.set_description(f"supernet band {band + 1}, epoch {epoch + 1}/{recipe.epochs}")
+    for epoch in range(start, len(phases)):
+        objective, data_epoch = phases[epoch]
+        bar.set_description(f"supernet band {band + 1}, epoch {epoch + 1}/{len(phases)}")
         started, losses = time.perf_counter(), []
-        lookup = outputs.lookup(epoch, device)
+        lookup = outputs.lookup(data_epoch, device)
         draws = torch.Generator().manual_seed(epoch_seed(recipe, epoch) * 1009 + band)
+        first, length = next(i for i, p in enumerate(phases) if p[0] == objective), sum(p[0] == objective for p in phases)
         for step, (x, y, idx) in enumerate(task.batches("train", recipe.batch_size, shuffle=True, augment=recipe.augment,
-                                                        seed=epoch_seed(recipe, epoch), device=device, with_index=True)):
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(epoch * steps + step, recipe.epochs * steps, int(recipe.warmup_epochs * steps),
+                                                        seed=epoch_seed(recipe, data_epoch), device=device, with_index=True)):
+            for group in optimizer.param_groups:  # each phase has its own schedule (the fine-tune warms up again)
+                group["lr"] = lr_at((epoch - first) * steps + step, length * steps, int(recipe.warmup_epochs * steps),
                                     recipe.lr, recipe.schedule)
-            relations = _teacher_relations(teacher, x, rule, device, amp_dtype)
+            relations = _teacher_relations(teacher, x, objective, device, amp_dtype)
             losses.append(_sandwich_step(supernet, pool.sandwich(band, draws, rule.random_subnets, rule.anchors), x, y, lookup(idx),
-                                         rule, optimizer, scaler, device, amp_dtype, relations))
+                                         replace(rule, objective=objective), optimizer, scaler, device, amp_dtype, relations))
             bar.update(1)
-        record = {"epoch": epoch + 1, "loss": sum(losses) / max(1, len(losses)), "seconds": time.perf_counter() - started}
+        record = {"epoch": epoch + 1, "loss": sum(losses) / max(1, len(losses)), "seconds": time.perf_counter() - started,
+                  **({"objective": objective} if rule.objective == "relations" else {})}
         record.update(_extremes_accuracy(supernet, pool, band, task, device))  # the supernet's learning curve
         supernet.train()
         history.append(record)
@@ -126,12 +150,12 @@ def train_band(supernet: Supernet, pool: BandPool, band: int, task: Task, output
     return history
 
 
-def _teacher_relations(teacher, x, rule: SandwichRule, device, amp_dtype):
-    """The teacher's last-layer queries, keys and values on the batch (relations+kd), else None."""
-    if rule.objective != "relations+kd":
+def _teacher_relations(teacher, x, objective: str, device, amp_dtype):
+    """The teacher's last-layer queries, keys and values on the batch (a relational objective), else None."""
+    if objective not in RELATIONAL:
         return None
     if teacher is None:
-        raise ValueError("The relations+kd objective needs the teacher module; pass teacher= to train_band.")
+        raise ValueError(f"The {objective} objective needs the teacher module; pass teacher= to train_band.")
     with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         return forward_taps(teacher, x, attention_layer=-1)
 
@@ -148,7 +172,9 @@ def _sandwich_step(supernet: Supernet, configs: list[dict], x, y, teacher_logits
                 taps = supernet.taps(config, x, attention_layer=-1)
                 logits = taps.logits
         target = largest if (rule.inplace and largest is not None) else teacher_logits
-        loss = rule.kd_weight * kl_div_t(logits.float(), target.float(), rule.temperature) + (1 - rule.kd_weight) * F.cross_entropy(logits.float(), y)
+        loss = 0.0 if rule.objective == "relations" else (  # task-agnostic: the relations alone
+            rule.kd_weight * kl_div_t(logits.float(), target.float(), rule.temperature)
+            + (1 - rule.kd_weight) * F.cross_entropy(logits.float(), y))
         if relations is not None:
             heads = relation_heads_for(0, relations.attention_heads, (taps.attention[0].shape[-1], relations.attention[0].shape[-1]))
             loss = loss + sum(relation_kl(s, t, heads) for s, t in zip(taps.attention, relations.attention))
