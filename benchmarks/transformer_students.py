@@ -18,7 +18,9 @@ The setting is supernet_rank.py's, so its cached teacher is reused:
    students distilled from the ViT teacher; here the SuperLM starts from the teacher's own weights, sliced, and learns
    its last-layer Q/K/V relations beside its logits (``SandwichRule`` objective ``auto`` → ``relations+kd``).
    ``minilm_gain_points``: ``--minilm-students`` of those students distilled with ``--loss minilm`` (relations + KD)
-   and with KD alone, seeds 0 and 1: the mean difference in test accuracy, in points.
+   and with KD alone, seeds 0 and 1: the mean difference in test accuracy, in points. Part ``agnostic``: the same
+   students ranked by AutoDistil's task-agnostic SuperLM (``--supernet-objective relations``: the relations alone,
+   then one shared epoch of logit KD), against part ``vit``'s relations + KD supernet.
 5. Part ``cross``: ``cross_family`` — 20 resnet_cifar students (seeded, from the regret table, within the ViT pool's
    latency range) distilled from the ResNet-56 with the CNN recipe beside the 20 ViT students of part ``cnn``; every
    one timed now (1 thread, batch 1); at 3 budgets (the pooled latencies' 30/60/90 % quantiles) the best distilled CNN
@@ -29,7 +31,7 @@ The setting is supernet_rank.py's, so its cached teacher is reused:
    student's full distillation) and ``slice_max_abs_diff`` (the largest |path through the supernet − extracted
    subnet| over the students, on real test images).
 
-    .venv/bin/python benchmarks/transformer_students.py                 # all parts, ~75 min on 2 cores
+    .venv/bin/python benchmarks/transformer_students.py                 # all parts, ~80 min on 2 cores
     .venv/bin/python benchmarks/transformer_students.py --parts vit     # one part; the others' figures are kept
     .venv/bin/python benchmarks/transformer_students.py --smoke         # tiny spaces, a few students, 1 epoch
 
@@ -59,10 +61,10 @@ ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / ".data" / "transformer_students"
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _smoke import add_smoke, smoke_dir  # noqa: E402
+from _smoke import add_smoke, smoke_dir, thread_count  # noqa: E402
 from supernet_rank import TEACHER_EPOCHS, bootstrap_difference, kendall, setting  # noqa: E402
 
-PARTS = ("cnn", "vit", "cross")
+PARTS = ("cnn", "vit", "agnostic", "cross")
 SMOKE_SPACE = {"depth": [1, 2], "embed_dim": [32, 48], "num_heads": [1, 2], "mlp_ratio": [2.0]}
 VIT_TEACHER = {"family": "vit", "depth": 4, "embed_dim": 128, "num_heads": 4, "mlp_ratio": 3.0, "patch_size": 4,
                "head_dim": 32, "img_size": 32}
@@ -134,15 +136,16 @@ def distil_all(jobs: list[tuple], args, vit: tuple | None = None) -> dict[tuple,
     return done
 
 
-def supernet_scores(space, task, teacher, students: list[dict], epochs: int, work: Path) -> dict:
+def supernet_scores(space, task, teacher, students: list[dict], epochs: int, work: Path, rule=None) -> dict:
     """A supernet over the whole space (one band), its training time, each student's inherited-weight scores, and
     the largest difference between a student's path through it and the student extracted."""
     from kdsearch.cost import LATENCY_SEARCH
     from kdsearch.supernet import SandwichRule, prepare_supernets
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(thread_count(2))
+    rule = rule or SandwichRule()
     ranker = prepare_supernets(space, task, teacher.model, bands=1, limit_ms=None, recipe=family_recipe(epochs, 0),
-                               rule=SandwichRule(), latency={"batch_size": 1, "threads": 1, **LATENCY_SEARCH},
+                               rule=rule, latency={"batch_size": 1, "threads": 1, **LATENCY_SEARCH},
                                root=work / "supernets", seed=0, progress=True)
     supernet = ranker.supernets[min(ranker.supernets)].eval()
     x = torch.cat([x for x, _ in task.batches("val", 64)][:2])[:64]
@@ -156,7 +159,7 @@ def supernet_scores(space, task, teacher, students: list[dict], epochs: int, wor
     with torch.device("meta"):
         probe = supernet.extract(students[0]["config"] | {"depth_rule": space.fixed["depth_rule"]})
     return {"scores": scores, "train_seconds": train_seconds, "slice_max_abs_diff": diff,
-            "holdout_images": len(ranker.task.val_labels), "objective": SandwichRule().resolved(probe, teacher.model).objective,
+            "holdout_images": len(ranker.task.val_labels), "objective": rule.resolved(probe, teacher.model).objective,
             "started_from_teacher": _starts_from_teacher(space, task, teacher.model)}
 
 
@@ -164,6 +167,11 @@ def _starts_from_teacher(space, task, teacher) -> bool:
     from kdsearch.supernet import Supernet
 
     return bool(Supernet(space, task.num_classes, task.in_chans).start_from(teacher))
+
+
+def depth_rules(args) -> tuple[str, ...]:
+    """Both ways of sharing depth (the smoke run: AutoDistil's alone)."""
+    return ("even",) if args.smoke else ("even", "first")
 
 
 def draw_students(space, count: int) -> list[dict]:
@@ -215,7 +223,7 @@ def part_cnn(task, teacher, args) -> dict:
     truth = {job[0]: r["accuracy"] for job, r in done.items()}
     rung1 = {job[0]: r["curve"][0] for job, r in done.items()}
     by_rule = {rule: supernet_scores(the_space(args.smoke, rule), task, teacher, students, args.supernet_epochs, WORK)
-               for rule in ("even", "first")}
+               for rule in depth_rules(args)}
     record = ranking(students, truth, rung1, by_rule, [r["seconds"] for r in done.values()], space, teacher, args)
     return {**record, "teacher": "search_e2e ResNet-56 (CNN): the SuperLM learns its logits"}
 
@@ -235,7 +243,7 @@ def part_vit(task, args) -> dict:
     truth = {job[0]: r["accuracy"] for job, r in done.items() if job[2:4] == (0, "kd")}
     rung1 = {job[0]: r["curve"][0] for job, r in done.items() if job[2:4] == (0, "kd")}
     by_rule = {rule: supernet_scores(the_space(args.smoke, rule, VIT_SUBSPACE), task, teacher, students,
-                                     args.supernet_epochs, WORK / "vit-teacher") for rule in ("even", "first")}
+                                     args.supernet_epochs, WORK / "vit-teacher") for rule in depth_rules(args)}
     record = ranking(students, truth, rung1, by_rule, [r["seconds"] for job, r in done.items() if job[2:4] == (0, "kd")],
                      space, teacher, args)
     accuracy = {(job[0], job[2], job[3]): r["accuracy"] for job, r in done.items()}
@@ -251,6 +259,29 @@ def part_vit(task, args) -> dict:
             "minilm_gain_points": statistics.mean(gains), "minilm_gains_each": gains,
             "minilm_gain_std": statistics.stdev(gains) if len(gains) > 1 else 0.0, "minilm_students": per_student,
             "minilm_seconds_over_kd": statistics.median(minilm_seconds) / statistics.median(kd_seconds)}
+
+
+def part_agnostic(task, args, vit_record: dict) -> dict:
+    """AutoDistil's task-agnostic SuperLM (the relations alone, then one shared epoch of logit KD) on part vit's
+    students and teacher, against part vit's relations + KD supernet."""
+    from kdsearch.supernet import SandwichRule
+
+    teacher = vit_teacher(task, args.smoke, args.vit_teacher_epochs)
+    rows = vit_record["rows"]
+    students = [{k: r[k] for k in ("candidate_id", "config", "params")} for r in rows]
+    scored = supernet_scores(the_space(args.smoke, "even", VIT_SUBSPACE), task, teacher, students, args.supernet_epochs,
+                             WORK / "vit-teacher", rule=SandwichRule(objective="relations", finetune_epochs=1))
+    truth = [r["accuracy"] for r in rows]
+    accuracy = [scored["scores"][s["candidate_id"]]["accuracy"] for s in students]
+    kd = [-scored["scores"][s["candidate_id"]]["kd_loss"] for s in students]
+    result = {"objective": "relations, then 1 shared epoch of logit KD", "supernet_tau": kendall(accuracy, truth),
+              "supernet_kd_tau": kendall(kd, truth), "against_relations_kd": vit_record["tau"]["supernet_even"],
+              "params_tau": vit_record["tau"]["params"], "train_seconds": scored["train_seconds"],
+              "supernet_cost_ratio": scored["train_seconds"] / vit_record["student_seconds_median"],
+              "minus_relations_kd": bootstrap_difference(accuracy, [r["score_supernet_even"] for r in rows], truth)}
+    print(f"  task-agnostic SuperLM: τ {result['supernet_tau']['tau']:+.3f} (KD score {result['supernet_kd_tau']['tau']:+.3f}) "
+          f"against relations + KD {result['against_relations_kd']['tau']:+.3f}", flush=True)
+    return result
 
 
 def cnn_pool(count: int, upper_ms: float, lower_ms: float, smoke: bool) -> list[dict]:
@@ -277,7 +308,7 @@ def timed(configs: list[dict]) -> list[float]:
     for config in configs:
         model = create_model(config, num_classes=10).eval()
         out.append(measure_latency(model, (3, 32, 32), device="cpu", batch_size=1, threads=1, **LATENCY_SEARCH).p50_ms)
-    torch.set_num_threads(2)
+    torch.set_num_threads(thread_count(2))
     return out
 
 
@@ -297,7 +328,7 @@ def find_pick(budget_ms: float, args) -> dict:
     command = "kdsearch " + " ".join(argv).replace(str(ROOT) + "/", "")
     if not (out / "report.html").exists():  # a finished run is read again; an interrupted one starts over
         shutil.rmtree(out, ignore_errors=True)
-        torch.set_num_threads(2)
+        torch.set_num_threads(thread_count(2))
         code = kdsearch(argv)
         if code != 0:
             return {"command": command, "exit_code": code, "family": None}
@@ -380,6 +411,8 @@ def main() -> None:
     if "vit" in parts:
         record["vit_teacher"] = part_vit(task, args)
         record["minilm_gain_points"] = record["vit_teacher"]["minilm_gain_points"]
+    if "agnostic" in parts:
+        record["vit_teacher"]["task_agnostic"] = part_agnostic(task, args, record["vit_teacher"])
     if "cross" in parts:
         record["cross_family"] = part_cross(args, record["rows"])
     record.update({
