@@ -103,8 +103,9 @@ def vit_teacher(task, smoke: bool, epochs: int):
 
 def _init(per_class: int, teacher_epochs: int, work: Path, vit: tuple | None) -> None:
     torch.set_num_threads(1)
-    _WORKER["setting"], _WORKER["work"] = setting(per_class, teacher_epochs), work
-    if vit is not None:
+    if "setting" not in _WORKER:  # (run in-process, the smoke run calls this once per part)
+        _WORKER["setting"], _WORKER["work"] = setting(per_class, teacher_epochs), work
+    if vit is not None and "vit" not in _WORKER:
         _WORKER["vit"] = vit_teacher(_WORKER["setting"][0], *vit)
 
 
@@ -125,14 +126,26 @@ def distil_job(job: tuple) -> dict:
 
 def distil_all(jobs: list[tuple], args, vit: tuple | None = None) -> dict[tuple, dict]:
     """Every job in a pool of ``args.workers`` one-thread processes: {job: its result}."""
-    done = {}
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(args.workers, _init, (args.per_class, args.teacher_epochs, WORK, vit)) as pool:
-        for i, result in enumerate(pool.imap_unordered(distil_job, jobs), 1):
+    done, setup = {}, (args.per_class, args.teacher_epochs, WORK, vit)
+    if args.workers == 1:  # in this process (the smoke run): no worker to start, the data loaded once
+        threads = torch.get_num_threads()
+        _init(*setup)
+        results = map(distil_job, jobs)
+    else:
+        pool = multiprocessing.get_context("spawn").Pool(args.workers, _init, setup)
+        results = pool.imap_unordered(distil_job, jobs)
+    try:
+        for i, result in enumerate(results, 1):
             key = result["key"]  # (candidate_id, epochs, seed, loss, teacher)
             done[key] = result
             print(f"[{i}/{len(jobs)}] {key[3]} from {key[4]} seed {key[2]} {key[0]}: {result['accuracy']:.4f} "
                   f"({result['seconds']:.0f} s)", flush=True)
+    finally:
+        if args.workers == 1:
+            torch.set_num_threads(threads)
+        else:
+            pool.close()
+            pool.join()
     return done
 
 

@@ -237,7 +237,7 @@ def _band_supernet(space, task, pool, band, outputs, recipe, rule, folder: Path,
     history = train_band(supernet, pool, band, task, outputs, recipe, rule, folder=folder, device=device, progress=progress,
                          teacher=teacher)
     last = history[-1]
-    logger.info(f"supernet band {band + 1}: {len(pool.members[band])} candidates of the pool, {recipe.epochs} epochs, "
+    logger.info(f"supernet band {band + 1}: {len(pool.members[band])} candidates of the pool, {len(history)} epochs, "
                 f"hold-out accuracy largest {last['holdout_accuracy_largest']:.3f} / smallest {last['holdout_accuracy_smallest']:.3f} "
                 f"[{time.perf_counter() - started:.0f} s]")
     return supernet.eval(), history
