@@ -33,11 +33,16 @@ def test_flops_of_a_known_layer():
 def test_latency_statistics_are_robust_and_ordered():
     small = create_model({"family": "resnet_cifar", "depth1": 1, "depth2": 1, "depth3": 1, "width1": 8, "width2": 16, "width3": 32}, num_classes=10)
     big = create_model({"family": "resnet_cifar", "depth1": 5, "depth2": 5, "depth3": 5, "width1": 32, "width2": 64, "width3": 128}, num_classes=10)
-    s = measure_latency(small, (3, 32, 32), threads=1, max_time_s=0.5)
-    b = measure_latency(big, (3, 32, 32), threads=1, max_time_s=0.5)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # (the suite's workers run with one thread: make the pin observable)
+    try:
+        s = measure_latency(small, (3, 32, 32), threads=1, max_time_s=0.5)
+        b = measure_latency(big, (3, 32, 32), threads=1, max_time_s=0.5)
+        assert torch.get_num_threads() == 2  # the pin is undone afterwards
+    finally:
+        torch.set_num_threads(before)
     for stats in (s, b):
         assert stats.repeats >= 15 and stats.threads == 1 and stats.batch_size == 1
-    assert torch.get_num_threads() == 2  # the pin is undone afterwards (conftest sets 2)
     # ~60x the FLOPs: the median must see it even on a noisy machine
     assert b.p50_ms > 3 * s.p50_ms
     assert s.key == "cpu|t1|b1|3x32x32"

@@ -24,7 +24,8 @@ from kdsearch.run.options import BY_NAME, RECORDED, TARGET_FACTOR, find_keywords
 from kdsearch.search import check_sampler
 from kdsearch.search.storage import check_storage, without_password
 from kdsearch.spaces import SearchSpace
-from kdsearch.spaces.union import UnionSpace, is_union, load_spaces
+from kdsearch.spaces.loading import load_spaces
+from kdsearch.spaces.union import UnionSpace, is_union
 from kdsearch.training import STUDENT_RECIPE, Recipe
 
 IDENTITY_KEYS = (

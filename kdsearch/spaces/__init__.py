@@ -15,6 +15,7 @@ identical architecture anywhere through ``create_model(candidate, num_classes=..
 """
 
 from kdsearch.spaces.families import FamilySpec, SharingRule, list_families, register_family
+from kdsearch.spaces.loading import load_space, load_spaces
 from kdsearch.spaces.space import (
     SPACES_DIR,
     SearchSpace,
@@ -22,9 +23,8 @@ from kdsearch.spaces.space import (
     create_model,
     default_space_path,
     list_spaces,
-    load_space,
 )
-from kdsearch.spaces.union import UnionSpace, load_spaces  # noqa: E402  (after space: it builds on it)
+from kdsearch.spaces.union import UnionSpace
 
 __all__ = [
     "UnionSpace",

@@ -187,23 +187,20 @@ def _check_keys(where: str, family: str, keys, required, choices: dict, fixed: d
         raise SpaceError(f"{where}: family {family!r} needs key(s) {', '.join(sorted(missing))} in 'choices' or 'fixed'.")
 
 
-def load_space(spec: str | Path):
-    """Read and validate a search-space YAML (a path, or the name of a bundled space), or an NNI model space
-    ('nni:NasBench201', 'nni:package.module:SpaceOrFactory'; the nni extra). A YAML that declares ``subspaces``
-    (AutoDistil's hand partition) loads as the union of its parts; ``name.part`` loads one part."""
+def read_space(spec: str | Path) -> tuple[list[SearchSpace], str]:
+    """The space(s) a spec names and the file's name: an NNI model space ('nni:NasBench201',
+    'nni:package.module:SpaceOrFactory'; the nni extra), a YAML path or bundled name (its one space, or each subspace
+    it declares), or ``name.part`` (that subspace alone). :func:`kdsearch.spaces.load_space` is the public entry."""
     if str(spec).startswith("nni:"):
         from kdsearch.spaces.nni_spaces import nni_space_fields
 
-        return SearchSpace(**nni_space_fields(str(spec)))
+        space = SearchSpace(**nni_space_fields(str(spec)))
+        return [space], space.name
     path, part = _resolve_part(spec)
     parts = _read_space_file(path)
     if part is not None:
-        return next(p for p in parts if p.name == f"{path.stem}.{part}")
-    if len(parts) == 1:
-        return parts[0]
-    from kdsearch.spaces.union import UnionSpace  # here, not at the top: union builds on this module
-
-    return UnionSpace(tuple(parts), label=path.stem)
+        return [next(p for p in parts if p.name == f"{path.stem}.{part}")], path.stem
+    return parts, path.stem
 
 
 def _resolve_part(spec: str | Path) -> tuple[Path, str | None]:

@@ -15,7 +15,7 @@ from typing import Any
 import torch.nn as nn
 
 from kdsearch.exceptions import SpaceError
-from kdsearch.spaces.space import SearchSpace, create_model, load_space
+from kdsearch.spaces.space import SearchSpace, create_model
 
 SPACE_KEY = "space"  # the trial parameter that picks the part
 
@@ -107,17 +107,6 @@ class UnionSpace:
     def record(self) -> dict:
         return {"name": self.name, "family": self.family, "size": self.size, "parts": [p.record() for p in self.parts],
                 **({"label": self.label} if self.label else {})}
-
-
-def load_spaces(spec: str) -> SearchSpace | UnionSpace:
-    """One space, or several comma-separated (``resnet_cifar,vit_cifar``) searched as one."""
-    names = [s.strip() for s in str(spec).split(",")] if "," in str(spec) and not str(spec).startswith("nni:") else [spec]
-    if any(not n for n in names):
-        raise SpaceError(f"--space {spec!r} has an empty name between commas; write e.g. resnet_cifar,vit_cifar.")
-    spaces = [load_space(n) for n in names]
-    if len(spaces) == 1:
-        return spaces[0]
-    return UnionSpace(tuple(p for s in spaces for p in (s.parts if is_union(s) else (s,))))  # a subspaced file: its parts
 
 
 def is_union(space) -> bool:

@@ -172,7 +172,7 @@ def _subspace_supernets(space: UnionSpace, task: Task, teacher: nn.Module, *, li
     if len(space.families) > 1:
         raise SpaceError(f"A supernet shares weights within one family; {space.name} mixes {', '.join(space.families)}.")
     device, latency = torch.device(device), latency or LATENCY_SEARCH
-    fastest = {i: _fastest_ms(part, task, device, latency, seed) for i, part in enumerate(space.parts)}
+    fastest = {i: _fastest_ms(part, task, device, latency, seed, root) for i, part in enumerate(space.parts)}
     trained = [i for i in fastest if limit_ms is None or fastest[i] <= limit_ms] or [min(fastest, key=fastest.get)]
     logger.info(f"supernet: {len(trained)} of {len(fastest)} subspace(s) of {space.name} hold candidates within the budget")
     rankers = {i: prepare_supernets(space.parts[i], task, teacher, bands=1, limit_ms=None, device=device, latency=latency,
@@ -184,17 +184,26 @@ def _subspace_supernets(space: UnionSpace, task: Task, teacher: nn.Module, *, li
                           {i: r.weights_files()[0] for i, r in rankers.items()})
 
 
-def _fastest_ms(part: SearchSpace, task: Task, device: torch.device, latency: dict, seed: int) -> float:
-    """The subspace's smallest member timed (each numeric key at its least; else the fastest of a timed sample)."""
+def _fastest_ms(part: SearchSpace, task: Task, device: torch.device, latency: dict, seed: int, root) -> float:
+    """The subspace's smallest member timed (each numeric key at its least; else the fastest of a timed sample) —
+    once per (subspace, device, settings), kept beside its bands: re-timed, it would move a little and with it the
+    subspaces a run trains."""
+    import json
+
     from kdsearch.cost import measure_latency
 
+    folder = Path(root or cache_dir() / "supernets") / _bands_key(part, task, 1, device, latency, seed)
     if not all(part.is_numeric(k) for k in part.choices):
-        folder = Path(cache_dir() / "supernets") / _bands_key(part, task, 1, device, latency, seed)
         return min(r["latency_ms"] for r in _cached_bands(part, task, 1, device, latency, seed, folder / "bands.json").sample)
+    path = folder / "fastest.json"
+    if path.exists():
+        return float(json.loads(path.read_text())["latency_ms"])
     torch.manual_seed(seed)
-    model = create_model(part.config({k: min(v) for k, v in part.choices.items()}), num_classes=task.num_classes,
-                         in_chans=task.in_chans).to(device)
-    return measure_latency(model, task.input_shape, device=device, **latency).p50_ms
+    smallest = part.config({k: min(v) for k, v in part.choices.items()})
+    model = create_model(smallest, num_classes=task.num_classes, in_chans=task.in_chans).to(device)
+    ms = measure_latency(model, task.input_shape, device=device, **latency).p50_ms
+    atomic_write_json(path, {"config": smallest, "latency_ms": ms})
+    return ms
 
 
 def _bands_key(space: SearchSpace, task: Task, bands: int, device: torch.device, latency: dict, seed: int) -> str:
