@@ -45,13 +45,16 @@ NB201_SKELETON = {"channels": 16, "cells_per_stage": 1}
 
 def cifar_folder(per_class_train: int = 500) -> Path:
     """First ``per_class_train`` training images per class of the shared archive (so a larger cut contains
-    a smaller one) and always the same 3,000 test images, which keep the accuracy's error ~0.9 %."""
+    a smaller one) and always the same 3,000 test images, which keep the accuracy's error ~0.9 %. A cut of fewer
+    than 100 training images per class is a smoke run's: it keeps 20 test images per class (scoring 3,000 images
+    was most of the smoke runs' time, and their accuracies mean nothing)."""
     sys.path.insert(0, str(ROOT / "tests"))
     from conftest import _extract_subset
 
-    dest = ROOT / "benchmarks" / ".data" / f"cifar10-proxy-rank-{per_class_train}-300"
+    per_class_test = 300 if per_class_train >= 100 else 20
+    dest = ROOT / "benchmarks" / ".data" / f"cifar10-proxy-rank-{per_class_train}-{per_class_test}"
     if not (dest / "test").exists():
-        _extract_subset(dest, per_class_train=per_class_train, per_class_test=300)
+        _extract_subset(dest, per_class_train=per_class_train, per_class_test=per_class_test)
     return dest
 
 
@@ -154,7 +157,7 @@ def build_ground_truth(args) -> dict:
     recipe = dict(epochs=args.epochs, lr=0.05, batch_size=64, augment=False)  # no augmentation: teacher logits cached once
     students = sample_students(args.resnet, args.nb201)
     # students train on a class-balanced subset of the teacher's training images
-    student_task = load_task(str(cifar_folder()), train_samples=args.train_samples)
+    student_task = load_task(str(cifar_folder()), train_samples=args.train_samples, val_samples=args.val_samples)
     runs_dir = WORK / f"students_n{len(student_task.train_labels)}_e{args.epochs}"
     rows = []
     started = time.perf_counter()
@@ -456,6 +459,7 @@ def main() -> None:
         WORK = args.results = smoke_dir("proxy_rank")
         args.resnet, args.nb201, args.seed_students, args.epochs, args.train_samples = 3, 2, 2, 1, 200
         args.teacher_epochs, args.teacher_per_class, args.reuse, args.shard = 1, 20, False, "0/1"
+    args.val_samples = 200 if args.smoke else None  # the smoke run's students are scored on 200 test images
     args.results.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(thread_count(args.threads))
     if args.reuse:
