@@ -180,8 +180,8 @@ def _subspace_supernets(space: UnionSpace, task: Task, teacher: nn.Module, *, li
     first = next(iter(rankers.values()))
     partition = Subspaces(space, {i: r.bands for i, r in rankers.items()}, fastest)
     return SupernetRanker(partition, {i: r.supernets[0] for i, r in rankers.items()}, first.task, first.teacher_logits,
-                          device, first.temperature, {i: r.histories[0] for i, r in rankers.items()}, first.folder.parent,
-                          {i: r.weights_files()[0] for i, r in rankers.items()})
+                          device, first.temperature, {i: r.histories[0] for i, r in rankers.items()},
+                          Path(root or cache_dir() / "supernets"), {i: r.weights_files()[0] for i, r in rankers.items()})
 
 
 def _fastest_ms(part: SearchSpace, task: Task, device: torch.device, latency: dict, seed: int, root) -> float:
