@@ -9,7 +9,7 @@ import time
 import torch
 
 from kdsearch.distill import create_loss
-from kdsearch.exceptions import TrainingDiverged
+from kdsearch.exceptions import SpaceError, TrainingDiverged
 from kdsearch.pipeline.halving import HalvingState, drain, halving_recipe, rung_unit_score
 from kdsearch.pipeline.records import POOL, TOP, Role, RunContext
 from kdsearch.pipeline.student import distill_student
@@ -58,6 +58,16 @@ def _recipe(run: RunContext, final: dict, rung: int | None) -> Recipe:
                           family=family)
 
 
+def inherited(ranker, final: dict):
+    """The finalist's subnet with inherited weights (``--warm-start``); None, said in one line, where no trained
+    supernet holds it (a subspace left untrained: its smallest member was timed over the budget) — it starts cold."""
+    try:
+        return ranker.subnet(final["config"], final["latency_p50_ms"])
+    except SpaceError as exc:
+        logger.info(f"student {final['candidate_id']}: starts from scratch, not warm: {exc}")
+        return None
+
+
 def student_job(run: RunContext):
     """``distil(unit, trial) -> accuracy``: one finalist distilled into its student folder (resumed from its
     checkpoint when another worker started it), to the full recipe, or to the end of its rung of successive halving
@@ -81,14 +91,15 @@ def student_job(run: RunContext):
                 val_logits.append(validation_logits(teacher.model, task, device=torch.device(settings.device)))
             options.update(val_teacher_logits=val_logits[0], until_epoch=int(unit["until_epoch"]))
             role = f"rung {rung}"
+        initial = inherited(ranker, final) if warm else None
         try:  # ``done``: a last rung whose result was written before its rung record (a kill between the two)
             with epoch_boundaries():
                 result = done or distill_student(
                     final["config"], teacher.model, task, student, _recipe(run, final, rung), loss=settings.loss_name,
                     loss_options=settings.loss_options, device=torch.device(settings.device), progress=not settings.quiet,
                     desc=f"distilling {cid} ({role})",
-                    extra={"candidate_id": cid, "role": str(Role.of(final)), "band": final.get("band"), "warm_start": bool(warm)},
-                    initial=ranker.subnet(final["config"], final["latency_p50_ms"]) if warm else None, **options,
+                    extra={"candidate_id": cid, "role": str(Role.of(final)), "band": final.get("band"),
+                           "warm_start": initial is not None}, initial=initial, **options,
                 )
         except TrainingDiverged as exc:
             logger.info(f"student {cid}: {exc} — marked failed")
