@@ -153,7 +153,7 @@ def supernet_scores(space, task, teacher, students: list[dict], epochs: int, wor
     """A supernet over the whole space (one band), its training time, each student's inherited-weight scores, and
     the largest difference between a student's path through it and the student extracted."""
     from kdsearch.cost import LATENCY_SEARCH
-    from kdsearch.supernet import SandwichRule, prepare_supernets
+    from kdsearch.supernet import SandwichRule, prepare_supernets, resolve_rule
 
     torch.set_num_threads(thread_count(2))
     rule = rule or SandwichRule()
@@ -169,10 +169,8 @@ def supernet_scores(space, task, teacher, students: list[dict], epochs: int, wor
         with torch.no_grad():
             diff = max(diff, float((supernet(config, x) - supernet.extract(config).eval()(x)).abs().max()))
     train_seconds = sum(h["seconds"] for history in ranker.histories.values() for h in history)
-    with torch.device("meta"):
-        probe = supernet.extract(students[0]["config"] | {"depth_rule": space.fixed["depth_rule"]})
     return {"scores": scores, "train_seconds": train_seconds, "slice_max_abs_diff": diff,
-            "holdout_images": len(ranker.task.val_labels), "objective": rule.resolved(probe, teacher.model).objective,
+            "holdout_images": len(ranker.task.val_labels), "objective": resolve_rule(rule, space, task, teacher.model).objective,
             "started_from_teacher": _starts_from_teacher(space, task, teacher.model)}
 
 

@@ -21,8 +21,7 @@ from kdsearch.proxies.ensemble import REFERENCE_SIZE
 from kdsearch.run import STUDY_NAME, RunFolder, RunSettings
 from kdsearch.search import CandidateEvaluator, exact_proxy, reference_models, run_search, scored_candidates
 from kdsearch.spaces import SearchSpace, create_model, default_space_path, load_space
-from kdsearch.spaces.union import is_union
-from kdsearch.supernet import SandwichRule, SupernetRanker, prepare_supernets
+from kdsearch.supernet import SandwichRule, SupernetRanker, prepare_supernets, resolve_rule
 from kdsearch.taps import attention_blocks
 from kdsearch.teacher import Teacher, load_network, load_teacher
 from kdsearch.teacher.teacher import teacher_summary
@@ -88,12 +87,8 @@ def check_supernet_teacher(settings: RunSettings, teacher: Teacher, task: Task) 
     before the run folder is written."""
     if settings.supernet is None or settings.supernet.get("objective", "auto") in ("auto", "kd"):
         return
-    space = settings.space
-    part = space.parts[0] if is_union(space) else space
-    with torch.device("meta"):
-        probe = create_model(part.sample(1, seed=settings.seed)[0], num_classes=task.num_classes, in_chans=task.in_chans)
     try:
-        supernet_rule(settings).resolved(probe, teacher.model)
+        resolve_rule(supernet_rule(settings), settings.space, task, teacher.model, settings.seed)
     except ValueError as exc:
         raise LossError(f"--supernet-objective: {exc}") from None
 

@@ -70,8 +70,8 @@ class ExactScore:
 def count_exactly(name: str, task: Task) -> Callable[[dict], float]:
     """``config -> params or FLOPs``, remembered per candidate (the constrained sampler asks again every round).
     Parameters come from the family's formula where it has one (nothing is built: resnet_cifar, vit); otherwise, and
-    for FLOPs, the model is built and counted. Building costs ~12 ms per resnet_cifar candidate, the formula ~0.02 ms
-    (benchmarks/scoring_speed.py)."""
+    for FLOPs, the model is built and counted. Building costs ~10 ms per resnet_cifar candidate, the formula ~0.003 ms
+    (benchmarks/exact_counts.py)."""
     from kdsearch.spaces import candidate_id
     from kdsearch.spaces.families import family_spec
 

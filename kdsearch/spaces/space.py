@@ -196,18 +196,9 @@ def read_space(spec: str | Path) -> tuple[list[SearchSpace], str]:
 
         space = SearchSpace(**nni_space_fields(str(spec)))
         return [space], space.name
-    path, part = _resolve_part(spec)
-    parts = _read_space_file(path)
-    if part is not None:
-        return [next(p for p in parts if p.name == f"{path.stem}.{part}")], path.stem
-    return parts, path.stem
-
-
-def _resolve_part(spec: str | Path) -> tuple[Path, str | None]:
-    """The YAML file and, for ``name.part``, the subspace it names (None: the whole file)."""
     try:
-        return _resolve_path(spec), None
-    except SpaceError as not_found:
+        path, part = _resolve_path(spec), None
+    except SpaceError as not_found:  # ``name.part``: one subspace of a file that declares them
         base, _, part = str(spec).rpartition(".")
         try:
             path = _resolve_path(base) if base and part else None
@@ -215,12 +206,15 @@ def _resolve_part(spec: str | Path) -> tuple[Path, str | None]:
             path = None
         if path is None:
             raise not_found from None
-        declared = (_read_yaml(path) or {}).get("subspaces") if path.suffix in (".yaml", ".yml") else None
-        if not isinstance(declared, dict) or part not in declared:
-            names = ", ".join(f"{path.stem}.{n}" for n in declared) if isinstance(declared, dict) else "none"
-            raise SpaceError(f"Search space {path.stem} declares no subspace {part!r} (its subspaces: {names}); "
-                             "name one of them or the whole space.") from None
-        return path, part
+    parts = _read_space_file(path)
+    if part is None:
+        return parts, path.stem
+    chosen = [p for p in parts if p.name == f"{path.stem}.{part}"]
+    if not chosen:
+        names = ", ".join(p.name for p in parts) if len(parts) > 1 else "none"
+        raise SpaceError(f"Search space {path.stem} declares no subspace {part!r} (its subspaces: {names}); "
+                         "name one of them or the whole space.")
+    return chosen, path.stem
 
 
 def _read_space_file(path: Path) -> list[SearchSpace]:

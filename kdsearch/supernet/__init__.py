@@ -141,11 +141,9 @@ def prepare_supernets(
                                    latency=latency, root=root, seed=seed, progress=progress)
     device = torch.device(device)
     recipe = recipe or Recipe(**DEFAULT_RECIPE, seed=seed)
-    with torch.device("meta"):  # only its structure is read: no memory, no init
-        probe = create_model(space.sample(1, seed=seed)[0], num_classes=task.num_classes, in_chans=task.in_chans)
-    rule = (rule or SandwichRule()).resolved(probe, teacher)
+    rule = resolve_rule(rule or SandwichRule(), space, task, teacher, seed)
     latency = latency or LATENCY_SEARCH
-    bands_folder = Path(root or cache_dir() / "supernets") / _bands_key(space, task, bands, device, latency, seed)
+    bands_folder = _bands_folder(space, task, bands, device, latency, seed, root)
     measured = _cached_bands(space, task, bands, device, latency, seed, bands_folder / "bands.json")
     holdout_task = carve_holdout(task, seed=seed)
     key = stable_hash({"teacher": weights_sha(teacher), "data": holdout_task.fingerprint, "bands": measured.edges,
@@ -162,6 +160,15 @@ def prepare_supernets(
                                                           folder / f"band{band}", device, progress, teacher)
     return SupernetRanker(measured, supernets, holdout_task, _teacher_logits(teacher, holdout_task, device), device,
                           rule.temperature, histories, folder)
+
+
+def resolve_rule(rule: SandwichRule, space, task: Task, teacher: nn.Module | None, seed: int = 0) -> SandwichRule:
+    """The rule with its objective made concrete for this teacher and the space's students (one of them built on the
+    meta device: only its structure is read); a relational objective without transformers raises ValueError."""
+    part = space.parts[0] if is_union(space) else space
+    with torch.device("meta"):
+        probe = create_model(part.sample(1, seed=seed)[0], num_classes=task.num_classes, in_chans=task.in_chans)
+    return rule.resolved(probe, teacher)
 
 
 def _subspace_supernets(space: UnionSpace, task: Task, teacher: nn.Module, *, limit_ms: float | None, device,
@@ -192,7 +199,7 @@ def _fastest_ms(part: SearchSpace, task: Task, device: torch.device, latency: di
 
     from kdsearch.cost import measure_latency
 
-    folder = Path(root or cache_dir() / "supernets") / _bands_key(part, task, 1, device, latency, seed)
+    folder = _bands_folder(part, task, 1, device, latency, seed, root)
     if not all(part.is_numeric(k) for k in part.choices):
         return min(r["latency_ms"] for r in _cached_bands(part, task, 1, device, latency, seed, folder / "bands.json").sample)
     path = folder / "fastest.json"
@@ -206,11 +213,13 @@ def _fastest_ms(part: SearchSpace, task: Task, device: torch.device, latency: di
     return ms
 
 
-def _bands_key(space: SearchSpace, task: Task, bands: int, device: torch.device, latency: dict, seed: int) -> str:
+def _bands_folder(space: SearchSpace, task: Task, bands: int, device: torch.device, latency: dict, seed: int, root) -> Path:
+    """Where a space's bands (and their supernets) are cached: one folder per (space, input, device, settings)."""
     from kdsearch.cost.latency import _device_name
 
-    return stable_hash({"space": space.record(), "input": list(task.input_shape), "device": _device_name(device),
-                        "latency": latency, "bands": bands, "seed": seed}, length=16)
+    key = stable_hash({"space": space.record(), "input": list(task.input_shape), "device": _device_name(device),
+                       "latency": latency, "bands": bands, "seed": seed}, length=16)
+    return Path(root or cache_dir() / "supernets") / key
 
 
 def _cached_bands(space, task, bands, device, latency, seed, path: Path) -> LatencyBands:
@@ -260,5 +269,5 @@ def _teacher_logits(teacher: nn.Module, task: Task, device: torch.device) -> tor
 
 __all__ = [
     "DEFAULT_RECIPE", "BandPool", "LatencyBands", "SandwichRule", "Supernet", "SupernetRanker", "carve_holdout",
-    "measure_bands", "prepare_supernets", "recalibrate",
+    "measure_bands", "prepare_supernets", "recalibrate", "resolve_rule",
 ]

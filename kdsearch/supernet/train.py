@@ -81,7 +81,8 @@ class SandwichRule:
 
     def phases(self, epochs: int) -> list[tuple[str, int]]:
         """Each training epoch's (objective, data epoch): ``epochs`` of the objective, then with the task-agnostic one
-        the shared fine-tune's KD epochs, which revisit the first epochs' views (their teacher outputs are stored)."""
+        the shared fine-tune's KD epochs, which revisit the first epochs' views (their teacher outputs are stored).
+        The data epoch also counts the epochs within the phase (each phase has its own learning-rate schedule)."""
         if self.objective != "relations":
             return [(self.objective, e) for e in range(epochs)]
         if self.finetune_epochs > epochs:
@@ -126,11 +127,11 @@ def train_band(supernet: Supernet, pool: BandPool, band: int, task: Task, output
         started, losses = time.perf_counter(), []
         lookup = outputs.lookup(data_epoch, device)
         draws = torch.Generator().manual_seed(epoch_seed(recipe, epoch) * 1009 + band)
-        first, length = next(i for i, p in enumerate(phases) if p[0] == objective), sum(p[0] == objective for p in phases)
+        length = sum(p[0] == objective for p in phases)  # epochs of this phase (data_epoch counts within it)
         for step, (x, y, idx) in enumerate(task.batches("train", recipe.batch_size, shuffle=True, augment=recipe.augment,
                                                         seed=epoch_seed(recipe, data_epoch), device=device, with_index=True)):
             for group in optimizer.param_groups:  # each phase has its own schedule (the fine-tune warms up again)
-                group["lr"] = lr_at((epoch - first) * steps + step, length * steps, int(recipe.warmup_epochs * steps),
+                group["lr"] = lr_at(data_epoch * steps + step, length * steps, int(recipe.warmup_epochs * steps),
                                     recipe.lr, recipe.schedule)
             relations = _teacher_relations(teacher, x, objective, device, amp_dtype)
             losses.append(_sandwich_step(supernet, pool.sandwich(band, draws, rule.random_subnets, rule.anchors), x, y, lookup(idx),
