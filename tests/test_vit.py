@@ -253,3 +253,21 @@ def test_a_proxy_that_cannot_rank_transformers_is_said_in_one_sentence():
 
     assert proxy_notes(["meco"], ["vit"]) and len(proxy_notes(["params+meco"], ["resnet_cifar", "vit"])) == 1
     assert proxy_notes(["meco"], ["resnet_cifar"]) == [] and proxy_notes(["params"], ["vit"]) == []
+
+
+def test_find_ranks_vit_students_with_the_task_agnostic_superlm_from_the_cli(tmp_path):
+    """--supernet-objective relations: the relations alone, then the shared fine-tune epoch, recorded in the run."""
+    import pandas as pd
+    import yaml
+
+    space = tmp_path / "tiny_vit.yaml"  # (vit_cifar's largest subnet would make this a minute)
+    space.write_text("family: vit\nchoices:\n  depth: [1, 2]\n  embed_dim: [32, 48]\n  num_heads: [1, 2]\n"
+                     "  mlp_ratio: [2.0]\nfixed:\n  head_dim: 32\n")
+    assert _find(tmp_path / "run", "--proxy", "supernet", "--supernet-objective", "relations", "--supernet-epochs", 1,
+                 "--subspaces", 1, space=space) == 0
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert config["supernet"]["objective"] == "relations"
+    histories = list((tmp_path / "run" / "supernet").rglob("history*.json"))
+    assert histories and [h["objective"] for h in json.loads(histories[0].read_text())] == ["relations", "kd"]
+    table = pd.read_csv(tmp_path / "run" / "candidates.csv")
+    assert table["proxy_supernet"].between(0, 1).all() and table["distilled_accuracy"].notna().any()
