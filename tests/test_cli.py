@@ -11,6 +11,7 @@ import yaml
 
 from kdsearch.cli import main
 from kdsearch.pipeline.finalists import band_covered, band_of
+from kdsearch.pipeline.records import Finalist, Role
 
 TEACHER = "tests.test_teacher:tiny_teacher"
 
@@ -29,7 +30,7 @@ def find_args(out, *extra, budget="0.3Mparams", data="digits"):
     return [
         "find", "--teacher", TEACHER, "--budget", budget, "--data", data, "--space", "resnet_cifar_s1",
         "--trials", 10, "--top-k", 2, "--front", 2, "--controls", 1, "--epochs", 8, "--teacher-epochs", 10, "--select", "proxy",
-        "--val-samples", 300, "--batch-size", 32, "--out", out, "-q", *extra,
+        "--train-samples", 600, "--val-samples", 300, "--batch-size", 32, "--out", out, "-q", *extra,
     ]
 
 
@@ -350,16 +351,19 @@ def test_a_band_pick_that_re_measures_into_a_faster_band_does_not_cover_it():
     from kdsearch.cost import parse_budget
 
     edges, budget = [1.33, 2.21, 3.67, 6.09, 10.0], parse_budget("10ms")
-    moved = {"a": {"role": "band 2", "within_budget": True, "latency_p50_ms": 2.13}}
+
+    def final(role, fits, ms, **metrics):
+        return {"x": Finalist("x", {}, Role.parse(role), fits, {"latency_p50_ms": ms, **metrics})}
+
+    moved = final("band 2", True, 2.13)
     assert band_covered(moved, 2, edges, budget) and not band_covered(moved, 1, edges, budget)
-    top = {"b": {"role": "top", "within_budget": True, "latency_p50_ms": 1.9}}
+    top = final("top", True, 1.9)
     assert band_covered(top, 1, edges, budget) and not band_covered(top, 2, edges, budget)
-    over = {"c": {"role": "control", "within_budget": False, "latency_p50_ms": 1.9}}
-    assert not band_covered(over, 1, edges, budget)
+    assert not band_covered(final("control", False, 1.9), 1, edges, budget)
     # a relative budget places a finalist by its ratio to the reference timed beside it: 2.6 ms beside a reference
     # that read 13 ms (the run started when it read 10 ms) lies where 2.0 ms did at the start: band 1
     relative = parse_budget("1.0x:resnet18").with_reference(10.0)
-    slow = {"d": {"role": "top", "within_budget": True, "latency_p50_ms": 2.6, "reference_p50_ms": 13.0}}
+    slow = final("top", True, 2.6, reference_p50_ms=13.0)
     assert band_covered(slow, 1, edges, relative) and not band_covered(slow, 2, edges, relative)
 
 

@@ -417,11 +417,12 @@ def test_a_space_that_declares_subspaces_gets_one_supernet_each_and_a_candidate_
         assert scored["kd_loss"] == pytest.approx(float(kl_div_t(uniform, limited.teacher_logits, limited.temperature)))
         with pytest.raises(SpaceError, match="no trained supernet"):
             limited.subnet(wide, 0.0)
+        from kdsearch.pipeline.records import TOP, Finalist
         from kdsearch.pipeline.students import inherited  # --warm-start: such a finalist starts cold, said in one line
 
-        assert inherited(limited, {"candidate_id": "w", "config": wide, "latency_p50_ms": 0.0}) is None
-        assert inherited(limited, {"candidate_id": "n", "config": space.parts[0].config(
-            {"depth": 1, "embed_dim": 16, "num_heads": 1}), "latency_p50_ms": 0.0}) is not None
+        assert inherited(limited, Finalist("w", wide, TOP, True, {"latency_p50_ms": 0.0})) is None
+        narrow = space.parts[0].config({"depth": 1, "embed_dim": 16, "num_heads": 1})
+        assert inherited(limited, Finalist("n", narrow, TOP, True, {"latency_p50_ms": 0.0})) is not None
 
 
 def test_the_task_agnostic_objective_learns_the_relations_alone_then_fine_tunes_every_subnet_on_logits(digits_task,

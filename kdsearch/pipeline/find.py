@@ -24,7 +24,7 @@ from kdsearch._util import resolve_device, seed_everything, stable_hash
 from kdsearch.data import load_task
 from kdsearch.distill.ranking import best_first
 from kdsearch.pipeline.finalists import choose_finalists
-from kdsearch.pipeline.records import POOL, Role, RunContext
+from kdsearch.pipeline.records import POOL, Finalist, RunContext
 from kdsearch.pipeline.selection import create_selection
 from kdsearch.pipeline.stages import (
     check_loss_students,
@@ -240,7 +240,7 @@ def run_worker(run_dir: str | Path, *, index: int | None = None, device: str | N
 LATENCY_COLUMNS = ("latency_p50_ms", "latency_p90_ms", "latency_iqr_ms", "latency_repeats", "latency_source", "reference_p50_ms")
 
 
-def candidates_table(rows: dict[str, dict], finalists: dict[str, dict], folder: RunFolder, settings: RunSettings) -> pd.DataFrame:
+def candidates_table(rows: dict[str, dict], finalists: dict[str, Finalist], folder: RunFolder, settings: RunSettings) -> pd.DataFrame:
     """candidates.csv: one row per scored candidate; finalists carry their re-measured latency."""
     records = []
     for cid, row in rows.items():
@@ -256,16 +256,16 @@ def candidates_table(rows: dict[str, dict], finalists: dict[str, dict], folder: 
             rec[f"proxy_{name}"] = row.get(name)
             rec[f"proxy_{name}_ms"] = row.get(f"{name}_ms")
         rec["finalist"] = final is not None
-        rec["role"] = str(Role.of(final)) if final else None
-        rec["band"] = final.get("band") if final else None
-        rec["rung"] = final.get("rung") if final else None  # successive halving: the last rung it reached
-        rec["stopped_at_epoch"] = final.get("stopped_at_epoch") if final else None
+        rec["role"] = str(final.role) if final else None
+        rec["band"] = final.band if final else None
+        rec["rung"] = final.rung if final else None  # successive halving: the last rung it reached
+        rec["stopped_at_epoch"] = final.stopped_at_epoch if final else None
         rec["teacher_source"] = (result or {}).get("teacher_source")
         rec["within_budget"] = settings.budget.fits(rec)
         rec["distilled_accuracy"] = result.get("val_accuracy") if result else None
         rec["status"] = (result or {}).get("status", "finalist" if final else "scored")
-        if final and Role.of(final) == POOL and result is None:
-            rec["status"] = f"cut at rung {final.get('rung')}"
+        if final and final.role == POOL and result is None:
+            rec["status"] = f"cut at rung {final.rung}"
         records.append(rec)
     table = pd.DataFrame.from_records(records)
     return table.sort_values(f"proxy_{settings.ranking_proxy}", ascending=False, ignore_index=True)

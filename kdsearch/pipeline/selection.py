@@ -2,7 +2,7 @@
 the name ``--select`` takes (``settings.selection["select"]``) — as losses and proxies are.
 
 A strategy gets the candidates that fit the budget, best by the ranking proxy first, and a ``Chooser`` that
-re-measures them; it marks its picks ``top`` (``chooser.take(TOP, ordered, k)``). The bands of the front and the
+re-measures them; it marks its picks ``top`` (``chooser.take(TOP, ordered, k)``) and returns them, best first. The bands of the front and the
 controls are added after it by ``choose_finalists``. A new strategy: a class here with ``choose``, its name in
 ``kdsearch.run.settings.SELECT_CHOICES`` and its options in ``check_selection``.
 """
@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from kdsearch.exceptions import KdsearchError
 from kdsearch.pipeline.finalists import Chooser
 from kdsearch.pipeline.halving import HalvingState, finish_epochs, run_halving
-from kdsearch.pipeline.records import POOL, TOP, Role, RunContext
+from kdsearch.pipeline.records import POOL, TOP, Finalist, RunContext, write_finalists
 from kdsearch.pipeline.students import student_job
 from kdsearch.registry import Registry
 
@@ -26,7 +26,8 @@ class Selection(ABC):
     """Chooses the run's top picks among ``feasible`` (fitting candidates, the ranking proxy's order)."""
 
     @abstractmethod
-    def choose(self, run: RunContext, feasible: list[dict], chooser: Chooser) -> None: ...
+    def choose(self, run: RunContext, feasible: list[dict], chooser: Chooser) -> list[Finalist]:
+        """The top picks, best first, each a finalist of role ``top`` that fits."""
 
 
 SELECTIONS: Registry[type[Selection]] = Registry("selection", KdsearchError, hint=" See kdsearch find --help (--select).")
@@ -36,8 +37,8 @@ SELECTIONS: Registry[type[Selection]] = Registry("selection", KdsearchError, hin
 class ProxyTopK(Selection):
     """The ranking proxy's ``--top-k`` that still fit when re-measured."""
 
-    def choose(self, run: RunContext, feasible: list[dict], chooser: Chooser) -> None:
-        chooser.take(TOP, feasible, run.settings.top_k)
+    def choose(self, run: RunContext, feasible: list[dict], chooser: Chooser) -> list[Finalist]:
+        return chooser.take(TOP, feasible, run.settings.top_k)
 
 
 @SELECTIONS.register("halving")
@@ -45,13 +46,12 @@ class SuccessiveHalving(Selection):
     """The proxy's top ``--pool`` (re-measured) distilled in rungs (``kdsearch.pipeline.halving``); the survivors become
     the top picks, the others stay ``pool`` with the rung that cut them."""
 
-    def choose(self, run: RunContext, feasible: list[dict], chooser: Chooser) -> None:
+    def choose(self, run: RunContext, feasible: list[dict], chooser: Chooser) -> list[Finalist]:
         settings, folder, finalists, proxy = run.settings, run.folder, chooser.finalists, run.settings.ranking_proxy
         state = HalvingState.read(folder)
         if state is None:
-            chooser.take(POOL, feasible, settings.selection["pool"])
-            pool = sorted((c for c, f in finalists.items() if Role.of(f) == POOL and f["within_budget"]),
-                          key=lambda c: (-finalists[c][proxy], c))
+            pool = [f.candidate_id for f in sorted(chooser.take(POOL, feasible, settings.selection["pool"]),
+                                                   key=lambda f: (-f[proxy], f.candidate_id))]
         else:  # resumed: the pool the stage started with (its survivors may already be 'top')
             pool = state.pool
         sel = settings.selection
@@ -64,10 +64,11 @@ class SuccessiveHalving(Selection):
         reached = {cid: (r["index"], r["until_epoch"]) for r in state.rungs for cid in r["members"]}
         for cid in pool:
             final = finalists[cid]
-            final["rung"], final["stopped_at_epoch"] = reached[cid]
-            if Role.of(final) in (POOL, TOP):  # a cut member promoted to a band or control keeps that role (resume)
-                final["role"] = str(TOP if cid in state.survivors else POOL)
-        folder.write_finalists(finalists)
+            final.rung, final.stopped_at_epoch = reached[cid]
+            if final.role in (POOL, TOP):  # a cut member promoted to a band or control keeps that role (resume)
+                final.role = TOP if cid in state.survivors else POOL
+        write_finalists(folder, finalists)
+        return [finalists[c] for c in state.survivors if finalists[c].role == TOP]
 
 
 def create_selection(name: str) -> Selection:

@@ -11,7 +11,7 @@ import torch
 from kdsearch.distill import create_loss
 from kdsearch.exceptions import SpaceError, TrainingDiverged
 from kdsearch.pipeline.halving import HalvingState, drain, halving_recipe, rung_unit_score
-from kdsearch.pipeline.records import POOL, TOP, Role, RunContext
+from kdsearch.pipeline.records import TOP, Finalist, RunContext, read_finalists
 from kdsearch.pipeline.student import distill_student
 from kdsearch.pipeline.worker import epoch_boundaries, stop_point
 from kdsearch.training import Recipe, validation_logits
@@ -19,12 +19,12 @@ from kdsearch.training import Recipe, validation_logits
 logger = logging.getLogger(__name__)
 
 
-def distil_finalists(run: RunContext, finalists: dict) -> None:
+def distil_finalists(run: RunContext, finalists: dict[str, Finalist]) -> None:
     """Queue the accepted finalists in the storage and distil them here and on every worker that takes one; wait
     until none is left waiting or being distilled. Halving's survivors are done already; its cut pool is not distilled."""
     settings, folder, queue = run.settings, run.folder, run.queue
-    accepted = [cid for cid, f in finalists.items() if f["within_budget"] and Role.of(f) != POOL]
-    roles = ", ".join(str(Role.of(finalists[c])) for c in accepted)
+    accepted = [cid for cid, f in finalists.items() if f.accepted]
+    roles = ", ".join(str(finalists[c].role) for c in accepted)
     if not create_loss(settings.loss_name, **settings.loss_options).logits_only:
         logger.info(f"students: {len(accepted)} ({roles}); the loss {settings.loss_name!r} needs the teacher's features, so each "
                     "student runs the live teacher")
@@ -46,25 +46,25 @@ def _epoch_reporter(trial):
     return on_epoch
 
 
-def _recipe(run: RunContext, final: dict, rung: int | None) -> Recipe:
+def _recipe(run: RunContext, final: Finalist, rung: int | None) -> Recipe:
     """The run's recipe; for a rung unit, or a cut pool member distilled on, the rungs' schedule (halving.json
     precedes any rung unit): a survivor to the last rung's end, a cut member on to --epochs, like the bands."""
     settings = run.settings
-    family = final["config"]["family"]
-    if rung is None and final.get("rung") is None:
+    family = final.family
+    if rung is None and final.rung is None:
         return settings.recipe(family)
-    survivor = rung is not None or Role.of(final) == TOP
+    survivor = rung is not None or final.role == TOP
     return halving_recipe(settings, HalvingState.read(run.folder), epochs=None if survivor else settings.epochs,
                           family=family)
 
 
-def inherited(ranker, final: dict):
+def inherited(ranker, final: Finalist):
     """The finalist's subnet with inherited weights (``--warm-start``); None, said in one line, where no trained
     supernet holds it (a subspace left untrained: its smallest member was timed over the budget) — it starts cold."""
     try:
-        return ranker.subnet(final["config"], final["latency_p50_ms"])
+        return ranker.subnet(final.config, final.latency_ms)
     except SpaceError as exc:
-        logger.info(f"student {final['candidate_id']}: starts from scratch, not warm: {exc}")
+        logger.info(f"student {final.candidate_id}: starts from scratch, not warm: {exc}")
         return None
 
 
@@ -78,13 +78,13 @@ def student_job(run: RunContext):
 
     def distil(unit: dict, trial=None) -> float:
         cid, rung = unit["candidate_id"], unit.get("rung")
-        final, student = folder.finalists()[cid], folder.student(cid)
+        final, student = read_finalists(folder)[cid], folder.student(cid)
         if rung is not None and (record := student.rung(rung)) is not None:
             return rung_unit_score(record)
         done = student.result()
         if done is not None and rung is None:
             return float(done.get("val_accuracy") or 0.0)
-        started, role = time.perf_counter(), str(Role.of(final))
+        started, role = time.perf_counter(), str(final.role)
         options: dict = {"on_epoch": _epoch_reporter(trial)}
         if rung is not None:
             if not val_logits:
@@ -95,10 +95,10 @@ def student_job(run: RunContext):
         try:  # ``done``: a last rung whose result was written before its rung record (a kill between the two)
             with epoch_boundaries():
                 result = done or distill_student(
-                    final["config"], teacher.model, task, student, _recipe(run, final, rung), loss=settings.loss_name,
+                    final.config, teacher.model, task, student, _recipe(run, final, rung), loss=settings.loss_name,
                     loss_options=settings.loss_options, device=torch.device(settings.device), progress=not settings.quiet,
                     desc=f"distilling {cid} ({role})",
-                    extra={"candidate_id": cid, "role": str(Role.of(final)), "band": final.get("band"),
+                    extra={"candidate_id": cid, "role": str(final.role), "band": final.band,
                            "warm_start": initial is not None}, initial=initial, **options,
                 )
         except TrainingDiverged as exc:
@@ -116,7 +116,7 @@ def student_job(run: RunContext):
             student.write_rung(rung, record)
             logger.info(f"student {cid} ({role}): val acc {result['val_accuracy']:.4f} at epoch {unit['until_epoch']} [{seconds:.0f} s]")
             return rung_unit_score(record)
-        logger.info(f"student {cid} ({role}): val acc {result['val_accuracy']:.4f} at {final['latency_p50_ms']:.3f} ms [{seconds:.0f} s]")
+        logger.info(f"student {cid} ({role}): val acc {result['val_accuracy']:.4f} at {final.latency_ms:.3f} ms [{seconds:.0f} s]")
         return float(result["val_accuracy"])
 
     return distil
