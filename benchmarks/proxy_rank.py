@@ -204,7 +204,7 @@ def scorable_proxies(names: list[str]) -> tuple[list[str], list[str]]:
     return [n for n in names if not needs_supernet([n])], [n for n in names if needs_supernet([n])]
 
 
-def score_students(ground_truth: dict, names: list[str], batch_seeds: list[int]) -> list[dict]:
+def score_students(ground_truth: dict, names: list[str], batch_seeds: list[int], batch_size: int = 64) -> list[dict]:
     """Every proxy on every student, averaged over proxy batches/init seeds (cost in ms kept per proxy)."""
     from kdsearch.data import load_task
     from kdsearch.proxies import ProxyContext, score
@@ -215,7 +215,7 @@ def score_students(ground_truth: dict, names: list[str], batch_seeds: list[int])
     wrapped, _, _ = load_or_train_teacher(t["epochs"], ground_truth["teacher_train_images"] // 10)
     contexts = []
     for seed in batch_seeds:
-        x, y = task.sample_batch(64, seed=seed)
+        x, y = task.sample_batch(batch_size, seed=seed)
         contexts.append(ProxyContext(teacher=wrapped, images=x, labels=y, num_classes=10, input_shape=task.input_shape))
     rows = []
     for i, student in enumerate(ground_truth["students"]):
@@ -353,7 +353,7 @@ def evaluate(ground_truth: dict, args) -> None:
         print(f"left out: {', '.join(left_out)} (they score with a trained supernet of the candidate's space, and this "
               "ground truth mixes two spaces; benchmarks/supernet_rank.py measures them on its own)")
     started = time.perf_counter()
-    rows = score_students(ground_truth, names, batch_seeds=[0, 1])
+    rows = score_students(ground_truth, names, batch_seeds=[0, 1], batch_size=args.proxy_batch)
     scoring_seconds = time.perf_counter() - started
     kd = [s.get("acc_kd", s["acc_kd_s0"]) for s in students]
     no_kd = [s["acc_ce_s0"] for s in students]
@@ -420,6 +420,7 @@ def evaluate(ground_truth: dict, args) -> None:
         "teacher": ground_truth["teacher"],
         "recipe": ground_truth["recipe"],
         "scoring_seconds": scoring_seconds,
+        "proxy_batch": args.proxy_batch,
     }
     out = args.results
     atomic_write_json(out / "proxy_rank.json", record)
@@ -451,14 +452,16 @@ def main() -> None:
     parser.add_argument("--shard", default="0/1", help="K/N: train only students i with i %% N == K (run N at once, "
                         "e.g. with --threads 1 each on a 2-core machine), then once without --shard to gather")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--proxy-batch", type=int, default=64, help="images per proxy batch (find's default)")
     add_smoke(parser, "5 students (2 with a second seed), 1 epoch on 200 images, a 1-epoch teacher on 20 images per "
-              "class, 3 two-fold repeats")
+              "class, proxies on batches of 16, 3 two-fold repeats")
     args = parser.parse_args()
     global WORK
     if args.smoke:
         WORK = args.results = smoke_dir("proxy_rank")
         args.resnet, args.nb201, args.seed_students, args.epochs, args.train_samples = 3, 2, 2, 1, 200
         args.teacher_epochs, args.teacher_per_class, args.reuse, args.shard = 1, 20, False, "0/1"
+        args.proxy_batch = 16  # the proxies' cost grows with the batch: most of a smoke run's time at 64
     args.val_samples = 200 if args.smoke else None  # the smoke run's students are scored on 200 test images
     args.results.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(thread_count(args.threads))

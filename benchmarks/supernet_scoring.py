@@ -35,7 +35,8 @@ def smoke_run(work: Path) -> Path:
     from kdsearch.pipeline import find
 
     result = find(teacher="test_resnet", teacher_epochs=1, budget="0.3Mparams", data="digits", proxy="supernet", space="resnet_cifar_s1",
-                  subspaces=2, supernet_epochs=1, trials=12, top_k=1, front=0, controls=0, epochs=1, out=work / "run", quiet=True)
+                  subspaces=2, supernet_epochs=1, trials=12, top_k=1, front=0, controls=0, epochs=1, out=work / "run", quiet=True,
+                  train_samples=300, val_samples=200)  # the smoke run checks the code path, not the figures
     return result.run_dir
 
 

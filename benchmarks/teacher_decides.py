@@ -76,7 +76,8 @@ def _setting(smoke: bool):
     if smoke:
         from kdsearch.data import DataSpec, load_task
 
-        task = load_task(DataSpec(data="digits", val_samples=200, train_samples=300, seed=0))
+        # 16 px: a quarter of the 32 px convolutions (the smoke run checks the code path, not the figures)
+        task = load_task(DataSpec(data="digits", val_samples=200, train_samples=300, input_size=16, seed=0))
         teacher = _smoke_teacher(task)
     else:
         from supernet_rank import setting

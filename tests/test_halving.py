@@ -27,7 +27,7 @@ TEACHER = "tests.test_teacher:tiny_teacher"
 def halving_args(out, *extra, pool=7, eta=2, epochs=4):
     return ["find", "--teacher", TEACHER, "--budget", "0.3Mparams", "--data", "digits", "--space", "resnet_cifar_s1",
             "--proxy", "params", "--trials", "20", "--top-k", "2", "--front", "0", "--controls", "0", "--epochs", str(epochs),
-            "--teacher-epochs", "10", "--val-samples", "300", "--batch-size", "32", "--select", "halving", "--pool", str(pool),
+            "--teacher-epochs", "10", "--train-samples", "500", "--val-samples", "300", "--batch-size", "32", "--select", "halving", "--pool", str(pool),
             "--eta", str(eta), "--heartbeat", "1", "--out", str(out), "-q", *extra]
 
 

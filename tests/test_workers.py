@@ -30,7 +30,7 @@ TEACHER = "tests.test_teacher:tiny_teacher"
 def find_args(out, *extra, trials=24, top_k=2, epochs=2, space="resnet_cifar"):
     return ["find", "--teacher", TEACHER, "--budget", "0.3Mparams", "--data", "digits", "--space", space,
             "--proxy", "params", "--select", "proxy", "--trials", str(trials), "--top-k", str(top_k), "--front", "0", "--controls", "0",
-            "--epochs", str(epochs), "--teacher-epochs", "10", "--val-samples", "300", "--batch-size", "32",
+            "--epochs", str(epochs), "--teacher-epochs", "10", "--train-samples", "500", "--val-samples", "300", "--batch-size", "32",
             "--heartbeat", "1", "--out", str(out), *extra]
 
 
