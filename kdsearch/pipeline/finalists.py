@@ -125,7 +125,7 @@ def choose_finalists(run: RunContext, rows: dict[str, dict], selection) -> dict[
     feasible = sorted((r for r in rows.values() if budget.fits(r)), key=lambda r: r[proxy], reverse=True)
     chooser = Chooser(run, finalists)
     top = selection.choose(run, feasible, chooser)
-    logger.info(f"top picks ({type(selection).__name__}): {', '.join(f.candidate_id for f in top) or 'none'}")
+    logger.info(f"top picks (--select {settings.selection['select']}): {', '.join(f.candidate_id for f in top) or 'none'}")
     edges = band_edges(rows, settings)
     for band in range(len(edges) - 1, 0, -1):  # from the budget down to the fastest
         if not band_covered(finalists, band, edges, budget):
