@@ -5,15 +5,11 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test test-slow lint install clean wheel-check gpu
 
-# --no-compile: Python compiles what it imports on first use; compiling all of torch's files up front took half of
-# each install's ~80 s here.
-PIP_INSTALL = -m pip install -q --no-compile
-
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python $(PIP_INSTALL) --upgrade pip
-	$(BIN)/python $(PIP_INSTALL) -e '.[test,onnx,postgres]'
-	$(BIN)/python $(PIP_INSTALL) -e '.[nni]' || echo "the nni extra did not install with this torch; the NNI tests skip"
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test,onnx,postgres]'
+	$(BIN)/python -m pip install -q -e '.[nni]' || echo "the nni extra did not install with this torch; the NNI tests skip"
 	touch $@
 
 install: $(BIN)/.installed
@@ -37,12 +33,15 @@ test-slow: install
 
 # What a user gets from `pip install kdsearch`: build the wheel, install it into a fresh venv and run a
 # short find (digits, a parameter budget, 1 epoch) and an export from outside the checkout.
+# It installs with --no-compile: byte-compiling torch's files took ~40 of the install's ~80 s, and the two commands
+# compile what they import (~7 s each where PYTHONDONTWRITEBYTECODE is set, as on this machine). Not for the main
+# venv: the tests start dozens of processes, and each would pay those seconds again.
 WHEEL_VENV ?= .wheel-venv
 wheel-check: install
 	rm -rf dist $(WHEEL_VENV)
 	$(BIN)/python -m pip wheel -q --no-deps -w dist .
 	$(PYTHON) -m venv $(WHEEL_VENV)
-	$(WHEEL_VENV)/bin/python $(PIP_INSTALL) dist/kdsearch-*.whl
+	$(WHEEL_VENV)/bin/python -m pip install -q --no-compile dist/kdsearch-*.whl
 	cd "$$(mktemp -d)" && $(CURDIR)/$(WHEEL_VENV)/bin/kdsearch find --teacher test_resnet --teacher-epochs 1 \
 		--budget 0.3Mparams --trials 6 --top-k 1 --epochs 1 --out run -q \
 		&& $(CURDIR)/$(WHEEL_VENV)/bin/kdsearch export run --best --out student
