@@ -11,7 +11,17 @@ import numpy as np
 import torch
 
 from kdsearch.cost import Budget, measure_against_reference
-from kdsearch.pipeline.records import CONTROL, POOL, TOP, Finalist, Role, RunContext, read_finalists, write_finalists
+from kdsearch.pipeline.records import (
+    CONTROL,
+    POOL,
+    TOP,
+    Finalist,
+    Role,
+    RunContext,
+    metrics_of,
+    read_finalists,
+    write_finalists,
+)
 from kdsearch.run import RunSettings
 from kdsearch.search import latency_columns, measure_candidate
 from kdsearch.spaces import create_model
@@ -88,7 +98,7 @@ class Chooser:
                     write_finalists(self.folder, self.finalists)
                 continue
             model = create_model(row["config"], num_classes=self.task.num_classes, in_chans=self.task.in_chans)
-            metrics = {k: v for k, v in {**row, **self.measure(model)}.items() if k not in ("candidate_id", "config")}
+            metrics = metrics_of({**row, **self.measure(model)})
             final = Finalist(cid, row["config"], role, within_budget=budget.fits(metrics), metrics=metrics)
             self.finalists[cid] = final
             if final.within_budget:

@@ -92,8 +92,12 @@ class Finalist:
     def from_record(cls, record: dict[str, Any]) -> Finalist:
         return cls(candidate_id=record["candidate_id"], config=record["config"], role=Role.parse(record.get("role")),
                    within_budget=bool(record["within_budget"]), band=record.get("band"), rung=record.get("rung"),
-                   stopped_at_epoch=record.get("stopped_at_epoch"),
-                   metrics={k: v for k, v in record.items() if k not in _OWN})
+                   stopped_at_epoch=record.get("stopped_at_epoch"), metrics=metrics_of(record))
+
+
+def metrics_of(row: dict[str, Any]) -> dict[str, Any]:
+    """A search row's or finalists.json entry's columns that are not a Finalist's own fields."""
+    return {k: v for k, v in row.items() if k not in _OWN}
 
 
 def read_finalists(folder: RunFolder) -> dict[str, Finalist]:

@@ -188,7 +188,7 @@ def _subspace_supernets(space: UnionSpace, task: Task, teacher: nn.Module, *, li
     partition = Subspaces(space, {i: r.bands for i, r in rankers.items()}, fastest)
     return SupernetRanker(partition, {i: r.supernets[0] for i, r in rankers.items()}, first.task, first.teacher_logits,
                           device, first.temperature, {i: r.histories[0] for i, r in rankers.items()},
-                          Path(root or cache_dir() / "supernets"), {i: r.weights_files()[0] for i, r in rankers.items()})
+                          _supernets_root(root), {i: r.weights_files()[0] for i, r in rankers.items()})
 
 
 def _fastest_ms(part: SearchSpace, task: Task, device: torch.device, latency: dict, seed: int, root) -> float:
@@ -219,7 +219,12 @@ def _bands_folder(space: SearchSpace, task: Task, bands: int, device: torch.devi
 
     key = stable_hash({"space": space.record(), "input": list(task.input_shape), "device": _device_name(device),
                        "latency": latency, "bands": bands, "seed": seed}, length=16)
-    return Path(root or cache_dir() / "supernets") / key
+    return _supernets_root(root) / key
+
+
+def _supernets_root(root) -> Path:
+    """Where supernets are cached: ``root`` when given, else the user's kdsearch cache."""
+    return Path(root or cache_dir() / "supernets")
 
 
 def _cached_bands(space, task, bands, device, latency, seed, path: Path) -> LatencyBands:
