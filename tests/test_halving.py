@@ -19,7 +19,7 @@ from kdsearch.exceptions import RecipeError
 from kdsearch.pipeline.worker import STUDENTS_STUDY
 from kdsearch.search.storage import make_storage
 from kdsearch.training import Recipe, fit
-from tests.test_workers import spawn, wait_for
+from tests.test_workers import finish, spawn, wait_for
 
 TEACHER = "tests.test_teacher:tiny_teacher"
 
@@ -122,7 +122,7 @@ def halving_run(tmp_path_factory):
     restart design (the snapshot design runs in the PostgreSQL test)."""
     out = tmp_path_factory.mktemp("halving") / "run"
     proc = spawn(*halving_args(out, "--workers", "1"))
-    _, err = proc.communicate(timeout=900)
+    _, err = finish(proc, 900)
     assert proc.returncode == 0, err[-3000:]
     return out
 
@@ -236,7 +236,7 @@ def test_a_find_killed_mid_rung_resumes_and_ends_as_an_uninterrupted_run(halving
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     again = spawn(*halving_args(out))
-    _, err = again.communicate(timeout=900)
+    _, err = finish(again, 900)
     assert again.returncode == 0, err[-3000:]
     resumed, reference = (json.loads((p / "halving.json").read_text()) for p in (out, halving_run))
     assert [r["survivors"] for r in resumed["rungs"]] == [r["survivors"] for r in reference["rungs"]]
@@ -271,7 +271,7 @@ def test_halving_with_two_workers_on_postgres_distils_each_rung_unit_once(postgr
     url = postgres.new_database("halving_workers")
     out = tmp_path / "run"
     proc = spawn(*halving_args(out, "--storage", url, "--workers", "2", "--rung-design", "snapshot"))
-    _, err = proc.communicate(timeout=900)
+    _, err = finish(proc, 900)
     assert proc.returncode == 0, err[-3000:]
     _, students = studies(url)
     done = [t for t in students.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]

@@ -38,6 +38,23 @@ def test_resumed_search_draws_new_configs(space, tmp_path):
     assert len(again.trials) == 16  # already complete: nothing more is run
 
 
+def test_a_slot_whose_process_died_before_its_first_heartbeat_is_scored_again(space, tmp_path, monkeypatch):
+    """A trial taken by a process that died before its first heartbeat (Optuna never fails it) held its slot for ever,
+    and a search that waits for the other workers' slots never ended; it is failed and its slot scored again."""
+    import kdsearch.search.storage as storage_module
+    from kdsearch.search import filled_slots, open_study
+
+    monkeypatch.setattr(storage_module, "FIRST_WRITE_S", 0)  # the wait for a trial's first write: 3 beats of 1 s
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    orphan = open_study(storage, "s", heartbeat_s=1).ask()
+    study = run_search(space, params_evaluator(space, []), budget=parse_budget("0.2Mparams"), objective="objective",
+                       storage=storage, study_name="s", n_trials=6, seed=0, sampler="random", heartbeat_s=1, wait=True,
+                       timeout=60)
+    states = [t.state.name for t in study.get_trials(deepcopy=False)]
+    assert study.trials[orphan.number].state.name == "FAIL" and states.count("COMPLETE") == 6 and "RUNNING" not in states
+    assert filled_slots(study.get_trials(deepcopy=False), 6) == 6
+
+
 def test_repeated_configs_are_served_from_the_study(space, tmp_path):
     calls = []
     study = run_search(

@@ -41,6 +41,17 @@ def spawn(*argv) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def finish(proc: subprocess.Popen, timeout_s: float) -> tuple[str, str]:
+    """The process's stdout and stderr once it exits; past ``timeout_s`` it is killed and the test fails with the end
+    of what it printed (a hung run says where it hung)."""
+    try:
+        return proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        pytest.fail(f"{' '.join(map(str, proc.args[2:6]))} ... still ran after {timeout_s} s; its stderr ended with:\n{err[-3000:]}")
+
+
 def studies(url):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = make_storage(url)  # with the PostgreSQL driver that is installed
@@ -92,13 +103,35 @@ def test_a_worker_never_joins_another_runs_study(tmp_path):
         RunQueue(url, 1).check("run-b")
 
 
+def test_a_unit_whose_process_died_before_its_first_heartbeat_goes_back_to_the_queue(tmp_path, monkeypatch):
+    """Optuna fails a running trial only once its heartbeat is stale, and a trial that never beat never is: a process
+    killed between taking a unit and its heartbeat thread's first beat left it running for ever, and find waited for
+    it (a find killed mid-rung, resumed, hung for 900 s in CI)."""
+    import kdsearch.search.storage as storage_module
+
+    monkeypatch.setattr(storage_module, "FIRST_WRITE_S", 0)  # the wait for a unit's first write: 3 beats of 1 s
+    queue = RunQueue(f"sqlite:///{tmp_path / 'queue.db'}", 1)
+    assert queue.enqueue([{"candidate_id": "a"}, {"candidate_id": "b"}], lambda unit: False) == 2
+    orphan = queue.students.ask()  # taken; its process dies before it beats or writes anything
+    started = queue.students.ask()  # taken by a live process that wrote its pid (and has not beaten yet either)
+    started.set_user_attr("pid", os.getpid())
+    assert queue.pending() == 2 and queue.take_student(lambda unit, trial: 1.0) is None  # too early to tell
+    time.sleep(3.5)
+    taken = []
+    assert queue.take_student(lambda unit, trial: taken.append(unit["candidate_id"]) or 1.0) == "a" and taken == ["a"]
+    states = {t.number: t.state.name for t in queue.students.get_trials(deepcopy=False)}
+    assert states[orphan.number] == "FAIL" and states[started.number] == "RUNNING"
+    assert sorted(states.values()) == ["COMPLETE", "FAIL", "RUNNING"] and queue.pending() == 1
+    assert queue.students.get_trials(deepcopy=False)[-1].system_attrs["failed_trial"] == orphan.number
+
+
 @pytest.mark.slow
 def test_three_workers_on_postgres_score_every_slot_once_and_distil_each_student_once(postgres, tmp_path):
     url = postgres.new_database("three_workers")
     out = tmp_path / "run"
     n = 60  # enough for the workers to start (imports, data, the cached teacher) while find is still scoring
     proc = spawn(*find_args(out, "--storage", url, "--workers", "2", trials=n))
-    _, err = proc.communicate(timeout=600)
+    _, err = finish(proc, 600)
     assert proc.returncode == 0, err[-3000:]
     search, students = studies(url)
     trials = search.get_trials(deepcopy=False)
@@ -134,7 +167,7 @@ def test_a_killed_worker_s_student_is_finished_from_its_checkpoint_by_another(po
     victim, _ = wait_for(lambda: student_held_by(students, worker.pid, out), 400, "the worker to checkpoint a student")
     worker.send_signal(signal.SIGKILL)
     worker.wait()
-    _, err = coordinator.communicate(timeout=600)
+    _, err = finish(coordinator, 600)
     assert coordinator.returncode == 0, err[-3000:]
     history = [t for t in students.get_trials(deepcopy=False) if t.user_attrs.get("candidate_id") == victim]
     assert [t.state.name for t in history] == ["FAIL", "COMPLETE"]  # failed after its heartbeat stopped, retried
@@ -159,7 +192,7 @@ def test_when_the_database_goes_away_workers_stop_with_one_line_and_the_run_resu
              "10 scored trials")
     postgres.stop("immediate")
     try:
-        _, err = proc.communicate(timeout=120)
+        _, err = finish(proc, 120)
     finally:
         postgres.start()
     assert proc.returncode == 2, err[-4000:]
@@ -180,7 +213,7 @@ def test_ctrl_c_and_sigterm_hand_the_unit_back_and_say_how_to_resume(tmp_path):
     search, _ = wait_for(lambda: (out / "config.yaml").exists() and try_studies(url), 300, "the run's studies")
     wait_for(lambda: len(search.get_trials(deepcopy=False)) >= 10, 300, "10 trials")
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    _, err = finish(proc, 60)
     assert proc.returncode == 130 and f"--out {out}" in err and "Traceback" not in err
     assert not search.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))  # handed back, not held
     # a worker stopped with SIGTERM hands its trial back the same way and exits 0
@@ -188,7 +221,7 @@ def test_ctrl_c_and_sigterm_hand_the_unit_back_and_say_how_to_resume(tmp_path):
     before = len(search.get_trials(deepcopy=False))
     wait_for(lambda: len(search.get_trials(deepcopy=False)) >= before + 5, 300, "the worker's trials")
     worker.send_signal(signal.SIGTERM)
-    _, err = worker.communicate(timeout=60)
+    _, err = finish(worker, 60)
     assert worker.returncode == 0 and "went back to the queue" in err, err
     assert not search.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     assert main(find_args(out, "-q", trials=25, top_k=1)) == 0
@@ -207,9 +240,9 @@ def test_sigterm_stops_a_worker_s_student_at_its_next_epoch_boundary_and_nothing
     victim, number = wait_for(lambda: student_held_by(students, worker.pid, out), 400, "the worker to checkpoint a student")
     done_before = torch.load(out / "students" / victim / "checkpoint.pt", weights_only=True)["epoch"]
     worker.send_signal(signal.SIGTERM)
-    _, err = worker.communicate(timeout=300)
+    _, err = finish(worker, 300)
     assert worker.returncode == 0 and "stopping after this epoch's checkpoint" in err and "went back to the queue" in err, err
-    _, err = coordinator.communicate(timeout=600)
+    _, err = finish(coordinator, 600)
     assert coordinator.returncode == 0, err[-3000:]
     history = sorted((t for t in students.get_trials(deepcopy=False) if t.user_attrs.get("candidate_id") == victim),
                      key=lambda t: t.number)
@@ -250,7 +283,7 @@ def test_find_with_a_local_worker_on_cuda(tmp_path):
     """find and one local worker share the GPU: trials measured with CUDA events, students distilled there."""
     out = tmp_path / "run"
     proc = spawn(*find_args(out, "--workers", "1", "--device", "cuda", trials=60))
-    _, err = proc.communicate(timeout=500)
+    _, err = finish(proc, 500)
     assert proc.returncode == 0, err[-3000:]
     search, students = studies(f"sqlite:///{out / 'study.db'}")
     assert filled_slots(search.get_trials(deepcopy=False), 60) == 60

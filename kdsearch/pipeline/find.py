@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import optuna
 import pandas as pd
 
 from kdsearch._util import resolve_device, seed_everything, stable_hash
@@ -228,8 +229,8 @@ def run_worker(run_dir: str | Path, *, index: int | None = None, device: str | N
                                  until_done=until_done, should_stop=stop)
             except KeyboardInterrupt:
                 distilled = []
-            scored = sum(1 for t in queue.search.get_trials(deepcopy=False) if t.number >= before and
-                         t.user_attrs.get("worker") == index)
+            scored = sum(1 for t in queue.search.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                         if t.number >= before and t.user_attrs.get("worker") == index)
     finally:
         stop.restore()
     logger.info(f"worker {index}: {'stopped; its unit went back to the queue' if stop() else 'done'} "

@@ -40,6 +40,7 @@ from kdsearch.search.storage import is_storage_failure, unreachable
 STUDENTS_STUDY = "kdsearch-students"
 PHASES = ("preparing", "scoring", "distilling", "done")
 POLL_S = 1.0
+STARTED = "pid"  # a unit's first write: the process that holds it (a unit without it long after it began lost its process)
 
 
 def run_identity(settings: RunSettings) -> str:
@@ -99,13 +100,13 @@ class RunQueue:
 
     def pending(self) -> int:
         """Students waiting or being distilled (a job whose worker died is failed and queued again first)."""
-        fail_stale_trials(self.students)
+        fail_stale_trials(self.students, started=STARTED)
         return len(self._jobs((optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING)))
 
     def take_student(self, distil: Callable[[dict, optuna.Trial], float]) -> str | None:
         """Pop one waiting unit and run ``distil(unit, trial)`` (it may ``trial.report`` each epoch); the candidate
         id, or None when none was waiting."""
-        fail_stale_trials(self.students)
+        fail_stale_trials(self.students, started=STARTED)
         if not count_trials(self.students, optuna.trial.TrialState.WAITING):
             return None
         taken: list[str] = []
@@ -115,7 +116,7 @@ class RunQueue:
             if cid is None:  # another worker popped the last waiting job first: this trial was created empty
                 trial.set_user_attr("empty", True)
                 raise optuna.TrialPruned()
-            trial.set_user_attr("pid", os.getpid())  # who holds it (for the person reading the storage, and tests)
+            trial.set_user_attr(STARTED, os.getpid())  # who holds it (for the person reading the storage, and tests)
             trial.set_user_attr("host", socket.gethostname())
             try:
                 value = distil(dict(trial.user_attrs), trial)

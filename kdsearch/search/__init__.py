@@ -237,7 +237,7 @@ def _take_slots(study, space, objective_fn, n_trials, bar, *, timeout, wait, hea
             continue
         if not wait:
             return
-        fail_stale_trials(study)  # a slot whose worker died is queued again (after the grace period)
+        fail_stale_trials(study, started=STARTED)  # a slot whose worker died is queued again (after the grace period)
         missing = n_trials - filled_slots(study.get_trials(deepcopy=False), n_trials)
         if missing <= 0:
             return
@@ -273,7 +273,7 @@ def _scored_by_another_worker(study: optuna.Study, trial: optuna.Trial, cid: str
                 time.sleep(0.05)
                 polls += 1
                 if polls % 20 == 0:
-                    fail_stale_trials(study)  # its worker may have died
+                    fail_stale_trials(study, started=STARTED)  # its worker may have died
                 twin = reread_trial(study, twin)
             if twin.state == optuna.trial.TrialState.COMPLETE:
                 trial.set_user_attr("served_from", twin.number)
@@ -290,6 +290,8 @@ def _exhausted(study: optuna.Study, space: SearchSpace, n_trials: int) -> bool:
     return len({t.user_attrs.get("candidate_id") for t in study.get_trials(deepcopy=False)} - {None}) >= space.size
 
 
+STARTED = "worker"  # the index of the worker that took the trial, its first write
+
 # trial attributes that say how a trial ran, not what its candidate measured
 _BOOKKEEPING = frozenset({"worker", "served", "served_from", "measuring", "surplus", "error", "budget_excess", "twin_of"})
 
@@ -298,6 +300,7 @@ def _objective(study, space, evaluate, budget, objective, n_trials, known, look_
     """One trial: its slot, its candidate (scored, or served from a trial that scored it), its constraint."""
 
     def objective_fn(trial: optuna.Trial) -> float:
+        trial.set_user_attr(STARTED, worker)  # first: a trial without it long after it began lost its process
         if trial.number >= n_trials and trial_slots(study.get_trials(deepcopy=False))[trial.number] >= n_trials:
             trial.set_user_attr("surplus", True)  # raced another worker for the last slot
             study.stop()
@@ -329,7 +332,6 @@ def _objective(study, space, evaluate, budget, objective, n_trials, known, look_
             if key not in _BOOKKEEPING:  # a served trial copies the metrics, not how the other trial got them
                 trial.set_user_attr(key, value)
         trial.set_user_attr("budget_excess", excess)
-        trial.set_user_attr("worker", worker)
         if _NATIVE_CONSTRAINTS:
             trial.set_constraint("budget", excess)
         return float(metrics[objective])

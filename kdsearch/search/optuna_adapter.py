@@ -27,6 +27,12 @@ def reread_trial(study: optuna.Study, trial: optuna.Trial | optuna.trial.FrozenT
     return study._storage.get_trial(trial._trial_id)
 
 
+def heartbeat_interval(study: optuna.Study) -> int | None:
+    """The seconds between a worker's heartbeats in the study's storage (None: a storage without heartbeats)."""
+    get = getattr(study._storage, "get_heartbeat_interval", None)
+    return None if get is None else get()
+
+
 def retry_callback(max_retry: int) -> dict:
     """The RDBStorage keyword that queues a retry of a trial whose worker stopped beating: Optuna 4.9 renamed the
     callback and its argument (``heartbeat_stale_trial_callback``); both put a WAITING copy in the queue."""
@@ -61,4 +67,4 @@ def queue_retry(study: optuna.Study, frozen: optuna.trial.FrozenTrial, *, fresh:
                                             system_attrs=system))
 
 
-__all__ = ["count_trials", "queue_retry", "reread_trial", "retry_callback", "retried_trial_number", "retry_history"]
+__all__ = ["count_trials", "heartbeat_interval", "queue_retry", "reread_trial", "retry_callback", "retried_trial_number", "retry_history"]

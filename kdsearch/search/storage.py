@@ -13,12 +13,13 @@ import functools
 import logging
 import time
 import warnings
+from datetime import datetime, timedelta
 from urllib.parse import urlsplit, urlunsplit
 
 import optuna
 
 from kdsearch.exceptions import StorageError
-from kdsearch.search.optuna_adapter import retry_callback
+from kdsearch.search.optuna_adapter import heartbeat_interval, queue_retry, retry_callback, retry_history
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ HEARTBEAT_S = 10  # a worker beats this often while it holds a unit
 GRACE_PERIODS = 3  # beats missed before its unit goes back to the queue
 MAX_RETRY = 3  # a unit whose workers die this many times is left failed
 SQLITE_BUSY_TIMEOUT_S = 60  # several local workers share one SQLite file: wait for a lock, never "database is locked"
+FIRST_WRITE_S = SQLITE_BUSY_TIMEOUT_S  # a live process writes a trial's first attribute within one wait for the lock
 
 
 def _split(url: str):
@@ -175,11 +177,30 @@ def is_storage_failure(exc: BaseException | None) -> bool:
     return False
 
 
-def fail_stale_trials(study: optuna.Study) -> None:
-    """Fail (and so queue again) the trials of workers that stopped beating: Optuna's own check."""
+def fail_stale_trials(study: optuna.Study, started: str) -> None:
+    """Fail (and so queue again) the trials of workers that died: those whose heartbeat stopped (Optuna's own check),
+    and those whose process died after taking the trial but before its first heartbeat — Optuna never fails a
+    running trial without a heartbeat, so a run waiting for it waited forever. Such a trial has no ``started``
+    attribute (what the study's trials write first) long after it began; a live process writes it within one wait
+    for the database's lock (``FIRST_WRITE_S``; the write fails after that)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+    beat = heartbeat_interval(study)
+    if beat is None:
+        return
+    limit = timedelta(seconds=FIRST_WRITE_S + GRACE_PERIODS * beat)
+    now = datetime.now()  # Optuna stamps datetime_start with the local clock of the process that took the trial
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if started in trial.user_attrs or trial.datetime_start is None or now - trial.datetime_start < limit:
+            continue
+        try:
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        except (ValueError, RuntimeError):  # another process failed it first (and queued its retry)
+            continue
+        logger.info(f"trial {trial.number}: its process died before its first heartbeat; queued again")
+        if len(retry_history(trial)) < MAX_RETRY:
+            queue_retry(study, trial)
 
 
 __all__ = ["HEARTBEAT_S", "check_storage", "fail_stale_trials", "is_storage_failure", "make_storage", "redact", "same_storage", "unreachable", "without_password"]
