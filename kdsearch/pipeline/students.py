@@ -91,7 +91,7 @@ def student_job(run: RunContext):
                 val_logits.append(validation_logits(teacher.model, task, device=torch.device(settings.device)))
             options.update(val_teacher_logits=val_logits[0], until_epoch=int(unit["until_epoch"]))
             role = f"rung {rung}"
-        initial = inherited(ranker, final) if warm else None
+        initial = inherited(ranker, final) if warm and done is None else None  # a finished last rung trains nothing
         try:  # ``done``: a last rung whose result was written before its rung record (a kill between the two)
             with epoch_boundaries():
                 result = done or distill_student(

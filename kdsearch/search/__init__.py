@@ -293,7 +293,7 @@ def _exhausted(study: optuna.Study, space: SearchSpace, n_trials: int) -> bool:
 STARTED = "worker"  # the index of the worker that took the trial, its first write
 
 # trial attributes that say how a trial ran, not what its candidate measured
-_BOOKKEEPING = frozenset({"worker", "served", "served_from", "measuring", "surplus", "error", "budget_excess", "twin_of"})
+_BOOKKEEPING = frozenset({STARTED, "served", "served_from", "measuring", "surplus", "error", "budget_excess", "twin_of"})
 
 
 def _objective(study, space, evaluate, budget, objective, n_trials, known, look_again, worker):
